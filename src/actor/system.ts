@@ -1,0 +1,426 @@
+import { randomUUID } from 'node:crypto';
+import type { Logger } from 'pino';
+import type { Aggregate } from '../aggregate/define.js';
+import { Rejection, type EventContext, type Issuer } from '../aggregate/types.js';
+import { failed, type CommandAccepted, type CommandReply, type CommandRequest, type ReplyEvent } from '../commands/types.js';
+import { ErrorCode, StrandError } from '../errors.js';
+import { ConcurrencyConflict, StoreUnavailable } from '../eventstore/errors.js';
+import type { RememberedCommand, Snapshot, SnapshotStore } from '../eventstore/snapshots.js';
+import type { EventEnvelope, EventStore, StoredEvent } from '../eventstore/types.js';
+import type { StrandMetrics } from '../observability/metrics.js';
+
+/** Tuning of the actor system; every field has a documented default in the configuration. */
+export interface ActorSystemOptions {
+  /** Most actors kept in memory; past it the least recently used idle one is passivated. */
+  readonly maxActors: number;
+  /** An actor unused this long is passivated. */
+  readonly idleMs: number;
+  /** Re-decides after a concurrency conflict before replying `CONFLICT`. */
+  readonly conflictRetries: number;
+  /** Most commands waiting for one actor; past it the reply is `UNAVAILABLE`. */
+  readonly mailboxLimit: number;
+  /** Snapshot every N events, unless the aggregate sets its own (0 disables). */
+  readonly snapshotEvery: number;
+  /** Check each decided event against its schema before appending it. */
+  readonly validateEvents: boolean;
+}
+
+interface Job {
+  readonly req: CommandRequest;
+  readonly resolve: (reply: CommandReply) => void;
+}
+
+/**
+ * One aggregate instance in memory. Kept small on purpose (100,000 of them must fit in
+ * about 100 MB beyond their states): the mailbox and the remembered commands are allocated
+ * only when used.
+ */
+class Actor {
+  state: unknown;
+  version = 0;
+  /** Stream sequence of the last event folded into `state` (0: none). */
+  seq = 0;
+  recent: RememberedCommand[] | null = null;
+  mailbox: Job[] | null = null;
+  busy = false;
+  ready = false;
+  lastUsed = 0;
+
+  constructor(
+    readonly aggregate: Aggregate,
+    readonly id: string,
+  ) {}
+}
+
+function parseIssuer(actor: string | undefined): Issuer | undefined {
+  if (!actor) return undefined;
+  const i = actor.indexOf(':');
+  return i > 0 ? { type: actor.slice(0, i), id: actor.slice(i + 1) } : undefined;
+}
+
+function issuerHeader(issuer: Issuer | undefined): string | undefined {
+  return issuer ? `${issuer.type}:${issuer.id}` : undefined;
+}
+
+/**
+ * The actor system: one actor per (aggregate, id), each running its commands one at a time in
+ * arrival order, different instances concurrently. An actor activates from its latest
+ * snapshot plus the events after it; commands arriving meanwhile wait in its mailbox. Actors
+ * are passivated when idle and, least recently used first, when there are too many.
+ */
+export class ActorSystem {
+  private readonly actors = new Map<string, Actor>();
+  private readonly sweeper: NodeJS.Timeout;
+
+  constructor(
+    private readonly store: EventStore,
+    private readonly snapshots: SnapshotStore | undefined,
+    private readonly o: ActorSystemOptions,
+    private readonly metrics: StrandMetrics,
+    private readonly log: Logger,
+  ) {
+    this.sweeper = setInterval(() => this.passivateIdle(), Math.max(100, Math.min(o.idleMs / 2, 30_000)));
+    this.sweeper.unref();
+  }
+
+  /** Actors in memory. */
+  get size(): number {
+    return this.actors.size;
+  }
+
+  /** Runs a command on its instance's actor; never throws. */
+  execute(req: CommandRequest): Promise<CommandReply> {
+    const key = `${req.aggregate.name}/${req.id}`;
+    let actor = this.actors.get(key);
+    if (actor) {
+      // Re-insert: the map's order is least-recently-used first.
+      this.actors.delete(key);
+      this.actors.set(key, actor);
+    } else {
+      actor = new Actor(req.aggregate, req.id);
+      this.actors.set(key, actor);
+      this.metrics.liveActors.set(this.actors.size);
+      if (this.actors.size > this.o.maxActors) this.evict();
+    }
+    actor.lastUsed = Date.now();
+    if (actor.mailbox && actor.mailbox.length >= this.o.mailboxLimit) {
+      return Promise.resolve(failed(ErrorCode.UNAVAILABLE, `too many commands waiting for ${key} (limit ${this.o.mailboxLimit})`));
+    }
+    const a = actor;
+    return new Promise<CommandReply>((resolve) => {
+      (a.mailbox ??= []).push({ req, resolve });
+      if (!a.busy) void this.run(a);
+    });
+  }
+
+  /** Drops an instance from memory now (tests, benchmarks, and after an unknown outcome). */
+  passivate(aggregate: string, id: string): boolean {
+    const key = `${aggregate}/${id}`;
+    const a = this.actors.get(key);
+    if (!a || a.busy || a.mailbox) return false;
+    this.remove(key, a, 'manual');
+    return true;
+  }
+
+  /**
+   * Loads an instance from the store without touching the live actor: from its snapshot and
+   * tail, or (`useSnapshot: false`) by replaying every event. For reads and for proving the two agree.
+   */
+  async rehydrate(aggregate: Aggregate, id: string, opts: { useSnapshot?: boolean } = {}): Promise<{ state: unknown; version: number; seq: number; source: string }> {
+    const a = new Actor(aggregate, id);
+    const source = await this.activate(a, opts.useSnapshot ?? true);
+    return { state: a.state, version: a.version, seq: a.seq, source };
+  }
+
+  /** Stops the idle sweep; actors are simply dropped (their events are in the stream). */
+  stop(): void {
+    clearInterval(this.sweeper);
+    this.actors.clear();
+    this.metrics.liveActors.set(0);
+  }
+
+  private async run(actor: Actor): Promise<void> {
+    actor.busy = true;
+    try {
+      while (actor.mailbox && actor.mailbox.length > 0) {
+        const job = actor.mailbox.shift()!;
+        let reply: CommandReply;
+        try {
+          reply = await this.handle(actor, job.req);
+        } catch (err) {
+          reply = this.failure(err, actor, job.req);
+        }
+        job.resolve(reply);
+      }
+      actor.mailbox = null;
+    } finally {
+      actor.busy = false;
+    }
+  }
+
+  private failure(err: unknown, actor: Actor, req: CommandRequest): CommandReply {
+    if (err instanceof StrandError) {
+      if (err.code !== ErrorCode.CONFLICT) {
+        this.log.warn({ err, aggregate: actor.aggregate.name, id: actor.id, commandId: req.commandId, correlationId: req.correlationId }, 'command failed');
+      }
+      return failed(err.code, err.message, err.extra);
+    }
+    this.log.error({ err, aggregate: actor.aggregate.name, id: actor.id, commandId: req.commandId, correlationId: req.correlationId }, 'command failed unexpectedly');
+    this.reset(actor);
+    return failed(ErrorCode.INTERNAL, 'internal error; see the log for this command ID');
+  }
+
+  private async handle(actor: Actor, req: CommandRequest): Promise<CommandReply> {
+    const agg = actor.aggregate;
+    for (let attempt = 0; ; attempt++) {
+      if (!actor.ready) await this.activate(actor);
+
+      const seen = actor.recent && findRemembered(actor.recent, req.commandId);
+      if (seen) return acceptedReply(actor, seen, req.commandId, true);
+
+      if (req.expectedVersion !== undefined && req.expectedVersion !== actor.version) {
+        return failed(ErrorCode.WRONG_VERSION, `expected version ${req.expectedVersion}, ${agg.name}/${actor.id} is at version ${actor.version}`, {
+          details: { expected: req.expectedVersion, actual: actor.version },
+        });
+      }
+
+      const now = new Date();
+      const metadata = {
+        commandId: req.commandId,
+        ...(req.correlationId !== undefined ? { correlationId: req.correlationId } : {}),
+        ...(req.causationId !== undefined ? { causationId: req.causationId } : {}),
+      };
+      const decision = agg.decide(req.command, req.data, actor.state, {
+        now,
+        aggregateId: actor.id,
+        version: actor.version,
+        ...(req.issuer ? { issuer: req.issuer } : {}),
+        metadata,
+      });
+      if (decision instanceof Rejection) {
+        return failed(ErrorCode.REJECTED, decision.message, { reason: decision.reason, ...(decision.details !== undefined ? { details: decision.details } : {}) });
+      }
+      if (decision.length === 0) {
+        return { ok: true, aggregate: agg.name, id: actor.id, version: actor.version, seq: actor.seq, events: [], commandId: req.commandId, duplicate: false };
+      }
+
+      const time = now.toISOString();
+      const actorHeader = issuerHeader(req.issuer);
+      const envelopes: EventEnvelope[] = [];
+      for (let i = 0; i < decision.length; i++) {
+        const e = decision[i]!;
+        const type = agg.events.get(e.type);
+        if (!type) throw new StrandError(ErrorCode.INTERNAL, `${agg.name}.${req.command} decided an unknown event type ${e.type}`);
+        let data = e.data;
+        if (this.o.validateEvents) {
+          const parsed = type.schema.safeParse(data);
+          if (!parsed.success) {
+            throw new StrandError(ErrorCode.INTERNAL, `${agg.name}.${req.command} decided a ${e.type} that does not match its schema`, { details: parsed.error.issues });
+          }
+          data = parsed.data;
+        }
+        const env: EventEnvelope = {
+          id: randomUUID(),
+          type: e.type,
+          aggregate: agg.name,
+          aggregateId: actor.id,
+          version: actor.version + i + 1,
+          schemaVersion: type.version,
+          time,
+          ...(actorHeader ? { actor: actorHeader } : {}),
+          data,
+          metadata,
+        };
+        envelopes.push(env);
+      }
+
+      const t0 = performance.now();
+      let lastSeq: number;
+      try {
+        ({ lastSeq } = await this.store.append(agg.name, actor.id, actor.seq, envelopes));
+      } catch (err) {
+        if (err instanceof ConcurrencyConflict) {
+          this.metrics.conflicts.labels(agg.name).inc();
+          if (attempt >= this.o.conflictRetries) {
+            throw new StrandError(ErrorCode.CONFLICT, `${agg.name}/${actor.id}: still conflicting after ${attempt + 1} attempts`);
+          }
+          await this.catchUp(actor);
+          if (attempt > 0) await sleep(Math.random() * 5 * attempt);
+          continue;
+        }
+        if (err instanceof StoreUnavailable && err.outcomeUnknown) this.reset(actor);
+        throw err;
+      }
+      this.metrics.appended(agg.name, envelopes.length, (performance.now() - t0) / 1000);
+
+      const before = actor.version;
+      const firstSeq = lastSeq - envelopes.length + 1;
+      try {
+        for (let i = 0; i < envelopes.length; i++) this.fold(actor, envelopes[i]!, firstSeq + i, envelopes[i]!.data);
+      } catch (err) {
+        // Stored, but this code cannot apply it: say it was stored, and rebuild next time.
+        this.log.error({ err, aggregate: agg.name, id: actor.id, commandId: req.commandId }, 'evolve failed after append');
+        this.reset(actor);
+      }
+      this.maybeSnapshot(actor, before);
+      const remembered: RememberedCommand = { id: req.commandId, seq: firstSeq, version: before + 1, types: envelopes.map((e) => e.type) };
+      return acceptedReply(actor, remembered, req.commandId, false);
+    }
+  }
+
+  /** Loads an actor's state: the latest snapshot (when it fits this definition) and the events after it. */
+  private async activate(actor: Actor, useSnapshot = true): Promise<string> {
+    const t0 = performance.now();
+    const agg = actor.aggregate;
+    actor.state = agg.initialState();
+    actor.version = 0;
+    actor.seq = 0;
+    actor.recent = null;
+    const every = useSnapshot && this.snapshots ? (agg.snapshotEvery ?? this.o.snapshotEvery) : 0;
+    // Read the start of the history first: a short one (most instances) needs no snapshot.
+    const first = await this.store.load(agg.name, actor.id, 0, every > 0 ? every : undefined);
+    let source = first.events.length === 0 ? 'empty' : 'events';
+    let rest: StoredEvent[] = first.events;
+    if (first.more) {
+      const snap = await this.loadSnapshot(actor);
+      if (snap) {
+        actor.state = snap.state;
+        actor.version = snap.version;
+        actor.seq = snap.seq;
+        actor.recent = snap.recent.length > 0 ? snap.recent.map((r) => ({ ...r, types: [...r.types] })) : null;
+        rest = (await this.store.load(agg.name, actor.id, snap.seq)).events;
+        source = 'snapshot';
+      } else {
+        rest = first.events.concat((await this.store.load(agg.name, actor.id, first.events[first.events.length - 1]!.seq)).events);
+      }
+    }
+    for (const s of rest) this.foldStored(actor, s);
+    actor.ready = true;
+    this.metrics.activations.labels(agg.name, source).inc();
+    this.metrics.rehydration.labels(agg.name).observe((performance.now() - t0) / 1000);
+    return source;
+  }
+
+  private async loadSnapshot(actor: Actor): Promise<Snapshot | undefined> {
+    if (!this.snapshots) return undefined;
+    const agg = actor.aggregate;
+    try {
+      const snap = await this.snapshots.load(agg.name, actor.id);
+      if (!snap) return undefined;
+      if (snap.fingerprint !== agg.fingerprint) {
+        this.log.info({ aggregate: agg.name, id: actor.id, version: snap.version }, 'snapshot ignored: aggregate definition changed; replaying events');
+        return undefined;
+      }
+      return snap;
+    } catch (err) {
+      this.log.warn({ err, aggregate: agg.name, id: actor.id }, 'snapshot unreadable; replaying events');
+      return undefined;
+    }
+  }
+
+  /** Folds in events appended by others since the actor's last one (after a conflict). */
+  private async catchUp(actor: Actor): Promise<void> {
+    try {
+      const { events } = await this.store.load(actor.aggregate.name, actor.id, actor.seq);
+      for (const s of events) this.foldStored(actor, s);
+    } catch (err) {
+      this.reset(actor);
+      throw err;
+    }
+  }
+
+  private foldStored(actor: Actor, s: StoredEvent): void {
+    const env = s.envelope;
+    const type = actor.aggregate.events.get(env.type);
+    const data = type && env.schemaVersion < type.version ? actor.aggregate.upcast(env.type, env.schemaVersion, env.data) : env.data;
+    if (env.version !== actor.version + 1) {
+      this.log.error({ aggregate: actor.aggregate.name, id: actor.id, seq: s.seq, version: env.version, expected: actor.version + 1 }, 'event version out of order in the stream');
+    }
+    this.fold(actor, env, s.seq, data);
+  }
+
+  private fold(actor: Actor, env: EventEnvelope, seq: number, data: unknown): void {
+    const issuer = parseIssuer(env.actor);
+    const ctx: EventContext = { type: env.type, version: env.version, time: env.time, ...(issuer ? { issuer } : {}), metadata: env.metadata ?? {} };
+    actor.state = actor.aggregate.evolve(actor.state, env.type, data, ctx);
+    actor.version = env.version;
+    actor.seq = seq;
+    const commandId = env.metadata?.commandId;
+    if (commandId) remember(actor, commandId, seq, env.version, env.type, actor.aggregate.rememberCommands);
+  }
+
+  private maybeSnapshot(actor: Actor, before: number): void {
+    const agg = actor.aggregate;
+    const every = agg.snapshotEvery ?? this.o.snapshotEvery;
+    if (!this.snapshots || every <= 0 || Math.floor(actor.version / every) === Math.floor(before / every)) return;
+    const snap: Snapshot = {
+      fingerprint: agg.fingerprint,
+      version: actor.version,
+      seq: actor.seq,
+      state: actor.state,
+      recent: actor.recent ?? [],
+      takenAt: new Date().toISOString(),
+    };
+    this.snapshots.save(agg.name, actor.id, snap).then(
+      () => this.metrics.snapshots.labels(agg.name).inc(),
+      (err: unknown) => this.log.warn({ err, aggregate: agg.name, id: actor.id }, 'snapshot not written'),
+    );
+  }
+
+  /** Forgets an actor's state; it reloads from the store before its next command. */
+  private reset(actor: Actor): void {
+    actor.ready = false;
+    actor.state = undefined;
+    actor.recent = null;
+    this.metrics.passivations.labels(actor.aggregate.name, 'failure').inc();
+  }
+
+  private evict(): void {
+    for (const [key, a] of this.actors) {
+      if (this.actors.size <= this.o.maxActors) break;
+      if (a.busy || a.mailbox) continue;
+      this.remove(key, a, 'capacity');
+    }
+  }
+
+  private passivateIdle(): void {
+    const horizon = Date.now() - this.o.idleMs;
+    for (const [key, a] of this.actors) {
+      if (a.lastUsed > horizon) break; // least recently used first: the rest are newer
+      if (a.busy || a.mailbox) continue;
+      this.remove(key, a, 'idle');
+    }
+  }
+
+  private remove(key: string, a: Actor, reason: string): void {
+    this.actors.delete(key);
+    this.metrics.passivations.labels(a.aggregate.name, reason).inc();
+    this.metrics.liveActors.set(this.actors.size);
+  }
+}
+
+function findRemembered(recent: readonly RememberedCommand[], commandId: string): RememberedCommand | undefined {
+  for (let i = recent.length - 1; i >= 0; i--) if (recent[i]!.id === commandId) return recent[i];
+  return undefined;
+}
+
+function remember(actor: Actor, commandId: string, seq: number, version: number, type: string, limit: number): void {
+  const r = (actor.recent ??= []);
+  const last = r[r.length - 1];
+  if (last && last.id === commandId && last.seq + last.types.length === seq) {
+    (last.types as string[]).push(type);
+    return;
+  }
+  r.push({ id: commandId, seq, version, types: [type] });
+  if (r.length > limit) r.shift();
+}
+
+function acceptedReply(actor: Actor, c: RememberedCommand, commandId: string, duplicate: boolean): CommandAccepted {
+  const events: ReplyEvent[] = c.types.map((type, i) => ({ type, version: c.version + i, seq: c.seq + i }));
+  const last = events[events.length - 1]!;
+  return { ok: true, aggregate: actor.aggregate.name, id: actor.id, version: last.version, seq: last.seq, events, commandId, duplicate };
+}
+
+function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

@@ -1,0 +1,127 @@
+import { connect } from '@nats-io/transport-node';
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { FastifyInstance } from 'fastify';
+import type { Logger } from 'pino';
+import { ActorSystem } from './actor/system.js';
+import type { Aggregate } from './aggregate/define.js';
+import { CommandIntake } from './commands/intake.js';
+import { NatsCommandTransport } from './commands/nats.js';
+import type { Config } from './config.js';
+import { JetStreamEventStore, ensureEventStream } from './eventstore/jetstream.js';
+import { KvSnapshotStore } from './eventstore/snapshots.js';
+import { buildHttpServer } from './http/server.js';
+import { requireServerVersion } from './nats/version.js';
+import { StrandMetrics } from './observability/metrics.js';
+
+/** Everything a running Strand needs from outside. */
+export interface StrandDeps {
+  readonly config: Config;
+  readonly aggregates: readonly Aggregate[];
+  readonly natsUrl: string;
+  readonly log: Logger;
+  /** Register Node's default process metrics (off in tests that start several instances). */
+  readonly defaultMetrics?: boolean;
+}
+
+/**
+ * One Strand instance: actors taking commands from NATS, the event store, the HTTP server.
+ * Several may run against one NATS; they share the command queue group.
+ */
+export class Strand {
+  private stopping = false;
+  private connected = true;
+
+  private constructor(
+    readonly nc: NatsConnection,
+    readonly store: JetStreamEventStore,
+    readonly actors: ActorSystem,
+    readonly commands: NatsCommandTransport,
+    readonly intake: CommandIntake,
+    readonly http: FastifyInstance,
+    readonly metrics: StrandMetrics,
+    private readonly log: Logger,
+    private readonly config: Config,
+  ) {}
+
+  /** Connects, checks the server, prepares the stream and starts taking commands. */
+  static async start(deps: StrandDeps): Promise<Strand> {
+    const { config, log } = deps;
+    const nc = await connect({
+      servers: deps.natsUrl,
+      name: 'strand',
+      noAsyncTraces: true,
+      maxReconnectAttempts: -1,
+      reconnectTimeWait: 250,
+    });
+    try {
+      requireServerVersion(nc.info?.version, deps.natsUrl);
+      const stream = { name: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, duplicateWindowMs: config.STRAND_DUPLICATE_WINDOW_MS };
+      await ensureEventStream(nc, stream, log);
+      const store = new JetStreamEventStore(nc, { ...stream, timeoutMs: config.STRAND_STORE_TIMEOUT_MS });
+      const snapshots = config.STRAND_SNAPSHOT_EVERY > 0 || deps.aggregates.some((a) => (a.snapshotEvery ?? 0) > 0)
+        ? await KvSnapshotStore.open(nc, config.STRAND_STREAM, config.STRAND_STREAM_REPLICAS)
+        : undefined;
+      const metrics = new StrandMetrics({ defaultMetrics: deps.defaultMetrics ?? true });
+      const actors = new ActorSystem(
+        store,
+        snapshots,
+        {
+          maxActors: config.STRAND_MAX_ACTORS,
+          idleMs: config.STRAND_ACTOR_IDLE_MS,
+          conflictRetries: config.STRAND_CONFLICT_RETRIES,
+          mailboxLimit: config.STRAND_MAILBOX_LIMIT,
+          snapshotEvery: config.STRAND_SNAPSHOT_EVERY,
+          validateEvents: config.STRAND_VALIDATE_EVENTS,
+        },
+        metrics,
+        log.child({ component: 'actors' }),
+      );
+      const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES });
+      const commands = new NatsCommandTransport(nc, intake, actors, { queueGroup: config.STRAND_QUEUE_GROUP, maxInFlight: config.STRAND_MAX_IN_FLIGHT }, metrics, log.child({ component: 'commands' }));
+      let app!: Strand;
+      const http = buildHttpServer({
+        log,
+        registry: metrics.registry,
+        checks: [
+          { name: 'nats', ready: () => app.connected },
+          { name: 'commands', ready: () => !app.stopping },
+        ],
+      });
+      app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config);
+      app.watchConnection();
+      await commands.start();
+      log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, aggregates: deps.aggregates.map((a) => a.name) }, 'taking commands');
+      return app;
+    } catch (err) {
+      await nc.close().catch(() => undefined);
+      throw err;
+    }
+  }
+
+  /** Drains: stop taking commands, finish those in progress, close. Resolves true when nothing was cut off. */
+  async stop(): Promise<boolean> {
+    if (this.stopping) return true;
+    this.stopping = true;
+    const clean = await this.commands.drain(this.config.STRAND_DRAIN_TIMEOUT_MS);
+    if (!clean) this.log.warn({ pending: this.commands.pending }, 'drain timed out with commands in progress');
+    this.actors.stop();
+    this.store.close();
+    await this.http.close();
+    await this.nc.drain().catch(() => undefined);
+    return clean;
+  }
+
+  private watchConnection(): void {
+    void (async () => {
+      for await (const s of this.nc.status()) {
+        if (s.type === 'disconnect') {
+          this.connected = false;
+          this.log.warn({ server: s.server }, 'NATS disconnected');
+        } else if (s.type === 'reconnect') {
+          this.connected = true;
+          this.log.info({ server: s.server }, 'NATS reconnected');
+        }
+      }
+    })();
+  }
+}

@@ -1,0 +1,120 @@
+import { randomUUID } from 'node:crypto';
+import type { Aggregate } from '../aggregate/define.js';
+import type { Issuer } from '../aggregate/types.js';
+import { ErrorCode } from '../errors.js';
+import { parseCommandSubject } from '../../subjects/index.js';
+import { failed, type CommandFailed, type CommandRequest } from './types.js';
+
+/** The optional headers of a command, as received (any transport). */
+export interface CommandHeaders {
+  readonly commandId?: string;
+  readonly correlationId?: string;
+  readonly causationId?: string;
+  readonly actor?: string;
+  readonly expectedVersion?: string;
+}
+
+/** Limits intake applies before anything is decided. */
+export interface IntakeOptions {
+  /** Largest command body accepted, in bytes. */
+  readonly maxBodyBytes: number;
+}
+
+const TRACE_ID = /^[\x21-\x7e]{1,128}$/;
+const ISSUER = /^([A-Za-z0-9_.-]{1,64}):([\x21-\x7e]{1,128})$/;
+const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * Turns what arrived on a transport into a {@link CommandRequest}, or the reply that says
+ * precisely what is wrong with it. Order of checks: subject, aggregate, command, size, body,
+ * headers, schema.
+ */
+export class CommandIntake {
+  private readonly aggregates: ReadonlyMap<string, Aggregate>;
+
+  constructor(
+    aggregates: readonly Aggregate[],
+    private readonly o: IntakeOptions,
+  ) {
+    const m = new Map<string, Aggregate>();
+    for (const a of aggregates) {
+      if (m.has(a.name)) throw new Error(`aggregate ${a.name} is defined twice`);
+      m.set(a.name, a);
+    }
+    this.aggregates = m;
+  }
+
+  /** The defined aggregates, by name. */
+  get registry(): ReadonlyMap<string, Aggregate> {
+    return this.aggregates;
+  }
+
+  /** Parses a command that arrived on `cmd.<aggregate>.<id>.<Command>`. */
+  fromSubject(subject: string, body: Uint8Array, headers: CommandHeaders): CommandRequest | CommandFailed {
+    const s = parseCommandSubject(subject);
+    if (!s.ok) return failed(ErrorCode.BAD_REQUEST, s.problem);
+    return this.parse(s.aggregate, s.id, s.command, body, headers);
+  }
+
+  /** Parses a command addressed by its parts (the HTTP route gives them separately). */
+  parse(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders): CommandRequest | CommandFailed {
+    const aggregate = this.aggregates.get(aggregateName);
+    if (!aggregate) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName)}`);
+    if (!/^[A-Za-z0-9_-]{1,128}$/.test(id)) {
+      return failed(ErrorCode.BAD_REQUEST, `id must be 1-128 characters of [A-Za-z0-9_-], got ${JSON.stringify(id.slice(0, 140))}`);
+    }
+    const schema = aggregate.commands.get(command);
+    if (!schema) return failed(ErrorCode.UNKNOWN_COMMAND, `aggregate ${aggregate.name} has no command ${JSON.stringify(command.slice(0, 140))}`);
+    if (body.length > this.o.maxBodyBytes) {
+      return failed(ErrorCode.BAD_REQUEST, `body is ${body.length} bytes, the limit is ${this.o.maxBodyBytes}`);
+    }
+
+    let json: unknown = {};
+    if (body.length > 0) {
+      try {
+        json = JSON.parse(decoder.decode(body));
+      } catch (err) {
+        return failed(ErrorCode.BAD_REQUEST, `body is not valid JSON: ${(err as Error).message}`);
+      }
+    }
+
+    const commandId = h.commandId ?? randomUUID();
+    if (!TRACE_ID.test(commandId)) return badHeader('Strand-Command-Id', 'must be 1-128 printable ASCII characters');
+    if (h.correlationId !== undefined && !TRACE_ID.test(h.correlationId)) return badHeader('Strand-Correlation-Id', 'must be 1-128 printable ASCII characters');
+    if (h.causationId !== undefined && !TRACE_ID.test(h.causationId)) return badHeader('Strand-Causation-Id', 'must be 1-128 printable ASCII characters');
+    let issuer: Issuer | undefined;
+    if (h.actor !== undefined) {
+      const m = ISSUER.exec(h.actor);
+      if (!m) return badHeader('Strand-Actor', 'must be <type>:<id>');
+      issuer = { type: m[1]!, id: m[2]! };
+    }
+    let expectedVersion: number | undefined;
+    if (h.expectedVersion !== undefined) {
+      if (!/^(0|[1-9][0-9]{0,14})$/.test(h.expectedVersion)) return badHeader('Strand-Expected-Version', 'must be a non-negative integer');
+      expectedVersion = Number(h.expectedVersion);
+    }
+
+    const parsed = schema.safeParse(json);
+    if (!parsed.success) {
+      return failed(ErrorCode.VALIDATION_FAILED, `${aggregate.name}.${command}: ${parsed.error.issues.length} validation issue(s)`, {
+        details: parsed.error.issues.map((i) => ({ path: i.path.map(String), code: i.code, message: i.message })),
+      });
+    }
+
+    return {
+      aggregate,
+      id,
+      command,
+      data: parsed.data,
+      commandId,
+      ...(h.correlationId !== undefined ? { correlationId: h.correlationId } : { correlationId: commandId }),
+      ...(h.causationId !== undefined ? { causationId: h.causationId } : {}),
+      ...(issuer ? { issuer } : {}),
+      ...(expectedVersion !== undefined ? { expectedVersion } : {}),
+    };
+  }
+}
+
+function badHeader(name: string, why: string): CommandFailed {
+  return failed(ErrorCode.BAD_REQUEST, `header ${name} ${why}`);
+}

@@ -1,0 +1,58 @@
+import { z } from 'zod';
+
+const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
+const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
+
+/**
+ * Every setting, read from the environment and validated at start. docs/configuration.md
+ * lists them; a bad value stops the program with a message naming the variable.
+ */
+export const ConfigSchema = z.object({
+  NATS_URL: z.string().min(1).optional(),
+  DATABASE_URL: z.string().min(1).optional(),
+  PORT: int(0, 65535).default(3000),
+  HOST: z.string().min(1).default('127.0.0.1'),
+  LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
+  STRAND_DATA_DIR: z.string().min(1).default('.strand'),
+  NATS_PORT: int(0, 65535).default(0),
+  NATS_SYNC: z.enum(['always', 'default']).default('always'),
+  STRAND_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, _ and - only').default('EVENTS'),
+  STRAND_STREAM_REPLICAS: z.coerce.number().int().refine((n) => [1, 3, 5].includes(n), 'must be 1, 3 or 5').default(1),
+  STRAND_DUPLICATE_WINDOW_MS: int(1000).default(120_000),
+  STRAND_SNAPSHOT_EVERY: int(0).default(100),
+  STRAND_MAX_ACTORS: int(1).default(100_000),
+  STRAND_ACTOR_IDLE_MS: int(100).default(600_000),
+  STRAND_MAILBOX_LIMIT: int(1).default(1024),
+  STRAND_CONFLICT_RETRIES: int(0, 100).default(5),
+  STRAND_MAX_COMMAND_BYTES: int(1).default(65_536),
+  STRAND_MAX_IN_FLIGHT: int(1).default(10_000),
+  STRAND_STORE_TIMEOUT_MS: int(100).default(5_000),
+  STRAND_DRAIN_TIMEOUT_MS: int(0).default(15_000),
+  STRAND_QUEUE_GROUP: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/).default('strand'),
+  STRAND_VALIDATE_EVENTS: bool.default(true),
+});
+
+export type Config = z.infer<typeof ConfigSchema>;
+
+/** Bad configuration: the message names every offending variable. */
+export class ConfigError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
+}
+
+/** Reads the configuration; empty variables count as unset. */
+export function loadConfig(env: Record<string, string | undefined> = process.env): Config {
+  const input: Record<string, string> = {};
+  for (const key of Object.keys(ConfigSchema.shape)) {
+    const v = env[key];
+    if (v !== undefined && v !== '') input[key] = v;
+  }
+  const r = ConfigSchema.safeParse(input);
+  if (!r.success) {
+    const lines = r.error.issues.map((i) => `  ${i.path.join('.')}=${JSON.stringify(input[String(i.path[0])] ?? '')}: ${i.message}`);
+    throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
+  }
+  return r.data;
+}

@@ -1,0 +1,266 @@
+import { jetstreamManager, type JetStreamManager, type StreamConfig } from '@nats-io/jetstream';
+import { headers, nuid, type Msg, type NatsConnection } from '@nats-io/nats-core';
+import type { Logger } from 'pino';
+import {
+  EventHeader,
+  JetStreamHeader,
+  compareStreamConfig,
+  eventSubject,
+  instanceEvents,
+  streamConfig,
+  type EventStreamOptions,
+} from '../../subjects/index.js';
+import { AppendRefused, ConcurrencyConflict, StoreUnavailable } from './errors.js';
+import type { AppendResult, EventEnvelope, EventStore, StoredEvent } from './types.js';
+import { JetStreamWire, WireClosed, WireNoResponders, WireTimeout } from './wire.js';
+
+/** JetStream error codes that mean "another writer got there first". */
+const CONFLICT_CODES = new Set([10071, 10164]);
+/** JetStream error codes that mean "the cluster cannot take it right now". */
+const UNAVAILABLE_CODES = new Set([10008, 10009, 10023, 10029, 10076, 10077]);
+
+const DIRECT_GET_PAGE = 1000;
+
+/** Options of the JetStream event store. */
+export interface JetStreamEventStoreOptions extends EventStreamOptions {
+  /** How long to wait for an ack or a read before settling the outcome another way. */
+  readonly timeoutMs: number;
+}
+
+/** The stream exists with settings that would break Strand's guarantees. */
+export class IncompatibleStream extends Error {
+  constructor(
+    readonly stream: string,
+    readonly differences: string[],
+  ) {
+    super(`stream ${stream} exists with an incompatible configuration:\n  - ${differences.join('\n  - ')}`);
+    this.name = 'IncompatibleStream';
+  }
+}
+
+interface PubAck {
+  stream?: string;
+  seq?: number;
+  duplicate?: boolean;
+  count?: number;
+  error?: { code: number; err_code?: number; description?: string };
+}
+
+/**
+ * Creates the event stream when missing, and refuses one whose configuration would break the
+ * contract (a per-subject cap, an age limit, atomic publish off…), naming each difference.
+ */
+export async function ensureEventStream(nc: NatsConnection, o: EventStreamOptions, log?: Logger): Promise<StreamConfig> {
+  const jsm = await jetstreamManager(nc);
+  const wanted = streamConfig(o);
+  const existing = await streamInfo(jsm, o.name);
+  if (!existing) {
+    const info = await jsm.streams.add(wanted);
+    log?.info({ stream: o.name, replicas: o.replicas }, 'created event stream');
+    return info.config;
+  }
+  const diffs = compareStreamConfig(existing, wanted);
+  if (diffs.length > 0) throw new IncompatibleStream(o.name, diffs);
+  return existing;
+}
+
+async function streamInfo(jsm: JetStreamManager, name: string): Promise<StreamConfig | undefined> {
+  try {
+    return (await jsm.streams.info(name)).config;
+  } catch (err) {
+    if ((err as { name?: string }).name === 'StreamNotFoundError') return undefined;
+    if ((err as { code?: number; api_error?: { err_code?: number } }).api_error?.err_code === 10059) return undefined;
+    throw err;
+  }
+}
+
+/**
+ * The event store on one JetStream stream. Appends carry the instance's last stream sequence
+ * as `Nats-Expected-Last-Subject-Sequence` over `evt.<aggregate>.<id>.*`; several events go
+ * as one atomic batch with the expectation on the first message. Reads use batch direct get.
+ */
+export class JetStreamEventStore implements EventStore {
+  private readonly wire: JetStreamWire;
+  private readonly directGet: string;
+
+  constructor(
+    nc: NatsConnection,
+    private readonly o: JetStreamEventStoreOptions,
+  ) {
+    this.wire = new JetStreamWire(nc, o.timeoutMs);
+    this.directGet = `$JS.API.DIRECT.GET.${o.name}`;
+  }
+
+  close(): void {
+    this.wire.close();
+  }
+
+  async append(aggregate: string, id: string, expectedSeq: number, events: readonly EventEnvelope[]): Promise<AppendResult> {
+    if (events.length === 0) throw new Error('append needs at least one event');
+    let ack: PubAck;
+    try {
+      ack = events.length === 1 ? await this.publishOne(aggregate, id, expectedSeq, events[0]!) : await this.publishBatch(aggregate, id, expectedSeq, events);
+    } catch (err) {
+      if (err instanceof WireTimeout || err instanceof WireClosed) {
+        return this.settle(aggregate, id, expectedSeq, events, err);
+      }
+      if (err instanceof WireNoResponders) throw new StoreUnavailable(`event stream ${this.o.name} is not reachable (no responders)`);
+      throw err;
+    }
+    if (ack.error) {
+      const code = ack.error.err_code ?? 0;
+      const text = `${ack.error.description ?? 'append failed'} (${code})`;
+      if (CONFLICT_CODES.has(code)) throw new ConcurrencyConflict(text);
+      if (code === 10201) {
+        // The batch's message IDs are already stored: an earlier try of this very commit landed.
+        return this.settle(aggregate, id, expectedSeq, events, new Error(text));
+      }
+      if (UNAVAILABLE_CODES.has(code) || ack.error.code === 503) throw new StoreUnavailable(text);
+      throw new AppendRefused(text, code);
+    }
+    const lastSeq = ack.seq ?? 0;
+    if (events.length > 1 && ack.count !== events.length) {
+      throw new AppendRefused(`atomic batch stored ${ack.count} of ${events.length} messages`);
+    }
+    return { firstSeq: lastSeq - events.length + 1, lastSeq };
+  }
+
+  async load(aggregate: string, id: string, afterSeq: number, limit = Number.MAX_SAFE_INTEGER): Promise<{ events: StoredEvent[]; more: boolean }> {
+    const filter = instanceEvents(aggregate, id);
+    const events: StoredEvent[] = [];
+    let from = afterSeq + 1;
+    for (;;) {
+      const want = Math.min(DIRECT_GET_PAGE, limit - events.length);
+      let pending = 0;
+      let got = 0;
+      await this.read(JSON.stringify({ seq: from, batch: want, next_by_subj: filter }), (m) => {
+        const code = m.headers?.code ?? 0;
+        if (code === 404) return true;
+        if (code === 204) {
+          pending = Number(m.headers?.get('Nats-Num-Pending') || 0);
+          return true;
+        }
+        if (code !== 0) throw new StoreUnavailable(`direct get failed: ${code} ${m.headers?.description ?? ''}`);
+        events.push(toStored(m));
+        got++;
+        return false;
+      });
+      if (pending === 0 || got === 0) return { events, more: false };
+      if (events.length >= limit) return { events, more: true };
+      from = events[events.length - 1]!.seq + 1;
+    }
+  }
+
+  async last(aggregate: string, id: string): Promise<StoredEvent | undefined> {
+    let found: StoredEvent | undefined;
+    await this.read(JSON.stringify({ last_by_subj: instanceEvents(aggregate, id) }), (m) => {
+      const code = m.headers?.code ?? 0;
+      if (code === 404) return true;
+      if (code !== 0) throw new StoreUnavailable(`direct get failed: ${code} ${m.headers?.description ?? ''}`);
+      found = toStored(m);
+      return true;
+    });
+    return found;
+  }
+
+  private async read(request: string, onReply: (m: Msg) => boolean): Promise<void> {
+    try {
+      await this.wire.requestMany(this.directGet, request, onReply);
+    } catch (err) {
+      if (err instanceof WireTimeout || err instanceof WireClosed) throw new StoreUnavailable(`reading events: ${err.message}`);
+      if (err instanceof WireNoResponders) throw new StoreUnavailable(`event stream ${this.o.name} is not reachable (no responders)`);
+      throw err;
+    }
+  }
+
+  private async publishOne(aggregate: string, id: string, expectedSeq: number, e: EventEnvelope): Promise<PubAck> {
+    const h = eventHeaders(e);
+    h.set(JetStreamHeader.ExpectedLastSubjectSequence, String(expectedSeq));
+    h.set(JetStreamHeader.ExpectedLastSubjectSequenceSubject, instanceEvents(aggregate, id));
+    const reply = await this.wire.request(eventSubject(aggregate, id, e.type), JSON.stringify(e), h);
+    return parseAck(reply);
+  }
+
+  private async publishBatch(aggregate: string, id: string, expectedSeq: number, events: readonly EventEnvelope[]): Promise<PubAck> {
+    const batchId = nuid.next();
+    const last = events.length - 1;
+    for (let i = 0; i < last; i++) {
+      const e = events[i]!;
+      const h = eventHeaders(e);
+      h.set(JetStreamHeader.BatchId, batchId);
+      h.set(JetStreamHeader.BatchSequence, String(i + 1));
+      if (i === 0) {
+        h.set(JetStreamHeader.ExpectedLastSubjectSequence, String(expectedSeq));
+        h.set(JetStreamHeader.ExpectedLastSubjectSequenceSubject, instanceEvents(aggregate, id));
+      }
+      this.wire.publish(eventSubject(aggregate, id, e.type), JSON.stringify(e), h);
+    }
+    const e = events[last]!;
+    const h = eventHeaders(e);
+    h.set(JetStreamHeader.BatchId, batchId);
+    h.set(JetStreamHeader.BatchSequence, String(last + 1));
+    h.set(JetStreamHeader.BatchCommit, '1');
+    const reply = await this.wire.request(eventSubject(aggregate, id, e.type), JSON.stringify(e), h);
+    return parseAck(reply);
+  }
+
+  /**
+   * An append whose ack never came may or may not be stored. Read the instance's last event:
+   * ours means it landed; the old expectation still holding means it did not (any late copy
+   * will fail that same expectation, so the caller may retry); anything else is another
+   * writer, unless our events are among what came after.
+   */
+  private async settle(
+    aggregate: string,
+    id: string,
+    expectedSeq: number,
+    events: readonly EventEnvelope[],
+    cause: Error,
+  ): Promise<AppendResult> {
+    const firstId = events[0]!.id;
+    const lastId = events[events.length - 1]!.id;
+    for (let attempt = 0; attempt < 3; attempt++) {
+      try {
+        const last = await this.last(aggregate, id);
+        const lastSeq = last?.seq ?? 0;
+        if (last && last.envelope.id === lastId) return { firstSeq: lastSeq - events.length + 1, lastSeq };
+        if (lastSeq === expectedSeq) {
+          throw new StoreUnavailable(`append to ${aggregate}/${id} not acknowledged (${cause.message}); it was not stored`);
+        }
+        const after = await this.load(aggregate, id, expectedSeq);
+        const mine = after.events.find((s) => s.envelope.id === firstId);
+        if (mine) return { firstSeq: mine.seq, lastSeq: mine.seq + events.length - 1 };
+        throw new ConcurrencyConflict(`another writer appended to ${aggregate}/${id} while our append was unacknowledged`);
+      } catch (err) {
+        if (err instanceof ConcurrencyConflict) throw err;
+        if (err instanceof StoreUnavailable && !err.outcomeUnknown && /was not stored/.test(err.message)) throw err;
+        await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
+      }
+    }
+    throw new StoreUnavailable(`append to ${aggregate}/${id}: ${cause.message}, and its outcome could not be read back`, true);
+  }
+}
+
+function eventHeaders(e: EventEnvelope) {
+  const h = headers();
+  h.set(JetStreamHeader.MsgId, e.id);
+  h.set(EventHeader.EventType, e.type);
+  h.set(EventHeader.Version, String(e.version));
+  return h;
+}
+
+function parseAck(m: Msg): PubAck {
+  if (m.headers?.code === 503) return { error: { code: 503, description: 'no responders' } };
+  try {
+    return JSON.parse(new TextDecoder().decode(m.data)) as PubAck;
+  } catch {
+    return { error: { code: 500, description: 'unreadable publish ack' } };
+  }
+}
+
+const decoder = new TextDecoder();
+
+function toStored(m: Msg): StoredEvent {
+  const seq = Number(m.headers?.get('Nats-Sequence'));
+  return { seq, envelope: JSON.parse(decoder.decode(m.data)) as EventEnvelope };
+}

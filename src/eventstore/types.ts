@@ -1,0 +1,46 @@
+import type { EventMetadata } from '../aggregate/types.js';
+
+/** One event as it is stored: the JSON body of a message on `evt.<aggregate>.<id>.<EventType>`. */
+export interface EventEnvelope {
+  /** Unique event ID; also the message's `Nats-Msg-Id`. */
+  readonly id: string;
+  readonly type: string;
+  readonly aggregate: string;
+  readonly aggregateId: string;
+  /** The aggregate's version after this event: 1, 2, 3, … with no gaps. */
+  readonly version: number;
+  /** The version of the event type's schema the data was written with. */
+  readonly schemaVersion: number;
+  /** ISO-8601 time the command was decided at. */
+  readonly time: string;
+  /** Who issued the command, as given in `Strand-Actor`: `<type>:<id>`. */
+  readonly actor?: string;
+  readonly data: unknown;
+  readonly metadata: EventMetadata;
+}
+
+/** An event read back from the stream, with its stream sequence. */
+export interface StoredEvent {
+  readonly seq: number;
+  readonly envelope: EventEnvelope;
+}
+
+/** Where an append landed: events of one commit are adjacent, so the first sequence is enough. */
+export interface AppendResult {
+  readonly firstSeq: number;
+  readonly lastSeq: number;
+}
+
+/** The event store's contract: append under an expected sequence, and load an instance's history. */
+export interface EventStore {
+  /**
+   * Appends all events of one commit, or none. `expectedSeq` is the stream sequence of the
+   * instance's last event (0 for none). Throws {@link ConcurrencyConflict} when another
+   * writer got there first, {@link StoreUnavailable} when the outcome could not be settled.
+   */
+  append(aggregate: string, id: string, expectedSeq: number, events: readonly EventEnvelope[]): Promise<AppendResult>;
+  /** Events of one instance with sequence greater than `afterSeq`, in order, at most `limit`. */
+  load(aggregate: string, id: string, afterSeq: number, limit?: number): Promise<{ events: StoredEvent[]; more: boolean }>;
+  /** The instance's last event, if any. */
+  last(aggregate: string, id: string): Promise<StoredEvent | undefined>;
+}

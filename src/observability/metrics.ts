@@ -1,0 +1,49 @@
+import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+
+const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+
+/**
+ * Strand's Prometheus metrics, in a registry of its own (so tests and several instances in
+ * one process do not collide). Labelled children are cached: the command path observes
+ * several metrics per command and prom-client hashes label sets on every call otherwise.
+ */
+export class StrandMetrics {
+  readonly registry = new Registry();
+  readonly commands = new Counter({ name: 'strand_commands_total', help: 'Commands handled, by aggregate, command and result (ok, duplicate, or an error code)', labelNames: ['aggregate', 'command', 'result'], registers: [this.registry] });
+  readonly commandDuration = new Histogram({ name: 'strand_command_duration_seconds', help: 'Time from a command taken off NATS to its reply', labelNames: ['aggregate', 'command'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly eventsAppended = new Counter({ name: 'strand_events_appended_total', help: 'Events appended to the stream, by aggregate', labelNames: ['aggregate'], registers: [this.registry] });
+  readonly appendDuration = new Histogram({ name: 'strand_append_duration_seconds', help: 'Time of one append (publish to ack), by aggregate', labelNames: ['aggregate'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly conflicts = new Counter({ name: 'strand_concurrency_conflicts_total', help: 'Appends refused because another writer appended first', labelNames: ['aggregate'], registers: [this.registry] });
+  readonly liveActors = new Gauge({ name: 'strand_live_actors', help: 'Actors in memory', registers: [this.registry] });
+  readonly activations = new Counter({ name: 'strand_actor_activations_total', help: 'Actors activated, by aggregate and source (empty, events, snapshot)', labelNames: ['aggregate', 'source'], registers: [this.registry] });
+  readonly passivations = new Counter({ name: 'strand_actor_passivations_total', help: 'Actors passivated, by aggregate and reason (idle, capacity, failure)', labelNames: ['aggregate', 'reason'], registers: [this.registry] });
+  readonly rehydration = new Histogram({ name: 'strand_rehydration_duration_seconds', help: 'Time to activate an actor (snapshot plus events)', labelNames: ['aggregate'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly snapshots = new Counter({ name: 'strand_snapshots_written_total', help: 'Snapshots written, by aggregate', labelNames: ['aggregate'], registers: [this.registry] });
+  readonly inFlight = new Gauge({ name: 'strand_commands_in_flight', help: 'Commands taken and not yet replied to', registers: [this.registry] });
+
+  private readonly children = new Map<string, unknown>();
+
+  constructor(opts: { defaultMetrics?: boolean } = {}) {
+    if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'strand_' });
+  }
+
+  /** Counts one command outcome and its duration. */
+  command(aggregate: string, command: string, result: string, seconds: number): void {
+    this.child(`c\0${aggregate}\0${command}\0${result}`, () => this.commands.labels(aggregate, command, result)).inc();
+    this.child(`d\0${aggregate}\0${command}`, () => this.commandDuration.labels(aggregate, command)).observe(seconds);
+  }
+
+  appended(aggregate: string, events: number, seconds: number): void {
+    this.child(`e\0${aggregate}`, () => this.eventsAppended.labels(aggregate)).inc(events);
+    this.child(`a\0${aggregate}`, () => this.appendDuration.labels(aggregate)).observe(seconds);
+  }
+
+  private child<T>(key: string, make: () => T): T {
+    let c = this.children.get(key) as T | undefined;
+    if (!c) {
+      c = make();
+      this.children.set(key, c);
+    }
+    return c;
+  }
+}
