@@ -1,0 +1,271 @@
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Pool } from 'pg';
+import type { Logger } from 'pino';
+import { ErrorCode, StrandError } from '../errors.js';
+import type { StrandMetrics } from '../observability/metrics.js';
+import { dropRetiredGenerations, ensureBookkeeping, inTransaction, listProjectionRows, plan, readProjection, requestRebuild, type ProjectionRow } from './catalog.js';
+import { ProjectionRunner, applyEvents, type RunnerOptions } from './runner.js';
+import type { Projection, ProjectionEvent } from './types.js';
+
+/** Where one projection stands, as `GET /projections` shows it. */
+export interface ProjectionStatus {
+  readonly name: string;
+  readonly version: number;
+  readonly activeGeneration: number | null;
+  readonly buildingGeneration: number | null;
+  /** Stream sequence of the last event the serving generation applied. */
+  readonly checkpoint: number;
+  /** Applied by a runner in this instance (false: another instance holds the lock). */
+  readonly local: boolean;
+  readonly pending: number | null;
+  readonly caughtUp: boolean | null;
+  readonly rebuild: { readonly generation: number; readonly checkpoint: number; readonly pending: number } | null;
+  readonly deadLetters: number;
+}
+
+/** A parked event. */
+export interface DeadLetter {
+  readonly projection: string;
+  readonly seq: number;
+  readonly subject: string;
+  readonly error: string;
+  readonly attempts: number;
+  readonly parkedAt: string;
+  readonly event: ProjectionEvent;
+}
+
+/** Options of the read side. */
+export interface ReadSideOptions extends RunnerOptions {
+  /** How often an instance without a projection's lock checks whether it can take over. */
+  readonly standbyCheckMs: number;
+}
+
+/**
+ * Runs every projection: one runner per generation being applied (the serving one and, during
+ * a rebuild, the new one), each only where its advisory lock is held, so several instances
+ * share the work and take over from each other.
+ */
+export class ReadSide {
+  private readonly runners = new Map<string, ProjectionRunner>();
+  private readonly byName: ReadonlyMap<string, Projection>;
+  private timer: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  constructor(
+    readonly pool: Pool,
+    private readonly nc: NatsConnection,
+    readonly projections: readonly Projection[],
+    private readonly o: ReadSideOptions,
+    private readonly metrics: StrandMetrics,
+    private readonly log: Logger,
+  ) {
+    const m = new Map<string, Projection>();
+    for (const p of projections) {
+      if (m.has(p.name)) throw new Error(`projection ${p.name} is defined twice`);
+      m.set(p.name, p);
+    }
+    const views = new Set<string>();
+    for (const p of projections) {
+      for (const v of Object.keys(p.views)) {
+        if (views.has(v)) throw new Error(`view ${v} is declared by two projections`);
+        views.add(v);
+      }
+    }
+    this.byName = m;
+  }
+
+  projection(name: string): Projection | undefined {
+    return this.byName.get(name);
+  }
+
+  async start(): Promise<void> {
+    await ensureBookkeeping(this.pool);
+    for (const p of this.projections) await this.supervise(p);
+    this.timer = setInterval(() => void this.superviseAll(), this.o.standbyCheckMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.timer);
+    await Promise.all([...this.runners.values()].map((r) => r.stop()));
+    this.runners.clear();
+  }
+
+  /** True when every projection this instance applies has caught up with the stream. */
+  caughtUp(): boolean {
+    for (const r of this.runners.values()) if (r.target.role === 'active' && !r.caughtUp) return false;
+    return true;
+  }
+
+  /** The serving generation's checkpoint (from this instance's runner, or PostgreSQL). */
+  checkpoint(name: string): Promise<number> {
+    return unavailableOnFailure(this.readCheckpoint(name));
+  }
+
+  private async readCheckpoint(name: string): Promise<number> {
+    const local = this.activeRunner(name);
+    if (local) return local.checkpoint;
+    const r = await this.pool.query(
+      'SELECT c.seq FROM strand_projections p JOIN strand_checkpoints c ON c.projection = p.name AND c.generation = p.active_generation WHERE p.name = $1',
+      [name],
+    );
+    return Number((r.rows[0] as { seq: string } | undefined)?.seq ?? 0);
+  }
+
+  /** Waits until the serving generation has applied `minSeq`; resolves with the checkpoint reached. */
+  waitFor(name: string, minSeq: number, timeoutMs: number): Promise<{ reached: boolean; checkpoint: number }> {
+    return unavailableOnFailure(this.waitForCheckpoint(name, minSeq, timeoutMs));
+  }
+
+  private async waitForCheckpoint(name: string, minSeq: number, timeoutMs: number): Promise<{ reached: boolean; checkpoint: number }> {
+    const deadline = Date.now() + timeoutMs;
+    for (;;) {
+      const checkpoint = await this.readCheckpoint(name);
+      if (checkpoint >= minSeq) return { reached: true, checkpoint };
+      const left = deadline - Date.now();
+      if (left <= 0) return { reached: false, checkpoint };
+      const local = this.activeRunner(name);
+      // The events asked for may belong to other projections: the watermark moves past them.
+      if (local) void local.refresh();
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(done, Math.min(left, local ? 50 : 25));
+        const off = local?.onAdvance(() => {
+          if (local.checkpoint >= minSeq) done();
+        });
+        function done() {
+          clearTimeout(t);
+          off?.();
+          resolve();
+        }
+      });
+    }
+  }
+
+  status(): Promise<ProjectionStatus[]> {
+    return unavailableOnFailure(this.readStatus());
+  }
+
+  private async readStatus(): Promise<ProjectionStatus[]> {
+    const rows = new Map((await listProjectionRows(this.pool)).map((r) => [r.name, r]));
+    const dl = await this.pool.query('SELECT projection, count(*)::int AS n FROM strand_dead_letters GROUP BY projection');
+    const dead = new Map((dl.rows as { projection: string; n: number }[]).map((r) => [r.projection, r.n]));
+    const out: ProjectionStatus[] = [];
+    for (const p of this.projections) {
+      const row: ProjectionRow | undefined = rows.get(p.name);
+      const active = this.activeRunner(p.name);
+      const building = [...this.runners.values()].find((r) => r.projection.name === p.name && r.target.role === 'building');
+      let buildCheckpoint = 0;
+      if (row?.buildingGeneration && !building) {
+        const r = await this.pool.query('SELECT seq FROM strand_checkpoints WHERE projection = $1 AND generation = $2', [p.name, row.buildingGeneration]);
+        buildCheckpoint = Number((r.rows[0] as { seq: string } | undefined)?.seq ?? 0);
+      }
+      out.push({
+        name: p.name,
+        version: p.version,
+        activeGeneration: row?.activeGeneration ?? null,
+        buildingGeneration: row?.buildingGeneration ?? null,
+        checkpoint: await this.readCheckpoint(p.name),
+        local: active !== undefined,
+        pending: active ? active.pending : null,
+        caughtUp: active ? active.caughtUp : null,
+        rebuild: row?.buildingGeneration
+          ? { generation: row.buildingGeneration, checkpoint: building ? building.checkpoint : buildCheckpoint, pending: building ? building.pending : -1 }
+          : null,
+        deadLetters: dead.get(p.name) ?? 0,
+      });
+    }
+    return out;
+  }
+
+  /** Rebuilds a projection from the start of the stream into a new generation; undefined when one is already in progress. */
+  async rebuild(name: string): Promise<number | undefined> {
+    const p = this.byName.get(name);
+    if (!p) return undefined;
+    const generation = await unavailableOnFailure(requestRebuild(this.pool, p));
+    if (generation !== undefined) await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: name }, 'rebuild not started here yet; supervision retries'));
+    return generation;
+  }
+
+  async deadLetters(name: string, limit = 100): Promise<DeadLetter[]> {
+    const r = await unavailableOnFailure(this.pool.query(
+      'SELECT projection, seq, subject, error, attempts, parked_at, event FROM strand_dead_letters WHERE projection = $1 ORDER BY seq LIMIT $2',
+      [name, limit],
+    ));
+    return (r.rows as Record<string, unknown>[]).map((x) => ({
+      projection: x['projection'] as string,
+      seq: Number(x['seq']),
+      subject: x['subject'] as string,
+      error: x['error'] as string,
+      attempts: x['attempts'] as number,
+      parkedAt: (x['parked_at'] as Date).toISOString(),
+      event: x['event'] as ProjectionEvent,
+    }));
+  }
+
+  /**
+   * Applies a parked event to the serving generation again. On success it leaves the
+   * dead-letter table; on failure its error and attempts are updated and the error returned.
+   */
+  async retryDeadLetter(name: string, seq: number): Promise<{ found: boolean; ok: boolean; error?: string }> {
+    const p = this.byName.get(name);
+    if (!p) return { found: false, ok: false };
+    try {
+      return await inTransaction(this.pool, async (c) => {
+        const r = await c.query('SELECT event FROM strand_dead_letters WHERE projection = $1 AND seq = $2 FOR UPDATE', [name, seq]);
+        if (r.rowCount === 0) return { found: false, ok: false };
+        const row = await readProjection(c, name);
+        await applyEvents(c, p, row!.activeGeneration, [(r.rows[0] as { event: ProjectionEvent }).event]);
+        await c.query('DELETE FROM strand_dead_letters WHERE projection = $1 AND seq = $2', [name, seq]);
+        return { found: true, ok: true };
+      });
+    } catch (err) {
+      const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+      const u = await unavailableOnFailure(this.pool.query('UPDATE strand_dead_letters SET error = $3, attempts = attempts + 1 WHERE projection = $1 AND seq = $2', [name, seq, error]));
+      return { found: (u.rowCount ?? 0) > 0, ok: false, error };
+    }
+  }
+
+  private activeRunner(name: string): ProjectionRunner | undefined {
+    for (const r of this.runners.values()) if (r.projection.name === name && r.target.role === 'active') return r;
+    return undefined;
+  }
+
+  private async superviseAll(): Promise<void> {
+    for (const p of this.projections) {
+      if (this.stopping) return;
+      await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'projection supervision failed'));
+    }
+  }
+
+  private async supervise(p: Projection): Promise<void> {
+    const targets = await plan(this.pool, p);
+    const wanted = new Set(targets.map((t) => `${p.name}/${t.generation}`));
+    for (const [key, r] of this.runners) {
+      if (r.projection.name === p.name && !wanted.has(key)) {
+        this.runners.delete(key);
+        await r.stop();
+      }
+    }
+    for (const t of targets) {
+      const key = `${p.name}/${t.generation}`;
+      if (this.runners.has(key) || this.stopping) continue;
+      const runner = new ProjectionRunner(p, t, this.pool, this.nc, this.o, this.metrics, this.log.child({ projection: p.name }), () => {
+        void this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'supervision after switch-over failed'));
+      });
+      if (await runner.tryStart()) this.runners.set(key, runner);
+    }
+    const dropped = await dropRetiredGenerations(this.pool, p.name);
+    if (dropped.length > 0) this.log.info({ projection: p.name, generations: dropped }, 'dropped retired generations');
+  }
+}
+
+/** No pg error leaves the read side: a database failure is the project's UNAVAILABLE. */
+async function unavailableOnFailure<T>(p: Promise<T>): Promise<T> {
+  try {
+    return await p;
+  } catch (err) {
+    if (err instanceof StrandError) throw err;
+    throw new StrandError(ErrorCode.UNAVAILABLE, `read model database unavailable: ${(err as Error).message}`);
+  }
+}

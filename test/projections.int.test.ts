@@ -1,0 +1,313 @@
+import { jetstream } from '@nats-io/jetstream';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pg from 'pg';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { order, projections as exampleProjections, taskListView } from '../actors/index.js';
+import type { Strand } from '../src/app.js';
+import type { CommandAccepted } from '../src/commands/types.js';
+import type { EventEnvelope } from '../src/eventstore/types.js';
+import { defineProjection, on } from '../src/projections/define.js';
+import { startTestNats, type TestNats } from './support/nats.js';
+import { createTestDatabase, type TestDatabase } from './support/postgres.js';
+import { CommandClient, eventually, startStrand, startStrandWithDb } from './support/strand.js';
+
+const root = fileURLToPath(new URL('..', import.meta.url));
+
+let nats: TestNats;
+let writer: Strand;
+let client: CommandClient;
+const databases: TestDatabase[] = [];
+
+async function database(): Promise<TestDatabase> {
+  const db = await createTestDatabase();
+  databases.push(db);
+  return db;
+}
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  // The write side alone: commands in, events out. Read sides below come and go.
+  writer = await startStrand(nats.url);
+  client = await CommandClient.connect(nats.url);
+});
+
+afterAll(async () => {
+  await client?.close();
+  await writer?.stop();
+  for (const db of databases) await db.drop().catch(() => undefined);
+  await nats?.cleanup();
+});
+
+
+/** A mixed workload over tasks, orders and eligibility checks; returns the last sequence written. */
+async function workload(prefix: string, tasks: number): Promise<number> {
+  let last = 0;
+  const ok = (r: unknown) => {
+    expect(r).toMatchObject({ ok: true });
+    last = Math.max(last, (r as CommandAccepted).seq);
+  };
+  const batch = async (fns: (() => Promise<unknown>)[]) => {
+    for (let i = 0; i < fns.length; i += 64) (await Promise.all(fns.slice(i, i + 64).map((f) => f()))).forEach(ok);
+  };
+  await batch(Array.from({ length: tasks }, (_, i) => () => client.send(`cmd.task.${prefix}-t${i}.CreateTask`, { title: `Task ${i}`, memberId: `M${i % 7}`, assignedTo: `CC${i % 5}` })));
+  await batch(Array.from({ length: Math.floor(tasks / 3) }, (_, i) => () => client.send(`cmd.task.${prefix}-t${i * 3}.AssignTask`, { assignedTo: `CC${(i + 1) % 5}` })));
+  await batch(
+    Array.from({ length: Math.floor(tasks / 2) }, (_, i) => () => {
+      const n = i * 2;
+      const assignee = n % 3 === 0 ? `CC${(n / 3 + 1) % 5}` : `CC${n % 5}`;
+      return client.send(`cmd.task.${prefix}-t${n}.CompleteTask`, { notes: `done ${n}` }, { 'Strand-Actor': `user:${assignee}` });
+    }),
+  );
+  await batch(Array.from({ length: Math.floor(tasks / 10) }, (_, i) => () => client.send(`cmd.task.${prefix}-t${i * 10 + 1}.CancelTask`, { reason: 'no longer needed' })));
+  await batch(Array.from({ length: Math.floor(tasks / 4) }, (_, i) => () => client.send(`cmd.order.${prefix}-o${i}.PlaceOrder`, { customerId: `C${i % 3}`, items: [{ sku: 'A', quantity: 1, priceCents: 100 + i }] })));
+  await batch(Array.from({ length: Math.floor(tasks / 8) }, (_, i) => () => client.send(`cmd.order.${prefix}-o${i}.AddItem`, { sku: 'B', quantity: 2, priceCents: 50 })));
+  await batch(Array.from({ length: Math.floor(tasks / 10) }, (_, i) => () => client.send(`cmd.eligibility-check.${prefix}-e${i}.Initiate`, { accountId: `A${i}` })));
+  await batch(
+    Array.from({ length: Math.floor(tasks / 10) }, (_, i) => () =>
+      client.send(`cmd.eligibility-check.${prefix}-e${i}.RecordResponse`, { requestId: `R${i}`, responseCode: 'AAA', latencyMs: 10 + i, ...(i % 2 === 0 ? { eligible: true } : {}) }),
+    ),
+  );
+  return last;
+}
+
+/** Every row of every public view, in key order: what a from-scratch rebuild must reproduce. */
+async function dumpViews(url: string): Promise<Record<string, unknown[]>> {
+  const c = new pg.Client({ connectionString: url });
+  await c.connect();
+  try {
+    const out: Record<string, unknown[]> = {};
+    for (const p of exampleProjections) {
+      for (const [name, v] of Object.entries(p.views)) {
+        const cols = Object.values(v.columns).filter((col) => col !== 'updated_at');
+        out[name] = (await c.query(`SELECT ${cols.map((x) => `"${x}"`).join(', ')} FROM public."${name}" ORDER BY "${v.columns[v.key]}"`)).rows;
+      }
+    }
+    return out;
+  } finally {
+    await c.end();
+  }
+}
+
+async function waitCaughtUp(s: Strand, seq: number): Promise<void> {
+  for (const p of exampleProjections) {
+    const r = await s.readSide!.waitFor(p.name, seq, 60_000);
+    expect(r.reached, `${p.name} reached ${seq}`).toBe(true);
+  }
+}
+
+/** Builds the example read models from the start of the stream in a fresh database. */
+async function rebuildFromScratch(upTo: number): Promise<Record<string, unknown[]>> {
+  const db = await database();
+  const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' });
+  try {
+    await waitCaughtUp(s, upTo);
+    return await dumpViews(db.url);
+  } finally {
+    await s.stop();
+  }
+}
+
+describe('projections', { timeout: 120_000 }, () => {
+  it('apply the stream to PostgreSQL and serve a write as soon as its sequence is applied (minSeq)', async () => {
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' });
+    try {
+      const r = (await client.send('cmd.task.ryw-1.CreateTask', { title: 'Read your write', memberId: 'M1', assignedTo: 'CC456' })) as CommandAccepted;
+      const waited = await s.readSide!.waitFor('task_list_view', r.seq, 10_000);
+      expect(waited.reached).toBe(true);
+      const row = await s.views!.row('task_list_view', 'ryw-1');
+      expect(row.row).toMatchObject({ taskId: 'ryw-1', title: 'Read your write', status: 'pending', assignedTo: 'CC456', memberId: 'M1', version: 1 });
+      expect(row.checkpoint).toBeGreaterThanOrEqual(r.seq);
+      const page = await s.views!.page('task_list_view', { assignedTo: 'CC456', status: 'pending' }, 10);
+      expect(page.rows.map((x) => x['taskId'])).toContain('ryw-1');
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('count task_analytics exactly as recomputed from the stream after thousands of commands', async () => {
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' });
+    try {
+      const last = await workload('an', 1200);
+      await waitCaughtUp(s, last);
+      // Recompute from the stream, as any outside consumer could.
+      const created = new Map<string, number>();
+      const completed = new Map<string, { n: number; hours: number }>();
+      const createdAt = new Map<string, number>();
+      const js = jetstream(client.nc);
+      const consumer = await js.consumers.get('EVENTS', { filter_subjects: ['evt.task.>'] });
+      const info = await consumer.info();
+      let remaining = info.num_pending;
+      const iter = await consumer.consume();
+      for await (const m of iter) {
+        const e = m.json<EventEnvelope>();
+        if (e.type === 'TaskCreated') {
+          created.set(e.time.slice(0, 10), (created.get(e.time.slice(0, 10)) ?? 0) + 1);
+          createdAt.set(e.aggregateId, Date.parse(e.time));
+        } else if (e.type === 'TaskCompleted') {
+          const at = (e.data as { completedAt: string }).completedAt;
+          const c = completed.get(at.slice(0, 10)) ?? { n: 0, hours: 0 };
+          c.n++;
+          c.hours += (Date.parse(at) - createdAt.get(e.aggregateId)!) / 3_600_000;
+          completed.set(at.slice(0, 10), c);
+        }
+        if (--remaining === 0) break;
+      }
+      await iter.close();
+      const rows = (await s.views!.page('task_analytics', {}, 500)).rows;
+      const days = [...new Set([...created.keys(), ...completed.keys()])].sort().reverse();
+      expect(rows.map((r) => r['day'])).toEqual(days);
+      for (const r of rows) {
+        const d = r['day'] as string;
+        expect(r['created']).toBe(created.get(d) ?? 0);
+        expect(r['completed']).toBe(completed.get(d)?.n ?? 0);
+        const c = completed.get(d);
+        if (c) expect(r['avgHoursToComplete'] as number).toBeCloseTo(c.hours / c.n, 9);
+        else expect(r['avgHoursToComplete']).toBeNull();
+      }
+      expect(rows.reduce((n, r) => n + (r['created'] as number), 0)).toBeGreaterThanOrEqual(1200);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  for (const point of ['projection.afterCommit:3', 'projection.beforeCommit:3']) {
+    it(`end equal to a from-scratch rebuild after a crash at ${point.split(':')[0]}`, async () => {
+      const last = await workload(`crash${point.length}`, 300);
+      const db = await database();
+      // A real process, killed with SIGKILL at the failpoint in the middle of catching up.
+      const child = spawn(join(root, 'node_modules', '.bin', 'tsx'), ['src/main.ts'], {
+        cwd: root,
+        env: { ...process.env, NATS_URL: nats.url, DATABASE_URL: db.url, PORT: '0', LOG_LEVEL: 'warn', STRAND_ROLES: 'projections', STRAND_PROJECTION_BATCH_SIZE: '40', STRAND_FAILPOINT: point },
+        stdio: ['ignore', 'pipe', 'pipe'],
+      });
+      let out = '';
+      child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+      const exit = await new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => child.on('exit', (code, signal) => resolve({ code, signal })));
+      // tsx reports its child's SIGKILL as exit code 137, or dies of it itself.
+      expect(exit.signal === 'SIGKILL' || exit.code === 137, `${JSON.stringify(exit)} ${out}`).toBe(true);
+      expect(out).toContain(`failpoint ${point.split(':')[0]} reached`);
+      // Restart on the same database: it resumes from its checkpoint.
+      const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_BATCH_SIZE: '40' });
+      try {
+        await waitCaughtUp(s, last);
+        const resumed = await dumpViews(db.url);
+        const scratch = await rebuildFromScratch(last);
+        expect(resumed).toEqual(scratch);
+      } finally {
+        await s.stop();
+      }
+    });
+  }
+
+  it('rebuild a projection whose version changed into new tables, serving the old ones throughout, then switch', async () => {
+    const db = await database();
+    const last = await workload('rb', 150);
+    const v1 = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' });
+    let before: Record<string, unknown[]>;
+    try {
+      await waitCaughtUp(v1, last);
+      before = await dumpViews(db.url);
+    } finally {
+      await v1.stop();
+    }
+    const v2 = defineProjection({ ...taskListView, version: 2 });
+    const projections = exampleProjections.map((p) => (p.name === 'task_list_view' ? v2 : p));
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_BATCH_SIZE: '20' }, projections);
+    try {
+      const status = await s.readSide!.status();
+      expect(status.find((x) => x.name === 'task_list_view')).toMatchObject({ activeGeneration: 1, buildingGeneration: 2 });
+      const served: number[] = [];
+      const errors: unknown[] = [];
+      let switched = false;
+      while (!switched) {
+        try {
+          served.push((await s.views!.page('task_list_view', {}, 500)).rows.length);
+        } catch (err) {
+          errors.push(err);
+        }
+        switched = (await s.readSide!.status()).find((x) => x.name === 'task_list_view')!.activeGeneration === 2;
+      }
+      expect(errors).toEqual([]);
+      expect(served.length).toBeGreaterThan(0);
+      expect(served.every((n) => n === before['task_list_view']!.length || n === Math.min(500, before['task_list_view']!.length))).toBe(true);
+      expect(await dumpViews(db.url)).toEqual(before);
+      // The old generation's schema is dropped once nobody applies it.
+      await eventually(async () => (await s.pool!.query("SELECT 1 FROM pg_namespace WHERE nspname = 'proj_task_list_view_g1'")).rowCount === 0, 'generation 1 dropped');
+
+      // A rebuild on command (same version) ends the same way.
+      const generation = await s.readSide!.rebuild('order_list');
+      expect(generation).toBe(2);
+      await eventually(async () => (await s.readSide!.status()).find((x) => x.name === 'order_list')!.activeGeneration === 2, 'order_list switched', 20_000);
+      expect(await dumpViews(db.url)).toEqual(before);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('park a poison event after bounded tries, apply the rest, and retry it once fixed', async () => {
+    let broken = true;
+    const poison = defineProjection({
+      name: 'poison_orders',
+      version: 1,
+      migrations: ['CREATE TABLE poison_orders (order_id text PRIMARY KEY, customer_id text NOT NULL)'],
+      tables: { poison_orders: { key: ['order_id'] } },
+      views: { poison_orders: { relation: 'poison_orders', key: 'orderId', columns: { orderId: 'order_id', customerId: 'customer_id' }, filters: [] } },
+      handlers: [
+        on(order, {
+          OrderPlaced: (e, db) => {
+            if (broken && e.data.customerId === 'POISON') throw new Error('cannot handle this customer');
+            db.upsert('poison_orders', { order_id: e.aggregateId, customer_id: e.data.customerId });
+          },
+        }),
+      ],
+    });
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_MAX_ATTEMPTS: '2' }, [poison]);
+    try {
+      let last = 0;
+      for (const [i, customer] of ['C1', 'POISON', 'C2'].entries()) {
+        last = ((await client.send(`cmd.order.poison-${i}.PlaceOrder`, { customerId: customer, items: [{ sku: 'A', quantity: 1, priceCents: 1 }] })) as CommandAccepted).seq;
+      }
+      expect((await s.readSide!.waitFor('poison_orders', last, 20_000)).reached).toBe(true);
+      const parked = await s.readSide!.deadLetters('poison_orders');
+      expect(parked).toHaveLength(1);
+      expect(parked[0]).toMatchObject({ attempts: 2, event: { aggregateId: 'poison-1', type: 'OrderPlaced' } });
+      expect(parked[0]!.error).toContain('cannot handle this customer');
+      expect((await s.views!.row('poison_orders', 'poison-0')).row).toEqual({ orderId: 'poison-0', customerId: 'C1' });
+      expect((await s.views!.row('poison_orders', 'poison-2')).row).toEqual({ orderId: 'poison-2', customerId: 'C2' });
+      expect((await s.views!.row('poison_orders', 'poison-1')).row).toBeUndefined();
+
+      expect(await s.readSide!.retryDeadLetter('poison_orders', parked[0]!.seq)).toMatchObject({ found: true, ok: false });
+      broken = false;
+      expect(await s.readSide!.retryDeadLetter('poison_orders', parked[0]!.seq)).toEqual({ found: true, ok: true });
+      expect(await s.readSide!.deadLetters('poison_orders')).toEqual([]);
+      expect((await s.views!.row('poison_orders', 'poison-1')).row).toEqual({ orderId: 'poison-1', customerId: 'POISON' });
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('run each projection on one instance at a time, and hand over when it stops', async () => {
+    const db = await database();
+    const a = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '200' });
+    const b = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '200' });
+    try {
+      const local = async (s: Strand) => (await s.readSide!.status()).filter((x) => x.local).map((x) => x.name);
+      const both = [...(await local(a)), ...(await local(b))].sort();
+      expect(both).toEqual(exampleProjections.map((p) => p.name).sort());
+      await a.stop();
+      await eventually(async () => (await local(b)).length === exampleProjections.length, 'b to take over every projection', 10_000);
+      const r = (await client.send('cmd.order.handover-1.PlaceOrder', { customerId: 'C9', items: [{ sku: 'A', quantity: 1, priceCents: 1 }] })) as CommandAccepted;
+      expect((await b.readSide!.waitFor('order_list', r.seq, 10_000)).reached).toBe(true);
+      expect((await b.views!.row('order_list', 'handover-1')).row).toMatchObject({ customerId: 'C9', status: 'placed', itemCount: 1 });
+    } finally {
+      await a.stop();
+      await b.stop();
+    }
+  });
+});
+
