@@ -10,6 +10,11 @@ import type { Config } from './config.js';
 import { JetStreamEventStore, ensureEventStream } from './eventstore/jetstream.js';
 import { KvSnapshotStore } from './eventstore/snapshots.js';
 import { buildHttpServer } from './http/server.js';
+import { createPool } from './postgres/connect.js';
+import { ReadSide } from './projections/host.js';
+import type { Projection } from './projections/types.js';
+import { ViewReader } from './projections/views.js';
+import type { Pool } from 'pg';
 import { requireServerVersion } from './nats/version.js';
 import { StrandMetrics } from './observability/metrics.js';
 
@@ -18,6 +23,9 @@ export interface StrandDeps {
   readonly config: Config;
   readonly aggregates: readonly Aggregate[];
   readonly natsUrl: string;
+  /** PostgreSQL for the read side; without it no projection runs and no view is served. */
+  readonly databaseUrl?: string;
+  readonly projections?: readonly Projection[];
   readonly log: Logger;
   /** Register Node's default process metrics (off in tests that start several instances). */
   readonly defaultMetrics?: boolean;
@@ -41,6 +49,9 @@ export class Strand {
     readonly metrics: StrandMetrics,
     private readonly log: Logger,
     private readonly config: Config,
+    readonly pool: Pool | undefined,
+    readonly readSide: ReadSide | undefined,
+    readonly views: ViewReader | undefined,
   ) {}
 
   /** Connects, checks the server, prepares the stream and starts taking commands. */
@@ -78,6 +89,28 @@ export class Strand {
       );
       const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES });
       const commands = new NatsCommandTransport(nc, intake, actors, { queueGroup: config.STRAND_QUEUE_GROUP, maxInFlight: config.STRAND_MAX_IN_FLIGHT }, metrics, log.child({ component: 'commands' }));
+      let pool: Pool | undefined;
+      let readSide: ReadSide | undefined;
+      let views: ViewReader | undefined;
+      if (deps.databaseUrl) {
+        const projections = deps.projections ?? [];
+        pool = createPool(deps.databaseUrl, { max: config.STRAND_PG_POOL_SIZE + projections.length * 2, applicationName: 'strand' });
+        readSide = new ReadSide(
+          pool,
+          nc,
+          projections,
+          {
+            stream: config.STRAND_STREAM,
+            batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
+            batchMs: config.STRAND_PROJECTION_BATCH_MS,
+            maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
+            standbyCheckMs: config.STRAND_PROJECTION_STANDBY_MS,
+          },
+          metrics,
+          log.child({ component: 'projections' }),
+        );
+        views = new ViewReader(pool, projections);
+      }
       let app!: Strand;
       const http = buildHttpServer({
         log,
@@ -86,11 +119,26 @@ export class Strand {
           { name: 'nats', ready: () => app.connected },
           { name: 'commands', ready: () => !app.stopping },
         ],
+        reports: readSide ? [{ name: 'projectionsCaughtUp', value: () => readSide!.caughtUp() }] : [],
+        api: {
+          aggregates: intake.registry,
+          actors,
+          store,
+          intake,
+          metrics,
+          readSide,
+          views,
+          minSeqWaitMs: config.STRAND_MIN_SEQ_WAIT_MS,
+          maxCommandBytes: config.STRAND_MAX_COMMAND_BYTES,
+          acceptingCommands: () => !app.stopping && config.STRAND_ROLES.includes('commands'),
+          stream: config.STRAND_STREAM,
+        },
       });
-      app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config);
+      app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config, pool, readSide, views);
       app.watchConnection();
-      await commands.start();
-      log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, aggregates: deps.aggregates.map((a) => a.name) }, 'taking commands');
+      if (readSide && config.STRAND_ROLES.includes('projections')) await readSide.start();
+      if (config.STRAND_ROLES.includes('commands')) await commands.start();
+      log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;
     } catch (err) {
       await nc.close().catch(() => undefined);
@@ -102,11 +150,13 @@ export class Strand {
   async stop(): Promise<boolean> {
     if (this.stopping) return true;
     this.stopping = true;
-    const clean = await this.commands.drain(this.config.STRAND_DRAIN_TIMEOUT_MS);
+    // Commands stop coming in on both doors; those in progress (NATS and HTTP) are finished.
+    const [clean] = await Promise.all([this.commands.drain(this.config.STRAND_DRAIN_TIMEOUT_MS), this.http.close()]);
     if (!clean) this.log.warn({ pending: this.commands.pending }, 'drain timed out with commands in progress');
+    await this.readSide?.stop();
     this.actors.stop();
     this.store.close();
-    await this.http.close();
+    await this.pool?.end().catch(() => undefined);
     await this.nc.drain().catch(() => undefined);
     return clean;
   }

@@ -15,6 +15,7 @@ export const ConfigSchema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   STRAND_DATA_DIR: z.string().min(1).default('.strand'),
   NATS_PORT: int(0, 65535).default(0),
+  PG_PORT: int(0, 65535).default(0),
   NATS_SYNC: z.enum(['always', 'default']).default('always'),
   STRAND_STREAM: z.string().regex(/^[A-Za-z0-9_-]{1,64}$/, 'letters, digits, _ and - only').default('EVENTS'),
   STRAND_STREAM_REPLICAS: z.coerce.number().int().refine((n) => [1, 3, 5].includes(n), 'must be 1, 3 or 5').default(1),
@@ -30,6 +31,17 @@ export const ConfigSchema = z.object({
   STRAND_DRAIN_TIMEOUT_MS: int(0).default(15_000),
   STRAND_QUEUE_GROUP: z.string().regex(/^[A-Za-z0-9_.-]{1,64}$/).default('strand'),
   STRAND_VALIDATE_EVENTS: bool.default(true),
+  STRAND_PROJECTION_BATCH_SIZE: int(1, 10_000).default(500),
+  STRAND_PROJECTION_BATCH_MS: int(0, 60_000).default(20),
+  STRAND_PROJECTION_MAX_ATTEMPTS: int(1, 100).default(3),
+  STRAND_PROJECTION_STANDBY_MS: int(100).default(5_000),
+  STRAND_MIN_SEQ_WAIT_MS: int(0, 120_000).default(5_000),
+  STRAND_PG_POOL_SIZE: int(1, 1000).default(10),
+  STRAND_ROLES: z
+    .string()
+    .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))
+    .pipe(z.array(z.enum(['commands', 'projections'])).min(1))
+    .default(['commands', 'projections']),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -22,15 +22,61 @@ export const ErrorCode = {
   UNAVAILABLE: 'UNAVAILABLE',
   /** A bug or an unexpected failure; logged with the command ID. */
   INTERNAL: 'INTERNAL',
+  /** HTTP: no route for this method and path. */
+  NOT_FOUND: 'NOT_FOUND',
+  /** HTTP: the aggregate instance has no events (or none at the version or time asked for). */
+  AGGREGATE_NOT_FOUND: 'AGGREGATE_NOT_FOUND',
+  /** HTTP: no view of that name. */
+  UNKNOWN_VIEW: 'UNKNOWN_VIEW',
+  /** HTTP: a filter names a column the view does not declare as filterable. */
+  UNKNOWN_COLUMN: 'UNKNOWN_COLUMN',
+  /** HTTP: the cursor was not issued by this server. */
+  BAD_CURSOR: 'BAD_CURSOR',
+  /** HTTP: no row with that key in the view. */
+  ROW_NOT_FOUND: 'ROW_NOT_FOUND',
+  /** HTTP: `minSeq` was not reached by the projection within the wait; the body carries the checkpoint. */
+  NOT_CAUGHT_UP: 'NOT_CAUGHT_UP',
+  /** HTTP: no projection of that name. */
+  UNKNOWN_PROJECTION: 'UNKNOWN_PROJECTION',
+  /** HTTP: no parked event with that sequence for the projection. */
+  DEAD_LETTER_NOT_FOUND: 'DEAD_LETTER_NOT_FOUND',
+  /** HTTP: a rebuild of the projection is already in progress. */
+  REBUILD_IN_PROGRESS: 'REBUILD_IN_PROGRESS',
+  /** HTTP: retrying a parked event failed again; the message is its error. */
+  RETRY_FAILED: 'RETRY_FAILED',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
+
+/** The HTTP status of every code: one registry, used by every route. */
+export const HttpStatus: Readonly<Record<ErrorCode, number>> = {
+  BAD_REQUEST: 400,
+  VALIDATION_FAILED: 400,
+  UNKNOWN_COLUMN: 400,
+  BAD_CURSOR: 400,
+  NOT_FOUND: 404,
+  UNKNOWN_AGGREGATE: 404,
+  UNKNOWN_COMMAND: 404,
+  AGGREGATE_NOT_FOUND: 404,
+  UNKNOWN_VIEW: 404,
+  ROW_NOT_FOUND: 404,
+  UNKNOWN_PROJECTION: 404,
+  DEAD_LETTER_NOT_FOUND: 404,
+  WRONG_VERSION: 409,
+  CONFLICT: 409,
+  REBUILD_IN_PROGRESS: 409,
+  REJECTED: 422,
+  RETRY_FAILED: 422,
+  INTERNAL: 500,
+  UNAVAILABLE: 503,
+  NOT_CAUGHT_UP: 503,
+};
 
 /** An error with a stable code, safe to put in a reply. */
 export class StrandError extends Error {
   constructor(
     readonly code: ErrorCode,
     message: string,
-    readonly extra: { readonly reason?: string; readonly details?: unknown } = {},
+    readonly extra: { readonly reason?: string; readonly details?: unknown; readonly checkpoint?: number } = {},
   ) {
     super(message);
     this.name = 'StrandError';

@@ -1,12 +1,21 @@
 import { join } from 'node:path';
-import { aggregates } from '../actors/index.js';
+import { aggregates, projections } from '../actors/index.js';
 import { Strand } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { startNatsServer, type RunningNatsServer } from './nats/server.js';
 import { createLogger } from './observability/logger.js';
+import { redact } from './postgres/connect.js';
+import { startEmbeddedPostgres, type RunningPostgres } from './postgres/embedded.js';
 
 /** `npm start`: the whole processor, on its embedded defaults when nothing is configured. */
 async function main(): Promise<void> {
+  // Signals are ours from the first moment: one arriving while servers are still starting
+  // must stop them too, not leave them orphaned.
+  let signalled: string | undefined;
+  let onSignal: (signal: string) => void = (signal) => (signalled ??= signal);
+  process.on('SIGTERM', () => onSignal('SIGTERM'));
+  process.on('SIGINT', () => onSignal('SIGINT'));
+
   let config;
   try {
     config = loadConfig();
@@ -20,37 +29,73 @@ async function main(): Promise<void> {
   const log = createLogger(config.LOG_LEVEL);
 
   let embedded: RunningNatsServer | undefined;
+  let embeddedPg: RunningPostgres | undefined;
+  let app: Strand | undefined;
+  const stopAll = async (): Promise<boolean> => {
+    const clean = app ? await app.stop() : true;
+    await embeddedPg?.stop();
+    await embedded?.stop();
+    return clean;
+  };
+  const stopIfSignalled = async (): Promise<void> => {
+    if (!signalled) return;
+    log.info({ signal: signalled }, 'stopping before start completed');
+    await stopAll();
+    process.exit(0);
+  };
+  const fail = async (err: unknown, what: string): Promise<never> => {
+    log.fatal({ err }, `${what}${(err as Error).message}`);
+    await stopAll().catch(() => undefined);
+    process.exit(1);
+  };
+
   let natsUrl = config.NATS_URL;
   if (!natsUrl) {
     const storeDir = join(config.STRAND_DATA_DIR, 'nats');
-    embedded = await startNatsServer({ storeDir, sync: config.NATS_SYNC, ...(config.NATS_PORT ? { port: config.NATS_PORT } : {}), logFile: join(storeDir, 'nats-server.log') });
-    natsUrl = embedded.url;
+    try {
+      embedded = await startNatsServer({ storeDir, sync: config.NATS_SYNC, ...(config.NATS_PORT ? { port: config.NATS_PORT } : {}), logFile: join(storeDir, 'nats-server.log') });
+    } catch (err) {
+      await fail(err, 'embedded nats-server did not start: ');
+    }
+    natsUrl = embedded!.url;
     log.info({ url: natsUrl, storeDir, sync: config.NATS_SYNC }, `embedded nats-server listening on ${natsUrl}`);
   }
+  await stopIfSignalled();
 
-  let app: Strand;
+  let databaseUrl = config.DATABASE_URL;
+  if (!databaseUrl) {
+    const dataDir = join(config.STRAND_DATA_DIR, 'postgres');
+    try {
+      embeddedPg = await startEmbeddedPostgres({ dataDir, ...(config.PG_PORT ? { port: config.PG_PORT } : {}) });
+    } catch (err) {
+      await fail(err, 'embedded PostgreSQL did not start: ');
+    }
+    databaseUrl = embeddedPg!.url;
+    log.info({ url: redact(databaseUrl), dataDir }, `embedded PostgreSQL listening on 127.0.0.1:${embeddedPg!.port}`);
+  }
+  await stopIfSignalled();
+
   try {
-    app = await Strand.start({ config, aggregates, natsUrl, log });
+    app = await Strand.start({ config, aggregates, projections, natsUrl, databaseUrl, log });
     await app.http.listen({ port: config.PORT, host: config.HOST });
   } catch (err) {
-    log.fatal({ err }, (err as Error).message);
-    await embedded?.stop();
-    process.exit(1);
+    await fail(err, '');
   }
-  log.info({ port: config.PORT, host: config.HOST }, `HTTP on http://${config.HOST}:${config.PORT} (/health/ready, /metrics)`);
+  const address = app!.http.server.address();
+  const port = typeof address === 'object' && address ? address.port : config.PORT;
+  log.info({ port, host: config.HOST }, `HTTP on http://${config.HOST}:${port} (/health/ready, /views, /openapi.json)`);
 
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'draining');
-    const clean = await app.stop();
-    await embedded?.stop();
+    const clean = await stopAll();
     log.info({ clean }, 'stopped');
     process.exit(0);
   };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  onSignal = (signal) => void shutdown(signal);
+  if (signalled) void shutdown(signalled);
 }
 
 void main();

@@ -55,6 +55,8 @@ export function compareStreamConfig(existing: Partial<StreamConfig>, wanted: Par
   if ((existing.max_age ?? 0) > 0) diffs.push(`max_age is ${existing.max_age}ns, need 0 (history is never deleted)`);
   if ((existing.max_msgs ?? -1) > 0) diffs.push(`max_msgs is ${existing.max_msgs}, need unlimited`);
   if ((existing.max_bytes ?? -1) > 0) diffs.push(`max_bytes is ${existing.max_bytes}, need unlimited`);
+  if (!existing.deny_delete) diffs.push('deny_delete is off, need on (history is never deleted)');
+  if (!existing.deny_purge) diffs.push('deny_purge is off, need on (history is never deleted)');
   if (existing.num_replicas !== wanted.num_replicas) diffs.push(`num_replicas is ${existing.num_replicas}, configured ${wanted.num_replicas}`);
   if ((existing.duplicate_window ?? 0) < (wanted.duplicate_window ?? 0)) {
     diffs.push(`duplicate_window is ${existing.duplicate_window}ns, need at least ${wanted.duplicate_window}ns`);

@@ -29,8 +29,10 @@ export interface EventType {
  * A defined aggregate, as the runtime sees it: untyped at the edges (commands arrive as JSON),
  * typed inside the user's handlers.
  */
-export interface Aggregate<S = unknown> {
+export interface Aggregate<S = unknown, E extends Record<string, EventSpec> = Record<string, EventSpec>> {
   readonly name: string;
+  /** Type-level only: the event specs, so projections get typed event data. Never set. */
+  readonly __events?: E;
   readonly commands: ReadonlyMap<string, z.ZodType>;
   readonly events: ReadonlyMap<string, EventType>;
   readonly snapshotEvery: number | undefined;
@@ -74,12 +76,12 @@ function jsonSchemaText(schema: z.ZodType): string {
 export function defineAggregate<S>() {
   return <C extends Record<string, z.ZodType>, E extends Record<string, EventSpec>>(
     spec: AggregateSpec<S, C, E>,
-  ): Aggregate<S> => buildAggregate(spec);
+  ): Aggregate<S, E> => buildAggregate(spec);
 }
 
 function buildAggregate<S, C extends Record<string, z.ZodType>, E extends Record<string, EventSpec>>(
   spec: AggregateSpec<S, C, E>,
-): Aggregate<S> {
+): Aggregate<S, E> {
   if (!isAggregateName(spec.name)) {
     throw new Error(`aggregate name ${JSON.stringify(spec.name)} must match [a-z][a-z0-9-]*`);
   }

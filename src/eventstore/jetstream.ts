@@ -20,6 +20,8 @@ const CONFLICT_CODES = new Set([10071, 10164]);
 const UNAVAILABLE_CODES = new Set([10008, 10009, 10023, 10029, 10076, 10077]);
 
 const DIRECT_GET_PAGE = 1000;
+/** Sends of one commit whose ack did not come before giving up with an unknown outcome. */
+const PUBLISH_ATTEMPTS = 3;
 
 /** Options of the JetStream event store. */
 export interface JetStreamEventStoreOptions extends EventStreamOptions {
@@ -97,32 +99,45 @@ export class JetStreamEventStore implements EventStore {
 
   async append(aggregate: string, id: string, expectedSeq: number, events: readonly EventEnvelope[]): Promise<AppendResult> {
     if (events.length === 0) throw new Error('append needs at least one event');
-    let ack: PubAck;
-    try {
-      ack = events.length === 1 ? await this.publishOne(aggregate, id, expectedSeq, events[0]!) : await this.publishBatch(aggregate, id, expectedSeq, events);
-    } catch (err) {
-      if (err instanceof WireTimeout || err instanceof WireClosed) {
-        return this.settle(aggregate, id, expectedSeq, events, err);
+    // An unacknowledged publish is settled by reading the stream; when it is not there, the very
+    // same messages (same IDs, same expectation) are sent again, so at most one copy can land.
+    for (let attempt = 1; ; attempt++) {
+      let ack: PubAck;
+      try {
+        ack = events.length === 1 ? await this.publishOne(aggregate, id, expectedSeq, events[0]!) : await this.publishBatch(aggregate, id, expectedSeq, events);
+      } catch (err) {
+        if (err instanceof WireTimeout || err instanceof WireClosed) {
+          const settled = await this.settle(aggregate, id, expectedSeq, events, err);
+          if (settled !== 'absent') return settled;
+          if (attempt < PUBLISH_ATTEMPTS) continue;
+          throw new StoreUnavailable(`append to ${aggregate}/${id} not acknowledged after ${attempt} attempts (${err.message}); its outcome is unknown`, true);
+        }
+        if (err instanceof WireNoResponders) throw new StoreUnavailable(`event stream ${this.o.name} is not reachable (no responders)`);
+        throw err;
       }
-      if (err instanceof WireNoResponders) throw new StoreUnavailable(`event stream ${this.o.name} is not reachable (no responders)`);
-      throw err;
-    }
-    if (ack.error) {
-      const code = ack.error.err_code ?? 0;
-      const text = `${ack.error.description ?? 'append failed'} (${code})`;
-      if (CONFLICT_CODES.has(code)) throw new ConcurrencyConflict(text);
-      if (code === 10201) {
-        // The batch's message IDs are already stored: an earlier try of this very commit landed.
-        return this.settle(aggregate, id, expectedSeq, events, new Error(text));
+      if (ack.error) {
+        const code = ack.error.err_code ?? 0;
+        const text = `${ack.error.description ?? 'append failed'} (${code})`;
+        if (CONFLICT_CODES.has(code) && attempt > 1) {
+          // A conflict on a resend: the first copy may have landed after all.
+          const settled = await this.settle(aggregate, id, expectedSeq, events, new Error(text));
+          if (settled !== 'absent') return settled;
+        }
+        if (CONFLICT_CODES.has(code)) throw new ConcurrencyConflict(text);
+        if (code === 10201) {
+          // The batch's message IDs are already stored: an earlier try of this very commit landed.
+          const settled = await this.settle(aggregate, id, expectedSeq, events, new Error(text));
+          if (settled !== 'absent') return settled;
+        }
+        if (UNAVAILABLE_CODES.has(code) || ack.error.code === 503) throw new StoreUnavailable(text);
+        throw new AppendRefused(text, code);
       }
-      if (UNAVAILABLE_CODES.has(code) || ack.error.code === 503) throw new StoreUnavailable(text);
-      throw new AppendRefused(text, code);
+      const lastSeq = ack.seq ?? 0;
+      if (events.length > 1 && ack.count !== events.length) {
+        throw new AppendRefused(`atomic batch stored ${ack.count} of ${events.length} messages`);
+      }
+      return { firstSeq: lastSeq - events.length + 1, lastSeq };
     }
-    const lastSeq = ack.seq ?? 0;
-    if (events.length > 1 && ack.count !== events.length) {
-      throw new AppendRefused(`atomic batch stored ${ack.count} of ${events.length} messages`);
-    }
-    return { firstSeq: lastSeq - events.length + 1, lastSeq };
   }
 
   async load(aggregate: string, id: string, afterSeq: number, limit = Number.MAX_SAFE_INTEGER): Promise<{ events: StoredEvent[]; more: boolean }> {
@@ -205,10 +220,9 @@ export class JetStreamEventStore implements EventStore {
   }
 
   /**
-   * An append whose ack never came may or may not be stored. Read the instance's last event:
-   * ours means it landed; the old expectation still holding means it did not (any late copy
-   * will fail that same expectation, so the caller may retry); anything else is another
-   * writer, unless our events are among what came after.
+   * An append whose ack never came may or may not be stored. Read the instance's events after
+   * the expected sequence: ours there means it landed; nothing there means it has not (yet):
+   * 'absent', and the caller sends the same messages again; someone else's means a conflict.
    */
   private async settle(
     aggregate: string,
@@ -216,24 +230,17 @@ export class JetStreamEventStore implements EventStore {
     expectedSeq: number,
     events: readonly EventEnvelope[],
     cause: Error,
-  ): Promise<AppendResult> {
+  ): Promise<AppendResult | 'absent'> {
     const firstId = events[0]!.id;
-    const lastId = events[events.length - 1]!.id;
     for (let attempt = 0; attempt < 3; attempt++) {
       try {
-        const last = await this.last(aggregate, id);
-        const lastSeq = last?.seq ?? 0;
-        if (last && last.envelope.id === lastId) return { firstSeq: lastSeq - events.length + 1, lastSeq };
-        if (lastSeq === expectedSeq) {
-          throw new StoreUnavailable(`append to ${aggregate}/${id} not acknowledged (${cause.message}); it was not stored`);
-        }
         const after = await this.load(aggregate, id, expectedSeq);
         const mine = after.events.find((s) => s.envelope.id === firstId);
         if (mine) return { firstSeq: mine.seq, lastSeq: mine.seq + events.length - 1 };
+        if (after.events.length === 0) return 'absent';
         throw new ConcurrencyConflict(`another writer appended to ${aggregate}/${id} while our append was unacknowledged`);
       } catch (err) {
         if (err instanceof ConcurrencyConflict) throw err;
-        if (err instanceof StoreUnavailable && !err.outcomeUnknown && /was not stored/.test(err.message)) throw err;
         await new Promise((r) => setTimeout(r, 100 * (attempt + 1)));
       }
     }

@@ -1,20 +1,73 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
+import type { ActorSystem } from '../actor/system.js';
+import type { Aggregate } from '../aggregate/define.js';
+import type { CommandIntake } from '../commands/intake.js';
+import type { EventStore } from '../eventstore/types.js';
+import type { StrandMetrics } from '../observability/metrics.js';
+import type { ReadSide } from '../projections/host.js';
+import type { ViewReader } from '../projections/views.js';
+import { aggregateRoutes } from './aggregates.js';
+import { asyncApiRoute } from './asyncapi.js';
+import { catalogRoute } from './catalog.js';
+import { commandRoutes } from './commands.js';
+import { errorHandling } from './errors.js';
 import { healthRoutes, type ReadinessCheck } from './health.js';
 import { metricsRoute } from './metrics.js';
+import { openApiRoute } from './openapi.js';
+import { projectionRoutes } from './projections.js';
+import { viewRoutes } from './views.js';
+
+/** What the API routes read from and act on. */
+export interface ApiDeps {
+  readonly aggregates: ReadonlyMap<string, Aggregate>;
+  readonly actors: ActorSystem;
+  readonly store: EventStore;
+  readonly intake: CommandIntake;
+  readonly metrics: StrandMetrics;
+  /** Absent when no database is configured: view and projection routes answer 503 UNAVAILABLE. */
+  readonly readSide: ReadSide | undefined;
+  readonly views: ViewReader | undefined;
+  /** Longest a `minSeq` query waits for its projection. */
+  readonly minSeqWaitMs: number;
+  /** The configured largest command body (STRAND_MAX_COMMAND_BYTES). */
+  readonly maxCommandBytes: number;
+  /** False once draining has begun: new commands are refused with UNAVAILABLE. */
+  acceptingCommands(): boolean;
+  readonly stream: string;
+}
 
 /** What the HTTP server is assembled from. */
 export interface HttpDeps {
   readonly log: Logger;
   readonly registry: Registry;
   readonly checks: readonly ReadinessCheck[];
+  /** Facts `/health/ready` reports without failing on them (e.g. projections caught up). */
+  readonly reports?: readonly { readonly name: string; value(): unknown }[];
+  readonly api: ApiDeps;
 }
 
 /** Builds the fastify server from its plugins; listening is the caller's choice (tests use inject). */
 export function buildHttpServer(deps: HttpDeps): FastifyInstance {
-  const app = Fastify({ loggerInstance: deps.log.child({ component: 'http' }) as unknown as FastifyBaseLogger, logController: new LogController({ disableRequestLogging: true }) });
-  void app.register(healthRoutes, { checks: deps.checks });
+  const app = Fastify({
+    loggerInstance: deps.log.child({ component: 'http' }) as unknown as FastifyBaseLogger,
+    logController: new LogController({ disableRequestLogging: true }),
+    // An aggregate ID may be 128 characters; view keys are the projection's own values.
+    routerOptions: { maxParamLength: 1024 },
+    // Refuse unknown query parameters instead of silently dropping them (schemas say additionalProperties: false).
+    ajv: { customOptions: { removeAdditional: false } },
+  });
+  // First: the error and not-found handlers apply to every route registered after them.
+  void app.register(errorHandling);
+  void app.register(healthRoutes, { checks: deps.checks, reports: deps.reports ?? [] });
   void app.register(metricsRoute, { registry: deps.registry });
+  void app.register(aggregateRoutes, { api: deps.api });
+  void app.register(commandRoutes, { api: deps.api });
+  void app.register(viewRoutes, { api: deps.api });
+  void app.register(projectionRoutes, { api: deps.api });
+  void app.register(catalogRoute, { api: deps.api });
+  void app.register(asyncApiRoute, { api: deps.api });
+  void app.register(openApiRoute, { api: deps.api });
   return app;
 }

@@ -16,10 +16,18 @@ export class StrandMetrics {
   readonly conflicts = new Counter({ name: 'strand_concurrency_conflicts_total', help: 'Appends refused because another writer appended first', labelNames: ['aggregate'], registers: [this.registry] });
   readonly liveActors = new Gauge({ name: 'strand_live_actors', help: 'Actors in memory', registers: [this.registry] });
   readonly activations = new Counter({ name: 'strand_actor_activations_total', help: 'Actors activated, by aggregate and source (empty, events, snapshot)', labelNames: ['aggregate', 'source'], registers: [this.registry] });
-  readonly passivations = new Counter({ name: 'strand_actor_passivations_total', help: 'Actors passivated, by aggregate and reason (idle, capacity, failure)', labelNames: ['aggregate', 'reason'], registers: [this.registry] });
+  readonly passivations = new Counter({ name: 'strand_actor_passivations_total', help: 'Actors passivated, by aggregate and reason (idle, capacity, manual; failure: state dropped for a reload)', labelNames: ['aggregate', 'reason'], registers: [this.registry] });
   readonly rehydration = new Histogram({ name: 'strand_rehydration_duration_seconds', help: 'Time to activate an actor (snapshot plus events)', labelNames: ['aggregate'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly snapshots = new Counter({ name: 'strand_snapshots_written_total', help: 'Snapshots written, by aggregate', labelNames: ['aggregate'], registers: [this.registry] });
   readonly inFlight = new Gauge({ name: 'strand_commands_in_flight', help: 'Commands taken and not yet replied to', registers: [this.registry] });
+
+  readonly projectionApplied = new Counter({ name: 'strand_projection_events_applied_total', help: 'Events applied to PostgreSQL, by projection', labelNames: ['projection'], registers: [this.registry] });
+  readonly projectionBatch = new Histogram({ name: 'strand_projection_batch_duration_seconds', help: 'Time to apply one batch and its checkpoint in one transaction, by projection', labelNames: ['projection'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly projectionPending = new Gauge({ name: 'strand_projection_pending_events', help: 'Events in the stream the projection has not applied yet', labelNames: ['projection'], registers: [this.registry] });
+  readonly projectionLag = new Gauge({ name: 'strand_projection_lag_seconds', help: 'Seconds between now and the last applied event while events are pending (0 when caught up)', labelNames: ['projection'], registers: [this.registry] });
+  readonly projectionCheckpoint = new Gauge({ name: 'strand_projection_checkpoint', help: 'Stream sequence of the last event the projection applied', labelNames: ['projection', 'generation'], registers: [this.registry] });
+  readonly deadLetters = new Counter({ name: 'strand_projection_dead_letters_total', help: 'Events parked after their handler kept failing, by projection', labelNames: ['projection'], registers: [this.registry] });
+  readonly rebuildProgress = new Gauge({ name: 'strand_projection_rebuild_progress', help: 'Fraction (0..1) of the stream a rebuilding projection has applied', labelNames: ['projection', 'generation'], registers: [this.registry] });
 
   private readonly children = new Map<string, unknown>();
 

@@ -2,7 +2,8 @@
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
 import pino from 'pino';
-import { aggregates as exampleAggregates } from '../../actors/index.js';
+import { aggregates as exampleAggregates, projections as exampleProjections } from '../../actors/index.js';
+import type { Projection } from '../../src/projections/types.js';
 import type { Aggregate } from '../../src/aggregate/define.js';
 import { Strand } from '../../src/app.js';
 import type { CommandReply } from '../../src/commands/types.js';
@@ -14,6 +15,19 @@ export async function startStrand(natsUrl: string, env: Record<string, string> =
   const config: Config = loadConfig({ STRAND_ACTOR_IDLE_MS: '600000', ...env });
   const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
   return Strand.start({ config, aggregates, natsUrl, log, defaultMetrics: false });
+}
+
+/** Starts a Strand instance with a read side on `databaseUrl` (the example projections unless others are given). */
+export async function startStrandWithDb(
+  natsUrl: string,
+  databaseUrl: string,
+  env: Record<string, string> = {},
+  projections: readonly Projection[] = exampleProjections,
+  aggregates: readonly Aggregate[] = exampleAggregates,
+): Promise<Strand> {
+  const config: Config = loadConfig({ STRAND_ACTOR_IDLE_MS: '600000', STRAND_PROJECTION_STANDBY_MS: '500', ...env });
+  const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
+  return Strand.start({ config, aggregates, natsUrl, databaseUrl, projections, log, defaultMetrics: false });
 }
 
 /** A client that sends commands the way any NATS user would. */

@@ -1,0 +1,61 @@
+import type { FastifyPluginAsync } from 'fastify';
+import { ErrorCode, StrandError } from '../errors.js';
+import type { DeadLetter, ProjectionStatus, ReadSide } from '../projections/host.js';
+import { DeadLetterParams, DeadLettersQuery } from './schemas.js';
+import type { ApiDeps } from './server.js';
+import { readModel } from './views.js';
+
+/** Largest body the admin routes read (they take none; a body is read and ignored). */
+const ADMIN_BODY_CAP = 1024;
+
+function known(readSide: ReadSide, name: string): void {
+  if (!readSide.projection(name)) throw new StrandError(ErrorCode.UNKNOWN_PROJECTION, `no projection named ${JSON.stringify(name.slice(0, 100))}`);
+}
+
+/**
+ * Operating the read side: status, rebuild, and the dead-letter table. These change what
+ * every reader sees: serve them only where operators can reach them.
+ */
+export const projectionRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, { api }) => {
+  // The POSTs take no body; whatever a client sends (up to a small cap) is ignored, whatever its type.
+  app.removeAllContentTypeParsers();
+  app.addContentTypeParser('*', { parseAs: 'buffer', bodyLimit: ADMIN_BODY_CAP }, (_req, _body, done) => done(null, undefined));
+
+  app.get('/projections', async (): Promise<{ projections: ProjectionStatus[] }> => ({ projections: await readModel(api).readSide.status() }));
+
+  app.get<{ Params: { name: string } }>('/projections/:name', async (req): Promise<ProjectionStatus> => {
+    const { readSide } = readModel(api);
+    known(readSide, req.params.name);
+    const status = (await readSide.status()).find((s) => s.name === req.params.name);
+    if (!status) throw new StrandError(ErrorCode.UNKNOWN_PROJECTION, `no projection named ${JSON.stringify(req.params.name)}`);
+    return status;
+  });
+
+  app.post<{ Params: { name: string } }>('/projections/:name/rebuild', async (req, reply) => {
+    const { readSide } = readModel(api);
+    known(readSide, req.params.name);
+    const generation = await readSide.rebuild(req.params.name);
+    if (generation === undefined) throw new StrandError(ErrorCode.REBUILD_IN_PROGRESS, `projection ${req.params.name} is already being rebuilt; see GET /projections/${req.params.name}`);
+    return reply.code(202).send({ generation });
+  });
+
+  app.get<{ Params: { name: string }; Querystring: DeadLettersQuery }>(
+    '/projections/:name/dead-letters',
+    { schema: { querystring: DeadLettersQuery } },
+    async (req): Promise<{ deadLetters: DeadLetter[] }> => {
+      const { readSide } = readModel(api);
+      known(readSide, req.params.name);
+      return { deadLetters: await readSide.deadLetters(req.params.name, req.query.limit) };
+    },
+  );
+
+  app.post<{ Params: DeadLetterParams }>('/projections/:name/dead-letters/:seq/retry', { schema: { params: DeadLetterParams } }, async (req) => {
+    const { readSide } = readModel(api);
+    const { name, seq } = req.params;
+    known(readSide, name);
+    const r = await readSide.retryDeadLetter(name, seq);
+    if (!r.found) throw new StrandError(ErrorCode.DEAD_LETTER_NOT_FOUND, `projection ${name} has no parked event with sequence ${seq}`);
+    if (!r.ok) throw new StrandError(ErrorCode.RETRY_FAILED, `event ${seq} failed again: ${r.error ?? 'unknown error'}`);
+    return { retried: seq };
+  });
+};
