@@ -1,0 +1,280 @@
+/**
+ * Shared helpers of the benchmarks: argument parsing, a private nats-server in a temporary
+ * store, a lean request-reply client (one wildcard reply subscription, a pending map keyed by
+ * a counter in the reply subject, no per-request timers), and percentile arithmetic.
+ *
+ * Nothing here imports Strand's own code except the nats-server launcher.
+ */
+import { readFileSync } from 'node:fs';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { nuid, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/nats-core';
+import { startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
+
+export type SyncMode = 'always' | 'default';
+
+/** `--name value` / `--name=value` flags; bare `--flag` is "true". */
+export function parseArgs(argv: readonly string[] = process.argv.slice(2)): Map<string, string> {
+  const out = new Map<string, string>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i]!;
+    if (!a.startsWith('--')) continue;
+    const eq = a.indexOf('=');
+    if (eq > 0) {
+      out.set(a.slice(2, eq), a.slice(eq + 1));
+    } else {
+      const next = argv[i + 1];
+      if (next !== undefined && !next.startsWith('--')) {
+        out.set(a.slice(2), next);
+        i++;
+      } else {
+        out.set(a.slice(2), 'true');
+      }
+    }
+  }
+  return out;
+}
+
+export function syncArg(args: Map<string, string>): SyncMode {
+  const s = args.get('sync') ?? 'default';
+  if (s !== 'always' && s !== 'default') throw new Error(`--sync must be "always" or "default", got ${JSON.stringify(s)}`);
+  return s;
+}
+
+export function intArg(args: Map<string, string>, name: string, dflt: number, min = 1): number {
+  const v = args.get(name);
+  if (v === undefined) return dflt;
+  const n = Number(v.replace(/_/g, ''));
+  if (!Number.isInteger(n) || n < min) throw new Error(`--${name} must be an integer >= ${min}, got ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** The line every benchmark prints: which durability mode the server ran with. */
+export function syncLabel(sync: SyncMode): string {
+  return sync === 'always' ? 'always' : 'default (nats-server flushes every 2 min)';
+}
+
+export interface BenchServer {
+  readonly server: RunningNatsServer;
+  readonly url: string;
+  readonly storeDir: string;
+  /** Stops the server and removes its store. Idempotent, never throws. */
+  cleanup(): Promise<void>;
+}
+
+/** A private nats-server on a free port with a temporary store (never the machine's own 4222). */
+export async function startBenchServer(sync: SyncMode): Promise<BenchServer> {
+  const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-bench-'));
+  let server: RunningNatsServer;
+  try {
+    server = await startNatsServer({ storeDir, sync });
+  } catch (err) {
+    await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
+  }
+  let done = false;
+  return {
+    server,
+    url: server.url,
+    storeDir,
+    async cleanup() {
+      if (done) return;
+      done = true;
+      await server.stop().catch(() => undefined);
+      await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
+    },
+  };
+}
+
+/**
+ * Request-reply with the least client-side cost: one wildcard reply subscription, replies
+ * matched by a counter in the reply subject, no timer and no Error allocated per request.
+ * A request that never gets a reply is found by the caller's own watchdog.
+ */
+export class LeanRequester {
+  private readonly prefix = `_INBOX.${nuid.next()}.`;
+  private readonly pending = new Map<number, (m: Msg) => void>();
+  private readonly sub: Subscription;
+  private next = 1;
+
+  constructor(private readonly nc: NatsConnection) {
+    this.sub = nc.subscribe(`${this.prefix}*`, {
+      callback: (err, msg) => {
+        if (err) return;
+        const id = Number(msg.subject.slice(this.prefix.length));
+        const cb = this.pending.get(id);
+        if (!cb) return;
+        this.pending.delete(id);
+        cb(msg);
+      },
+    });
+  }
+
+  get outstanding(): number {
+    return this.pending.size;
+  }
+
+  /** Sends one request; `cb` runs with its (single) reply. */
+  send(subject: string, payload: string | Uint8Array, cb: (m: Msg) => void, headers?: MsgHdrs): void {
+    const id = this.next++;
+    this.pending.set(id, cb);
+    this.nc.publish(subject, payload, headers ? { reply: this.prefix + id, headers } : { reply: this.prefix + id });
+  }
+
+  /** Sends one request and feeds every reply to `onMsg` until it returns true (batch direct get). */
+  sendMany(subject: string, payload: string | Uint8Array, onMsg: (m: Msg) => boolean): void {
+    const id = this.next++;
+    const cb = (m: Msg): void => {
+      if (!onMsg(m)) this.pending.set(id, cb);
+    };
+    this.pending.set(id, cb);
+    this.nc.publish(subject, payload, { reply: this.prefix + id });
+  }
+
+  request(subject: string, payload: string | Uint8Array, timeoutMs = 10_000): Promise<Msg> {
+    return new Promise<Msg>((resolve, reject) => {
+      const t = setTimeout(() => reject(new Error(`no reply from ${subject} within ${timeoutMs} ms`)), timeoutMs);
+      this.send(subject, payload, (m) => {
+        clearTimeout(t);
+        resolve(m);
+      });
+    });
+  }
+
+  close(): void {
+    this.sub.unsubscribe();
+    this.pending.clear();
+  }
+}
+
+export interface OpenLoopResult {
+  readonly commands: number;
+  readonly seconds: number;
+  readonly perSecond: number;
+  readonly p50: number;
+  readonly p99: number;
+  readonly failures: number;
+  readonly firstFailure?: string;
+}
+
+/**
+ * Sends `count` requests keeping exactly `outstanding` of them in flight; `plan(i)` gives the
+ * i-th request. Every reply is checked with `check` (returns an error text or undefined).
+ * Fails when nothing completes for `stallMs`.
+ */
+export function runClosedLoop(
+  requester: LeanRequester,
+  count: number,
+  outstanding: number,
+  plan: (i: number) => { subject: string; body: string },
+  check: (m: Msg) => string | undefined,
+  stallMs = 20_000,
+  recordLatency = true,
+): Promise<OpenLoopResult> {
+  const encoder = new TextEncoder();
+  const started = recordLatency ? new Float64Array(count) : undefined;
+  const latency = recordLatency ? new Float64Array(count) : undefined;
+  let sent = 0;
+  let done = 0;
+  let failures = 0;
+  let firstFailure: string | undefined;
+  let lastProgress = Date.now();
+  return new Promise<OpenLoopResult>((resolve, reject) => {
+    const t0 = performance.now();
+    const watchdog = setInterval(() => {
+      if (Date.now() - lastProgress > stallMs) {
+        clearInterval(watchdog);
+        reject(new Error(`stalled: ${done}/${count} replies after ${sent} sent, nothing for ${stallMs} ms`));
+      }
+    }, 500);
+    const sendOne = (): void => {
+      const i = sent++;
+      const { subject, body } = plan(i);
+      if (started) started[i] = performance.now();
+      requester.send(subject, encoder.encode(body), (m) => {
+        if (latency && started) latency[i] = performance.now() - started[i]!;
+        const problem = check(m);
+        if (problem !== undefined) {
+          failures++;
+          firstFailure ??= `#${i} ${subject}: ${problem}`;
+        }
+        done++;
+        lastProgress = Date.now();
+        if (sent < count) sendOne();
+        else if (done === count) {
+          clearInterval(watchdog);
+          const seconds = (performance.now() - t0) / 1000;
+          const sorted = latency ? Float64Array.from(latency).sort() : new Float64Array(0);
+          resolve({
+            commands: count,
+            seconds,
+            perSecond: count / seconds,
+            p50: percentile(sorted, 0.5),
+            p99: percentile(sorted, 0.99),
+            failures,
+            ...(firstFailure !== undefined ? { firstFailure } : {}),
+          });
+        }
+      });
+    };
+    for (let k = 0; k < Math.min(outstanding, count); k++) sendOne();
+  });
+}
+
+/** Nearest-rank percentile of an ascending array (NaN when empty). */
+export function percentile(sorted: ArrayLike<number>, p: number): number {
+  if (sorted.length === 0) return Number.NaN;
+  const idx = Math.min(sorted.length - 1, Math.max(0, Math.ceil(p * sorted.length) - 1));
+  return sorted[idx]!;
+}
+
+export function median(xs: readonly number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  if (s.length === 0) return Number.NaN;
+  const m = s.length >> 1;
+  return s.length % 2 ? s[m]! : (s[m - 1]! + s[m]!) / 2;
+}
+
+export const fmtInt = (n: number): string => Math.round(n).toLocaleString('en-US');
+export const fmt1 = (n: number): string => n.toFixed(1);
+export const fmt2 = (n: number): string => n.toFixed(2);
+
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A hard limit on a benchmark's total run time: exits non-zero (after cleanup) when hit. */
+export function hardLimit(ms: number, cleanup: () => Promise<void>): NodeJS.Timeout {
+  const t = setTimeout(() => {
+    process.stderr.write(`benchmark exceeded its time limit of ${Math.round(ms / 1000)} s; aborting\n`);
+    void cleanup().finally(() => process.exit(3));
+  }, ms);
+  t.unref();
+  return t;
+}
+
+/**
+ * CPU time (user + system, all threads) a process has used so far, in microseconds, from
+ * /proc/<pid>/stat; undefined where there is no /proc.
+ */
+export function processCpuMicros(pid: number | undefined): number | undefined {
+  if (pid === undefined) return undefined;
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    const ticks = Number(fields[11]) + Number(fields[12]);
+    return Number.isFinite(ticks) ? (ticks * 1e6) / CLOCK_TICKS : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */
+const CLOCK_TICKS = 100;
+
+/** The machine, for the printed header. */
+export function machineLine(): string {
+  const cpus = os.cpus();
+  const load = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  return `node ${process.version} | ${cpus.length} cores (${cpus[0]?.model.trim() ?? '?'}) | ${Math.round(os.totalmem() / 2 ** 30)} GiB | load average ${load} (other processes skew absolute figures; ratios less so)`;
+}
