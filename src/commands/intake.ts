@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Aggregate } from '../aggregate/define.js';
 import type { Issuer } from '../aggregate/types.js';
 import { ErrorCode } from '../errors.js';
-import { parseCommandSubject } from '../../subjects/index.js';
+import { isAggregateId, parseCommandSubject } from '../../subjects/index.js';
 import { failed, type CommandFailed, type CommandRequest } from './types.js';
 
 /** The optional headers of a command, as received (any transport). */
@@ -53,16 +53,22 @@ export class CommandIntake {
   fromSubject(subject: string, body: Uint8Array, headers: CommandHeaders): CommandRequest | CommandFailed {
     const s = parseCommandSubject(subject);
     if (!s.ok) return failed(ErrorCode.BAD_REQUEST, s.problem);
-    return this.parse(s.aggregate, s.id, s.command, body, headers);
+    return this.parseChecked(s.aggregate, s.id, s.command, body, headers);
   }
 
   /** Parses a command addressed by its parts (the HTTP route gives them separately). */
   parse(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders): CommandRequest | CommandFailed {
-    const aggregate = this.aggregates.get(aggregateName);
-    if (!aggregate) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName)}`);
-    if (!/^[A-Za-z0-9_-]{1,128}$/.test(id)) {
+    if (!this.aggregates.has(aggregateName)) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName.slice(0, 140))}`);
+    if (!isAggregateId(id)) {
       return failed(ErrorCode.BAD_REQUEST, `id must be 1-128 characters of [A-Za-z0-9_-], got ${JSON.stringify(id.slice(0, 140))}`);
     }
+    return this.parseChecked(aggregateName, id, command, body, h);
+  }
+
+  /** The rest of intake, once the ID is known to be valid (the subject parser checked it already). */
+  private parseChecked(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders): CommandRequest | CommandFailed {
+    const aggregate = this.aggregates.get(aggregateName);
+    if (!aggregate) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName.slice(0, 140))}`);
     const schema = aggregate.commands.get(command);
     if (!schema) return failed(ErrorCode.UNKNOWN_COMMAND, `aggregate ${aggregate.name} has no command ${JSON.stringify(command.slice(0, 140))}`);
     if (body.length > this.o.maxBodyBytes) {

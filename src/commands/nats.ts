@@ -95,11 +95,9 @@ export class NatsCommandTransport {
       if (this.log.isLevelEnabled('debug')) this.log.debug({ subject: msg.subject.slice(0, 300), error: req.error }, 'command refused at intake');
       return;
     }
-    this.inFlight++;
-    this.metrics.inFlight.set(this.inFlight);
+    this.metrics.commandsInFlight = ++this.inFlight;
     this.actors.execute(req).then((reply) => {
-      this.inFlight--;
-      this.metrics.inFlight.set(this.inFlight);
+      this.metrics.commandsInFlight = --this.inFlight;
       this.reply(msg, reply);
       this.metrics.command(req.aggregate.name, req.command, reply.ok ? (reply.duplicate ? 'duplicate' : 'ok') : reply.error.code, (performance.now() - t0) / 1000);
       if (this.log.isLevelEnabled('debug')) {

@@ -24,12 +24,15 @@ export class WireClosed extends Error {
   }
 }
 
+/** Marks a request answered by its first reply, which resolves the request itself. */
+const SINGLE = Symbol('single reply');
+
 interface Waiter {
   readonly subject: string;
   readonly deadline: number;
-  /** Takes one reply; returns true when the request is complete. */
-  readonly onReply: (msg: Msg) => boolean;
-  readonly resolve: () => void;
+  /** Takes one reply and returns true when the request is complete; or SINGLE. */
+  readonly onReply: ((msg: Msg) => boolean) | typeof SINGLE;
+  readonly resolve: (msg?: Msg) => void;
   readonly reject: (err: Error) => void;
 }
 
@@ -62,11 +65,7 @@ export class JetStreamWire {
 
   /** Sends one message and resolves with its single reply. */
   request(subject: string, payload: string | Uint8Array, headers?: MsgHdrs): Promise<Msg> {
-    let reply: Msg | undefined;
-    return this.send(subject, payload, headers, (m) => {
-      reply = m;
-      return true;
-    }).then(() => reply!);
+    return this.send<Msg>(subject, payload, headers, SINGLE);
   }
 
   /**
@@ -74,7 +73,7 @@ export class JetStreamWire {
    * restarts with every reply, so a long batch is not cut off while it is flowing.
    */
   requestMany(subject: string, payload: string | Uint8Array, onReply: (msg: Msg) => boolean): Promise<void> {
-    return this.send(subject, payload, undefined, onReply);
+    return this.send<void>(subject, payload, undefined, onReply);
   }
 
   /** Publishes without waiting for anything (a batch's middle messages). */
@@ -90,16 +89,16 @@ export class JetStreamWire {
     this.failAll(new WireClosed());
   }
 
-  private send(
+  private send<T>(
     subject: string,
     payload: string | Uint8Array,
     headers: MsgHdrs | undefined,
-    onReply: (msg: Msg) => boolean,
-  ): Promise<void> {
+    onReply: ((msg: Msg) => boolean) | typeof SINGLE,
+  ): Promise<T> {
     if (this.closed) return Promise.reject(new WireClosed());
     const id = this.nextId++;
-    return new Promise<void>((resolve, reject) => {
-      this.waiters.set(id, { subject, deadline: Date.now() + this.timeoutMs, onReply, resolve, reject });
+    return new Promise<T>((resolve, reject) => {
+      this.waiters.set(id, { subject, deadline: Date.now() + this.timeoutMs, onReply, resolve: resolve as (v?: Msg) => void, reject });
       try {
         this.nc.publish(subject, payload, headers ? { reply: this.prefix + id, headers } : { reply: this.prefix + id });
       } catch (err) {
@@ -116,6 +115,11 @@ export class JetStreamWire {
     if (msg.headers?.code === 503) {
       this.waiters.delete(id);
       w.reject(new WireNoResponders(w.subject));
+      return;
+    }
+    if (w.onReply === SINGLE) {
+      this.waiters.delete(id);
+      w.resolve(msg);
       return;
     }
     let done: boolean;

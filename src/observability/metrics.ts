@@ -1,4 +1,5 @@
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from 'prom-client';
+import { LeanCounter, LeanHistogram, type CounterSeries, type HistogramSeries } from './lean.js';
 
 const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
@@ -9,17 +10,25 @@ const LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0
  */
 export class StrandMetrics {
   readonly registry = new Registry();
-  readonly commands = new Counter({ name: 'strand_commands_total', help: 'Commands handled, by aggregate, command and result (ok, duplicate, or an error code)', labelNames: ['aggregate', 'command', 'result'], registers: [this.registry] });
-  readonly commandDuration = new Histogram({ name: 'strand_command_duration_seconds', help: 'Time from a command taken off NATS to its reply', labelNames: ['aggregate', 'command'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
-  readonly eventsAppended = new Counter({ name: 'strand_events_appended_total', help: 'Events appended to the stream, by aggregate', labelNames: ['aggregate'], registers: [this.registry] });
-  readonly appendDuration = new Histogram({ name: 'strand_append_duration_seconds', help: 'Time of one append (publish to ack), by aggregate', labelNames: ['aggregate'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  // The four metrics every command touches are lean (see lean.ts); the rest are prom-client's own.
+  readonly commands = new LeanCounter('strand_commands_total', 'Commands handled, by aggregate, command and result (ok, duplicate, or an error code)', ['aggregate', 'command', 'result'], this.registry);
+  readonly commandDuration = new LeanHistogram('strand_command_duration_seconds', 'Time from a command taken off NATS to its reply', ['aggregate', 'command'], LATENCY_BUCKETS, this.registry);
+  readonly eventsAppended = new LeanCounter('strand_events_appended_total', 'Events appended to the stream, by aggregate', ['aggregate'], this.registry);
+  readonly appendDuration = new LeanHistogram('strand_append_duration_seconds', 'Time of one append (publish to ack), by aggregate', ['aggregate'], LATENCY_BUCKETS, this.registry);
+  /** Commands taken and not yet replied to; read at scrape time. */
+  commandsInFlight = 0;
   readonly conflicts = new Counter({ name: 'strand_concurrency_conflicts_total', help: 'Appends refused because another writer appended first', labelNames: ['aggregate'], registers: [this.registry] });
   readonly liveActors = new Gauge({ name: 'strand_live_actors', help: 'Actors in memory', registers: [this.registry] });
   readonly activations = new Counter({ name: 'strand_actor_activations_total', help: 'Actors activated, by aggregate and source (empty, events, snapshot)', labelNames: ['aggregate', 'source'], registers: [this.registry] });
   readonly passivations = new Counter({ name: 'strand_actor_passivations_total', help: 'Actors passivated, by aggregate and reason (idle, capacity, manual; failure: state dropped for a reload)', labelNames: ['aggregate', 'reason'], registers: [this.registry] });
   readonly rehydration = new Histogram({ name: 'strand_rehydration_duration_seconds', help: 'Time to activate an actor (snapshot plus events)', labelNames: ['aggregate'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
   readonly snapshots = new Counter({ name: 'strand_snapshots_written_total', help: 'Snapshots written, by aggregate', labelNames: ['aggregate'], registers: [this.registry] });
-  readonly inFlight = new Gauge({ name: 'strand_commands_in_flight', help: 'Commands taken and not yet replied to', registers: [this.registry] });
+  readonly inFlight: Gauge = new Gauge({
+    name: 'strand_commands_in_flight',
+    help: 'Commands taken and not yet replied to',
+    registers: [this.registry],
+    collect: (): void => this.inFlight.set(this.commandsInFlight),
+  });
 
   readonly projectionApplied = new Counter({ name: 'strand_projection_events_applied_total', help: 'Events applied to PostgreSQL, by projection', labelNames: ['projection'], registers: [this.registry] });
   readonly projectionBatch = new Histogram({ name: 'strand_projection_batch_duration_seconds', help: 'Time to apply one batch and its checkpoint in one transaction, by projection', labelNames: ['projection'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
@@ -29,7 +38,8 @@ export class StrandMetrics {
   readonly deadLetters = new Counter({ name: 'strand_projection_dead_letters_total', help: 'Events parked after their handler kept failing, by projection', labelNames: ['projection'], registers: [this.registry] });
   readonly rebuildProgress = new Gauge({ name: 'strand_projection_rebuild_progress', help: 'Fraction (0..1) of the stream a rebuilding projection has applied', labelNames: ['projection', 'generation'], registers: [this.registry] });
 
-  private readonly children = new Map<string, unknown>();
+  private readonly byCommand = new Map<string, { results: Map<string, CounterSeries>; duration: HistogramSeries }>();
+  private readonly byAggregate = new Map<string, { appended: CounterSeries; duration: HistogramSeries }>();
 
   constructor(opts: { defaultMetrics?: boolean } = {}) {
     if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: this.registry, prefix: 'strand_' });
@@ -37,21 +47,19 @@ export class StrandMetrics {
 
   /** Counts one command outcome and its duration. */
   command(aggregate: string, command: string, result: string, seconds: number): void {
-    this.child(`c\0${aggregate}\0${command}\0${result}`, () => this.commands.labels(aggregate, command, result)).inc();
-    this.child(`d\0${aggregate}\0${command}`, () => this.commandDuration.labels(aggregate, command)).observe(seconds);
+    const key = `${aggregate}\0${command}`;
+    let c = this.byCommand.get(key);
+    if (!c) this.byCommand.set(key, (c = { results: new Map(), duration: this.commandDuration.labels(aggregate, command) }));
+    let r = c.results.get(result);
+    if (!r) c.results.set(result, (r = this.commands.labels(aggregate, command, result)));
+    r.inc();
+    c.duration.observe(seconds);
   }
 
   appended(aggregate: string, events: number, seconds: number): void {
-    this.child(`e\0${aggregate}`, () => this.eventsAppended.labels(aggregate)).inc(events);
-    this.child(`a\0${aggregate}`, () => this.appendDuration.labels(aggregate)).observe(seconds);
-  }
-
-  private child<T>(key: string, make: () => T): T {
-    let c = this.children.get(key) as T | undefined;
-    if (!c) {
-      c = make();
-      this.children.set(key, c);
-    }
-    return c;
+    let a = this.byAggregate.get(aggregate);
+    if (!a) this.byAggregate.set(aggregate, (a = { appended: this.eventsAppended.labels(aggregate), duration: this.appendDuration.labels(aggregate) }));
+    a.appended.inc(events);
+    a.duration.observe(seconds);
   }
 }
