@@ -14,6 +14,8 @@ import { createPool } from './postgres/connect.js';
 import { ReadSide } from './projections/host.js';
 import type { Projection } from './projections/types.js';
 import { ViewReader } from './projections/views.js';
+import { allowAll, createAuthenticator, type AccessPolicy } from './live/auth.js';
+import { LiveGateway } from './live/gateway.js';
 import type { Pool } from 'pg';
 import { requireServerVersion } from './nats/version.js';
 import { StrandMetrics } from './observability/metrics.js';
@@ -26,6 +28,8 @@ export interface StrandDeps {
   /** PostgreSQL for the read side; without it no projection runs and no view is served. */
   readonly databaseUrl?: string;
   readonly projections?: readonly Projection[];
+  /** Who may subscribe to what over WebSocket (default: everyone to everything). */
+  readonly access?: AccessPolicy;
   readonly log: Logger;
   /** Register Node's default process metrics (off in tests that start several instances). */
   readonly defaultMetrics?: boolean;
@@ -52,6 +56,7 @@ export class Strand {
     readonly pool: Pool | undefined,
     readonly readSide: ReadSide | undefined,
     readonly views: ViewReader | undefined,
+    readonly live: LiveGateway | undefined,
   ) {}
 
   /** Connects, checks the server, prepares the stream and starts taking commands. */
@@ -104,6 +109,7 @@ export class Strand {
             batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
             batchMs: config.STRAND_PROJECTION_BATCH_MS,
             maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
+            live: true,
             standbyCheckMs: config.STRAND_PROJECTION_STANDBY_MS,
           },
           metrics,
@@ -134,7 +140,25 @@ export class Strand {
           stream: config.STRAND_STREAM,
         },
       });
-      app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config, pool, readSide, views);
+      let live: LiveGateway | undefined;
+      if (views) {
+        live = new LiveGateway(
+          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: await createAuthenticator(config), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }) },
+          {
+            stream: config.STRAND_STREAM,
+            maxSubscriptions: config.STRAND_WS_MAX_SUBSCRIPTIONS,
+            maxMessageBytes: config.STRAND_WS_MAX_MESSAGE_BYTES,
+            rate: config.STRAND_WS_RATE,
+            sendQueueBytes: config.STRAND_WS_SEND_QUEUE_BYTES,
+            maxPending: config.STRAND_WS_MAX_PENDING,
+            heartbeatMs: config.STRAND_WS_HEARTBEAT_MS,
+            bufferPerView: config.STRAND_LIVE_BUFFER,
+            minSeqWaitMs: config.STRAND_MIN_SEQ_WAIT_MS,
+          },
+        );
+        live.start(http.server);
+      }
+      app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config, pool, readSide, views, live);
       app.watchConnection();
       if (readSide && config.STRAND_ROLES.includes('projections')) await readSide.start();
       if (config.STRAND_ROLES.includes('commands')) await commands.start();
@@ -151,6 +175,8 @@ export class Strand {
     if (this.stopping) return true;
     this.stopping = true;
     // Commands stop coming in on both doors; those in progress (NATS and HTTP) are finished.
+    // WebSocket clients are told to go elsewhere (1001) and will resume there.
+    await this.live?.stop();
     const [clean] = await Promise.all([this.commands.drain(this.config.STRAND_DRAIN_TIMEOUT_MS), this.http.close()]);
     if (!clean) this.log.warn({ pending: this.commands.pending }, 'drain timed out with commands in progress');
     await this.readSide?.stop();

@@ -37,6 +37,19 @@ export const ConfigSchema = z.object({
   STRAND_PROJECTION_STANDBY_MS: int(100).default(5_000),
   STRAND_MIN_SEQ_WAIT_MS: int(0, 120_000).default(5_000),
   STRAND_PG_POOL_SIZE: int(1, 1000).default(10),
+  NODE_ENV: z.string().default('development'),
+  STRAND_AUTH: z.enum(['dev', 'jwt']).optional(),
+  STRAND_JWT_SECRET: z.string().min(32, 'an HS256 secret needs at least 32 characters').optional(),
+  STRAND_JWT_PUBLIC_KEY: z.string().min(1).optional(),
+  STRAND_JWT_ISSUER: z.string().min(1).optional(),
+  STRAND_JWT_AUDIENCE: z.string().min(1).optional(),
+  STRAND_WS_MAX_SUBSCRIPTIONS: int(1, 10_000).default(100),
+  STRAND_WS_MAX_MESSAGE_BYTES: int(256, 1_048_576).default(16_384),
+  STRAND_WS_RATE: int(1, 100_000).default(50),
+  STRAND_WS_SEND_QUEUE_BYTES: int(1024).default(1_048_576),
+  STRAND_WS_MAX_PENDING: int(1).default(10_000),
+  STRAND_WS_HEARTBEAT_MS: int(1000).default(30_000),
+  STRAND_LIVE_BUFFER: int(0).default(10_000),
   STRAND_ROLES: z
     .string()
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))

@@ -1,4 +1,5 @@
 import { join } from 'node:path';
+import { taskAccess } from '../actors/access.js';
 import { aggregates, projections } from '../actors/index.js';
 import { Strand } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
@@ -76,7 +77,7 @@ async function main(): Promise<void> {
   await stopIfSignalled();
 
   try {
-    app = await Strand.start({ config, aggregates, projections, natsUrl, databaseUrl, log });
+    app = await Strand.start({ config, aggregates, projections, access: taskAccess, natsUrl, databaseUrl, log });
     await app.http.listen({ port: config.PORT, host: config.HOST });
   } catch (err) {
     await fail(err, '');

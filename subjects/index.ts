@@ -1,6 +1,9 @@
 /** The public contract's names: subjects, headers, the stream and bucket configuration. */
 export {
   ALL_COMMANDS,
+  ALL_LIVE_CHANGES,
+  LIVE_PREFIX,
+  liveChanges,
   ALL_EVENTS,
   COMMAND_PREFIX,
   EVENT_PREFIX,

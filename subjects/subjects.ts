@@ -103,3 +103,12 @@ export function parseEventSubject(subject: string): { aggregate: string; id: str
   return { aggregate: parts[1]!, id: parts[2]!, type: parts[3]! };
 }
 
+/** Prefix of the live change feed (core NATS, not stored): projections publish, gateways listen. */
+export const LIVE_PREFIX = 'strand.live';
+/** Every projection's change feed. */
+export const ALL_LIVE_CHANGES = `${LIVE_PREFIX}.>`;
+
+/** `strand.live.<projection>`: one message per applied batch (or checkpoint move) of a projection. */
+export function liveChanges(projection: string): string {
+  return `${LIVE_PREFIX}.${projection}`;
+}

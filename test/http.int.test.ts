@@ -669,6 +669,12 @@ describe('GET /catalog, /asyncapi.json, /openapi.json', () => {
     expect([...documented].filter((x) => !served.has(x)), 'documented routes fastify does not serve').toEqual([]);
   });
 
+  it('serves the live dashboard page', async () => {
+    const page = await get('/dashboard');
+    expect(page.status).toBe(200);
+    expect(String(page.body)).toContain('/live');
+  });
+
   it('health and readiness answer as documented', async () => {
     expect(await get('/health/live')).toMatchObject({ status: 200, body: { status: 'live' } });
     const ready = await get('/health/ready');

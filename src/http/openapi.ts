@@ -241,6 +241,12 @@ function routes(api: ApiDeps): RouteDoc[] {
       },
     },
     {
+      method: 'get', path: '/dashboard', operationId: 'dashboard', tag: 'operations',
+      summary: "A live care-task board per coordinator (HTML); it subscribes to /live over WebSocket",
+      description: 'Query `coordinator` picks whose tasks are shown; `token` is passed on as the WebSocket `access_token`. The WebSocket protocol of `GET /live` (an upgrade, not described by OpenAPI) is in docs/live.md.',
+      responses: { 200: { description: 'The page', content: { 'text/html': { schema: { type: 'string' } } } } },
+    },
+    {
       method: 'get', path: '/metrics', operationId: 'metrics', tag: 'operations',
       summary: 'Prometheus metrics (text exposition format)',
       responses: { 200: { description: 'Metrics', content: { 'text/plain': { schema: { type: 'string' } } } } },

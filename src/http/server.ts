@@ -13,6 +13,7 @@ import { asyncApiRoute } from './asyncapi.js';
 import { catalogRoute } from './catalog.js';
 import { commandRoutes } from './commands.js';
 import { errorHandling } from './errors.js';
+import { dashboardRoutes } from '../live/dashboard.js';
 import { healthRoutes, type ReadinessCheck } from './health.js';
 import { metricsRoute } from './metrics.js';
 import { openApiRoute } from './openapi.js';
@@ -61,6 +62,7 @@ export function buildHttpServer(deps: HttpDeps): FastifyInstance {
   // First: the error and not-found handlers apply to every route registered after them.
   void app.register(errorHandling);
   void app.register(healthRoutes, { checks: deps.checks, reports: deps.reports ?? [] });
+  void app.register(dashboardRoutes);
   void app.register(metricsRoute, { registry: deps.registry });
   void app.register(aggregateRoutes, { api: deps.api });
   void app.register(commandRoutes, { api: deps.api });

@@ -38,6 +38,13 @@ export class StrandMetrics {
   readonly deadLetters = new Counter({ name: 'strand_projection_dead_letters_total', help: 'Events parked after their handler kept failing, by projection', labelNames: ['projection'], registers: [this.registry] });
   readonly rebuildProgress = new Gauge({ name: 'strand_projection_rebuild_progress', help: 'Fraction (0..1) of the stream a rebuilding projection has applied', labelNames: ['projection', 'generation'], registers: [this.registry] });
 
+  readonly liveConnections = new Gauge({ name: 'strand_live_connections', help: 'Open WebSocket connections', registers: [this.registry] });
+  readonly liveSubscriptions = new Gauge({ name: 'strand_live_subscriptions', help: 'Active WebSocket subscriptions', registers: [this.registry] });
+  readonly liveMessages = new LeanCounter('strand_live_messages_sent_total', 'Messages sent to WebSocket clients', [], this.registry).labels();
+  readonly liveCoalesced = new Counter({ name: 'strand_live_updates_coalesced_total', help: 'Row updates replaced by a newer one while a slow client was behind', registers: [this.registry] });
+  readonly liveDropped = new Counter({ name: 'strand_live_updates_dropped_total', help: 'Held-back updates discarded when a too-slow client was closed', registers: [this.registry] });
+  readonly livePushLatency = new Histogram({ name: 'strand_live_push_latency_seconds', help: 'Time from an event being decided to its change being sent to a client', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+
   private readonly byCommand = new Map<string, { results: Map<string, CounterSeries>; duration: HistogramSeries }>();
   private readonly byAggregate = new Map<string, { appended: CounterSeries; duration: HistogramSeries }>();
 

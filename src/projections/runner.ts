@@ -6,8 +6,10 @@ import type { EventEnvelope } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import { inTransaction, lockKey, readProjection, schemaOf, switchOver, type Target } from './catalog.js';
-import type { Projection, ProjectionEvent } from './types.js';
+import { liveChanges } from '../../subjects/index.js';
+import type { Projection, ProjectionEvent, Row } from './types.js';
 import { UnitOfWork, ident } from './unit-of-work.js';
+import { toApi } from './views.js';
 
 /** How batches are formed and failures handled. */
 export interface RunnerOptions {
@@ -18,6 +20,8 @@ export interface RunnerOptions {
   readonly batchMs: number;
   /** Tries of a failing event before it is parked. */
   readonly maxAttempts: number;
+  /** Publish each applied batch's view changes on `strand.live.<projection>`. */
+  readonly live: boolean;
 }
 
 const decoder = new TextDecoder();
@@ -48,7 +52,7 @@ export async function applyEvents(
   generation: number,
   events: readonly ProjectionEvent[],
   columnTypes?: Map<string, ReadonlyMap<string, string>>,
-): Promise<void> {
+): Promise<UnitOfWork['touched']> {
   await c.query(`SET LOCAL search_path TO ${ident(schemaOf(p.name, generation))}, public`);
   const uow = new UnitOfWork(c, p.tables, columnTypes);
   for (const e of events) {
@@ -57,6 +61,29 @@ export async function applyEvents(
   }
   await uow.flush();
   await c.query('SET LOCAL search_path TO public');
+  return uow.touched;
+}
+
+/** One row change of a view, as the live feed carries it. */
+export interface LiveChange {
+  readonly key: string | number;
+  readonly op: 'upsert' | 'delete';
+  readonly row?: Row;
+}
+
+/**
+ * The live feed's message for one committed unit of a projection: the changed rows of each of
+ * its views. `prev` is the checkpoint before, so a listener that missed a message notices.
+ * `reset` says every row may have changed (a rebuild switched generations).
+ */
+export interface LiveFeedMessage {
+  readonly projection: string;
+  readonly checkpoint: number;
+  readonly prev: number;
+  /** ISO time of the last event applied, for push-latency metrics. */
+  readonly eventTime?: string;
+  readonly reset?: boolean;
+  readonly views: Readonly<Record<string, readonly LiveChange[]>>;
 }
 
 type Signal = { promise: Promise<void>; resolve: () => void };
@@ -89,6 +116,10 @@ export class ProjectionRunner {
   private ticking: Promise<void> | undefined;
   private readonly listeners = new Set<() => void>();
   private readonly columnTypes = new Map<string, ReadonlyMap<string, string>>();
+  /** Rows written since the last live publication, per table. */
+  private touched = new Map<string, Map<string, Row>>();
+  /** The checkpoint the live feed last announced. */
+  private published = 0;
 
   constructor(
     readonly projection: Projection,
@@ -136,6 +167,7 @@ export class ProjectionRunner {
       throw err;
     }
     this.metrics.projectionCheckpoint.labels(this.projection.name, String(this.target.generation)).set(this.checkpoint);
+    this.published = this.checkpoint;
     this.done = this.applyLoop().catch((err: unknown) => this.log.error({ err, projection: this.projection.name }, 'projection runner stopped on an error'));
     this.ticker = setInterval(() => void this.refresh(), 1000);
     this.ticker.unref();
@@ -242,6 +274,55 @@ export class ProjectionRunner {
     last.ack();
     this.pending = last.info.pending;
     this.advance(last.seq);
+    await this.publishLive(fresh[fresh.length - 1]?.time);
+  }
+
+  /**
+   * Tells the gateways what changed: the current rows (or their absence) of every view key
+   * this projection wrote since the last publication. Only the serving generation publishes.
+   */
+  private async publishLive(eventTime?: string, reset = false): Promise<void> {
+    if (!this.o.live || this.target.role !== 'active' || (this.checkpoint === this.published && !reset)) return;
+    const touched = this.touched;
+    this.touched = new Map();
+    const views: Record<string, LiveChange[]> = {};
+    try {
+      for (const [name, spec] of Object.entries(this.projection.views)) {
+        if (reset) continue;
+        const keyCol = spec.columns[spec.key]!;
+        const keys = new Map<string, unknown>();
+        for (const [table, rows] of touched) {
+          if (!this.projection.tables[table]?.key.includes(keyCol)) continue;
+          for (const row of rows.values()) keys.set(JSON.stringify(row[keyCol]), row[keyCol]);
+        }
+        if (keys.size === 0) continue;
+        const r = await this.pool.query(`SELECT * FROM public.${ident(name)} WHERE ${ident(keyCol)} = ANY($1)`, [[...keys.values()]]);
+        const found = new Map<string, Row>();
+        for (const row of r.rows as Row[]) found.set(JSON.stringify(row[keyCol]), JSON.parse(JSON.stringify(toApi(spec, row))) as Row);
+        views[name] = [...keys].map(([k, key]) => {
+          const row = found.get(k);
+          return row ? { key: key as string | number, op: 'upsert' as const, row } : { key: key as string | number, op: 'delete' as const };
+        });
+      }
+    } catch (err) {
+      // Listeners will see a gap in the prev chain and send their clients fresh snapshots.
+      this.log.warn({ err, projection: this.projection.name }, 'live changes not read; listeners will resynchronise');
+      return;
+    }
+    const message: LiveFeedMessage = {
+      projection: this.projection.name,
+      checkpoint: this.checkpoint,
+      prev: this.published,
+      ...(eventTime ? { eventTime } : {}),
+      ...(reset ? { reset: true } : {}),
+      views,
+    };
+    this.published = this.checkpoint;
+    try {
+      this.nc.publish(liveChanges(this.projection.name), JSON.stringify(message));
+    } catch (err) {
+      this.log.warn({ err, projection: this.projection.name }, 'live changes not published');
+    }
   }
 
   /** One transaction: the events, then the checkpoint. Returns true when this generation is no longer wanted. */
@@ -251,7 +332,13 @@ export class ProjectionRunner {
     return inTransaction(this.pool, async (c) => {
       const row = await readProjection(c, p.name);
       if (!row || (row.activeGeneration !== this.target.generation && row.buildingGeneration !== this.target.generation)) return true;
-      if (events.length > 0) await applyEvents(c, p, this.target.generation, events, this.columnTypes);
+      if (events.length > 0) {
+        for (const [table, keys] of await applyEvents(c, p, this.target.generation, events, this.columnTypes)) {
+          let t = this.touched.get(table);
+          if (!t) this.touched.set(table, (t = new Map()));
+          for (const [k, row] of keys) t.set(k, row);
+        }
+      }
       if (parked) {
         const e = parked.event;
         await c.query(
@@ -322,6 +409,7 @@ export class ProjectionRunner {
       if (info.num_pending === 0 && this.queue.length === 0 && !this.applying && info.delivered.stream_seq <= this.checkpoint && end > this.checkpoint) {
         await this.pool.query('UPDATE strand_checkpoints SET seq = $3, updated_at = now() WHERE projection = $1 AND generation = $2 AND seq < $3', [name, this.target.generation, end]);
         this.advance(end);
+        if (!this.applying) await this.publishLive();
       }
     } catch (err) {
       this.log.debug({ err, projection: name }, 'consumer info unavailable');
@@ -342,6 +430,9 @@ export class ProjectionRunner {
     if (await switchOver(this.pool, this.projection, this.target.generation)) {
       this.log.info({ projection: name, generation: this.target.generation, checkpoint: this.checkpoint }, 'rebuild caught up; now serving');
       (this as { target: Target }).target = { generation: this.target.generation, role: 'active' };
+      this.touched = new Map();
+      this.published = this.checkpoint;
+      await this.publishLive(undefined, true);
       this.onSwitched();
     }
   }

@@ -32,6 +32,8 @@ function sqlValue(v: unknown): unknown {
 export class UnitOfWork implements ProjectionStore {
   private pending = new Map<string, Pending>();
   private fetched = new Map<string, Row | undefined>();
+  /** Key rows written (or deleted) per table across every flush: what the live feed re-reads. */
+  readonly touched = new Map<string, Map<string, Row>>();
 
   constructor(
     private readonly client: ClientBase,
@@ -102,6 +104,11 @@ export class UnitOfWork implements ProjectionStore {
     const entries = [...this.pending.values()];
     this.pending = new Map();
     this.fetched = new Map();
+    for (const [k, p] of entries.map((e) => [this.keyOf(e.table, this.spec(e.table), e.key), e] as const)) {
+      let t = this.touched.get(p.table);
+      if (!t) this.touched.set(p.table, (t = new Map()));
+      t.set(k, p.key);
+    }
 
     for (const p of entries) {
       if (!p.deleteFirst) continue;

@@ -36,7 +36,8 @@ function decodeCursor(s: string): unknown {
   }
 }
 
-function toApi(spec: ViewSpec, r: Row): Row {
+/** A row of a view as clients see it: API column names, declared columns only. */
+export function toApi(spec: ViewSpec, r: Row): Row {
   const out: Row = {};
   for (const [api, col] of Object.entries(spec.columns)) {
     const v = r[col];

@@ -1,0 +1,625 @@
+import { DeliverPolicy, jetstream, type ConsumerMessages } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/nats-core';
+import type { IncomingMessage, Server } from 'node:http';
+import type { Duplex } from 'node:stream';
+import type { Logger } from 'pino';
+import { WebSocket, WebSocketServer, type RawData } from 'ws';
+import { ALL_EVENTS, ALL_LIVE_CHANGES, isAggregateId } from '../../subjects/index.js';
+import type { ActorSystem } from '../actor/system.js';
+import type { Aggregate } from '../aggregate/define.js';
+import { StrandError } from '../errors.js';
+import type { EventEnvelope, EventStore } from '../eventstore/types.js';
+import type { StrandMetrics } from '../observability/metrics.js';
+import type { ReadSide } from '../projections/host.js';
+import type { LiveChange, LiveFeedMessage } from '../projections/runner.js';
+import type { Row } from '../projections/types.js';
+import type { ViewReader } from '../projections/views.js';
+import { checkSubscribe, rowVisible, subscriptionRequest, type AccessPolicy, type Authenticator, type Principal } from './auth.js';
+import {
+  ClientMessage,
+  CloseCode,
+  LiveErrorCode,
+  type ServerMessage,
+  type SubscribeAggregateMessage,
+  type SubscribeViewMessage,
+} from './protocol.js';
+
+/** Limits and tuning of the gateway (documented in docs/configuration.md). */
+export interface GatewayOptions {
+  readonly stream: string;
+  readonly maxSubscriptions: number;
+  readonly maxMessageBytes: number;
+  /** Client messages per second (burst: twice that). */
+  readonly rate: number;
+  /** Bytes queued in the socket before updates are held back and coalesced. */
+  readonly sendQueueBytes: number;
+  /** Held-back updates before a slow client is closed with TOO_SLOW. */
+  readonly maxPending: number;
+  readonly heartbeatMs: number;
+  /** Changes kept per view for resuming clients. */
+  readonly bufferPerView: number;
+  readonly minSeqWaitMs: number;
+}
+
+/** What the gateway reads from. */
+export interface GatewayDeps {
+  readonly nc: NatsConnection;
+  readonly views: ViewReader;
+  readonly readSide: ReadSide | undefined;
+  readonly actors: ActorSystem;
+  readonly store: EventStore;
+  readonly aggregates: ReadonlyMap<string, Aggregate>;
+  readonly auth: Authenticator;
+  readonly access: AccessPolicy;
+  readonly metrics: StrandMetrics;
+  readonly log: Logger;
+}
+
+/** One applied batch's changes to a view, as the gateway keeps them. */
+interface Batch {
+  readonly version: number;
+  readonly changes: readonly LiveChange[];
+  readonly eventTime?: string;
+}
+
+/** What the gateway knows of one view's change feed. */
+class ViewFeed {
+  /** Every change with a version above this is in `buffer` (undefined: nothing known yet). */
+  coveredFrom: number | undefined;
+  buffer: Batch[] = [];
+  /** Changes kept in `buffer`, summed over its batches. */
+  size = 0;
+  readonly subs = new Set<ViewSub>();
+  constructor(readonly name: string) {}
+}
+
+interface Sub {
+  readonly conn: Connection;
+  readonly id: string;
+  joining: boolean;
+}
+
+interface ViewSub extends Sub {
+  readonly kind: 'view';
+  readonly feed: ViewFeed;
+  readonly request: SubscribeViewMessage;
+  readonly projection: string;
+  readonly filterColumns: readonly [string, string][];
+  /** Batches that arrived while the snapshot was being read. */
+  pending: Batch[];
+  /** Keys the client holds, so a row leaving the filter is deleted there (and only there). */
+  readonly held: Set<string>;
+  /** The last version sent (snapshot checkpoint, resume point, or batch). */
+  version: number;
+  /** Resumed: which rows the client holds is unknown. */
+  resuming: boolean;
+}
+
+interface AggregateSub extends Sub {
+  readonly kind: 'aggregate';
+  readonly key: string;
+  pending: { seq: number; env: EventEnvelope }[];
+  seq: number;
+}
+
+const KEEP_OPEN = new Set<string>(Object.values(LiveErrorCode));
+
+function keyString(k: unknown): string {
+  return typeof k === 'string' ? k : JSON.stringify(k);
+}
+
+/** One WebSocket client: its subscriptions, rate limit and send queue. */
+class Connection {
+  readonly subs = new Map<string, ViewSub | AggregateSub>();
+  private tokens: number;
+  private refilled = Date.now();
+  private alive = true;
+  /** Held back while the socket is congested: coalescible updates by key (latest wins), events in order. */
+  private readonly held = new Map<string, ServerMessage>();
+  private readonly heldEvents: ServerMessage[] = [];
+  private drainTimer: NodeJS.Timeout | undefined;
+  closed = false;
+
+  constructor(
+    readonly ws: WebSocket,
+    readonly principal: Principal,
+    private readonly g: LiveGateway,
+  ) {
+    this.tokens = g.o.rate * 2;
+  }
+
+  /** Token bucket: `rate` per second, bursts of twice that. */
+  takeToken(): boolean {
+    const now = Date.now();
+    this.tokens = Math.min(this.g.o.rate * 2, this.tokens + ((now - this.refilled) / 1000) * this.g.o.rate);
+    this.refilled = now;
+    if (this.tokens < 1) return false;
+    this.tokens -= 1;
+    return true;
+  }
+
+  heartbeat(): void {
+    if (!this.alive) {
+      this.close(CloseCode.HEARTBEAT_TIMEOUT, 'no pong');
+      this.ws.terminate();
+      return;
+    }
+    this.alive = false;
+    try {
+      this.ws.ping();
+    } catch {
+      // closing already
+    }
+  }
+
+  pong(): void {
+    this.alive = true;
+  }
+
+  /**
+   * Sends, or holds back while the socket is congested: a `coalesce` key lets a newer update of
+   * the same row replace an older one still waiting. Past `maxPending` held updates the client
+   * is closed with TOO_SLOW and must resubscribe; memory per connection stays bounded.
+   */
+  send(msg: ServerMessage, coalesce?: string): void {
+    if (this.closed) return;
+    if (this.held.size === 0 && this.heldEvents.length === 0 && this.ws.bufferedAmount <= this.g.o.sendQueueBytes) {
+      this.write(msg);
+      return;
+    }
+    if (coalesce !== undefined) {
+      const earlier = this.held.get(coalesce);
+      if (earlier && earlier.type === 'change' && msg.type === 'change') {
+        // Merge into the waiting message: the latest row per key, at the later version.
+        const byKey = new Map(earlier.changes.map((c) => [keyString(c.key), c]));
+        for (const c of msg.changes) byKey.set(keyString(c.key), c);
+        this.g.d.metrics.liveCoalesced.inc(earlier.changes.length + msg.changes.length - byKey.size);
+        this.held.set(coalesce, { ...msg, changes: [...byKey.values()] });
+      } else {
+        this.held.set(coalesce, msg);
+      }
+    } else {
+      this.heldEvents.push(msg);
+    }
+    const waiting = this.heldEvents.length + [...this.held.values()].reduce((n, m) => n + (m.type === 'change' ? m.changes.length : 1), 0);
+    if (waiting > this.g.o.maxPending) {
+      this.g.d.metrics.liveDropped.inc(waiting);
+      this.close(CloseCode.TOO_SLOW, 'too slow: reconnect and resume');
+      return;
+    }
+    this.drainTimer ??= setInterval(() => this.drain(), 20);
+  }
+
+  private drain(): void {
+    if (this.closed) return;
+    while (this.ws.bufferedAmount <= this.g.o.sendQueueBytes / 2) {
+      const ev = this.heldEvents.shift();
+      if (ev) {
+        this.write(ev);
+        continue;
+      }
+      const first = this.held.entries().next();
+      if (first.done) break;
+      this.held.delete(first.value[0]);
+      this.write(first.value[1]);
+    }
+    if (this.held.size === 0 && this.heldEvents.length === 0) {
+      clearInterval(this.drainTimer);
+      this.drainTimer = undefined;
+    }
+  }
+
+  private write(msg: ServerMessage): void {
+    this.ws.send(JSON.stringify(msg));
+    this.g.d.metrics.liveMessages.inc();
+  }
+
+  error(code: LiveErrorCode, message: string, sub?: string): void {
+    this.send({ type: 'error', ...(sub !== undefined ? { sub } : {}), code, message });
+  }
+
+  close(code: number, reason: string): void {
+    if (this.closed) return;
+    this.closed = true;
+    clearInterval(this.drainTimer);
+    this.held.clear();
+    this.heldEvents.length = 0;
+    try {
+      this.ws.close(code, reason);
+    } catch {
+      this.ws.terminate();
+    }
+  }
+}
+
+/**
+ * The WebSocket gateway on `/live`. Clients subscribe to a view's rows (by key or filter) or
+ * to one aggregate's events, get the current state, then every change in order with its
+ * version; a reconnecting client names the last version it saw and gets exactly what it
+ * missed, or a fresh state marked as such. Changes come over NATS (`strand.live.>` from
+ * whichever instance applies a projection; the event stream for aggregates), so a client
+ * sees every instance's changes.
+ */
+export class LiveGateway {
+  private readonly wss: WebSocketServer;
+  private readonly conns = new Set<Connection>();
+  private readonly feeds = new Map<string, ViewFeed>();
+  private readonly chain = new Map<string, number>();
+  private readonly aggregateSubs = new Map<string, Set<AggregateSub>>();
+  private liveSub: Subscription | undefined;
+  private events: ConsumerMessages | undefined;
+  private eventsStarting: Promise<void> | undefined;
+  private heartbeat: NodeJS.Timeout | undefined;
+  private stopping = false;
+
+  constructor(
+    readonly d: GatewayDeps,
+    readonly o: GatewayOptions,
+  ) {
+    this.wss = new WebSocketServer({
+      noServer: true,
+      // Past this the library closes with 1009; up to it, oversize gets an error message.
+      maxPayload: Math.max(1_048_576, o.maxMessageBytes * 4),
+      handleProtocols: (protocols) => (protocols.has('strand.v1') ? 'strand.v1' : false),
+    });
+    for (const view of d.views.all()) this.feeds.set(view.name, new ViewFeed(view.name));
+  }
+
+  /** Starts listening to the change feed and serves upgrades to `/live` on `server`. */
+  start(server: Server): void {
+    this.liveSub = this.d.nc.subscribe(ALL_LIVE_CHANGES, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          this.onFeed(msg.json<LiveFeedMessage>());
+        } catch (e) {
+          this.d.log.warn({ err: e }, 'unreadable live feed message');
+        }
+      },
+    });
+    server.on('upgrade', (req: IncomingMessage, socket: Duplex, head: Buffer) => {
+      const path = (req.url ?? '').split('?')[0];
+      if (path !== '/live') return; // not ours: fastify/ws elsewhere may take it, or it times out
+      void this.upgrade(req, socket, head);
+    });
+    this.heartbeat = setInterval(() => {
+      for (const c of this.conns) c.heartbeat();
+    }, this.o.heartbeatMs);
+    this.heartbeat.unref();
+  }
+
+  get connections(): number {
+    return this.conns.size;
+  }
+
+  /** Closes every connection with GOING_AWAY (clients reconnect elsewhere and resume). */
+  async stop(): Promise<void> {
+    this.stopping = true;
+    clearInterval(this.heartbeat);
+    for (const c of this.conns) c.close(CloseCode.GOING_AWAY, 'server shutting down');
+    this.liveSub?.unsubscribe();
+    this.events?.stop();
+    await new Promise<void>((r) => this.wss.close(() => r()));
+  }
+
+  private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
+    if (this.stopping) {
+      socket.destroy();
+      return;
+    }
+    const outcome = await this.d.auth.authenticate(req).catch(() => ({ ok: false as const, reason: 'authentication failed' }));
+    this.wss.handleUpgrade(req, socket, head, (ws) => {
+      if (!outcome.ok) {
+        // Accept, then close with a code the client can read (a refused upgrade shows none in browsers).
+        ws.close(CloseCode.UNAUTHORIZED, outcome.reason.slice(0, 120));
+        return;
+      }
+      this.accept(ws, outcome.principal);
+    });
+  }
+
+  private accept(ws: WebSocket, principal: Principal): void {
+    const conn = new Connection(ws, principal, this);
+    this.conns.add(conn);
+    this.d.metrics.liveConnections.set(this.conns.size);
+    ws.on('pong', () => conn.pong());
+    ws.on('message', (data: RawData, isBinary: boolean) => void this.onMessage(conn, data, isBinary));
+    ws.on('close', () => this.drop(conn));
+    ws.on('error', () => this.drop(conn));
+  }
+
+  private drop(conn: Connection): void {
+    if (!this.conns.delete(conn)) return;
+    conn.closed = true;
+    for (const s of conn.subs.values()) this.unregister(s);
+    conn.subs.clear();
+    this.d.metrics.liveConnections.set(this.conns.size);
+    this.updateSubCount();
+  }
+
+  private async onMessage(conn: Connection, data: RawData, isBinary: boolean): Promise<void> {
+    const size = Array.isArray(data) ? data.reduce((n, b) => n + b.length, 0) : (data as Buffer | ArrayBuffer).byteLength;
+    if (size > this.o.maxMessageBytes) return conn.error(LiveErrorCode.MESSAGE_TOO_LARGE, `messages are limited to ${this.o.maxMessageBytes} bytes, got ${size}`);
+    if (!conn.takeToken()) return conn.error(LiveErrorCode.RATE_LIMITED, `more than ${this.o.rate} messages per second; this one was dropped`);
+    if (isBinary) return conn.error(LiveErrorCode.BAD_MESSAGE, 'binary frames are not part of the protocol; send JSON text');
+    let json: unknown;
+    try {
+      json = JSON.parse(Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.concat(data as Buffer[]).toString('utf8'));
+    } catch (err) {
+      return conn.error(LiveErrorCode.BAD_MESSAGE, `not JSON: ${(err as Error).message}`);
+    }
+    const parsed = ClientMessage.safeParse(json);
+    if (!parsed.success) {
+      const sub = typeof (json as { id?: unknown })?.id === 'string' ? ((json as { id: string }).id.slice(0, 64)) : undefined;
+      return conn.error(LiveErrorCode.BAD_MESSAGE, parsed.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ').slice(0, 500), sub);
+    }
+    const m = parsed.data;
+    if (m.type === 'ping') return conn.send({ type: 'pong', ...(m.nonce !== undefined ? { nonce: m.nonce } : {}) });
+    if (m.type === 'unsubscribe') {
+      const s = conn.subs.get(m.id);
+      if (!s) return conn.error(LiveErrorCode.UNKNOWN_SUBSCRIPTION, `no subscription ${m.id}`, m.id);
+      conn.subs.delete(m.id);
+      this.unregister(s);
+      this.updateSubCount();
+      return conn.send({ type: 'unsubscribed', sub: m.id });
+    }
+    if (conn.subs.has(m.id)) return conn.error(LiveErrorCode.DUPLICATE_SUBSCRIPTION, `subscription ${m.id} exists on this connection`, m.id);
+    if (conn.subs.size >= this.o.maxSubscriptions) return conn.error(LiveErrorCode.TOO_MANY_SUBSCRIPTIONS, `at most ${this.o.maxSubscriptions} subscriptions per connection`, m.id);
+    try {
+      if ('view' in m) await this.subscribeView(conn, m);
+      else await this.subscribeAggregate(conn, m);
+    } catch (err) {
+      const s = conn.subs.get(m.id);
+      if (s) {
+        conn.subs.delete(m.id);
+        this.unregister(s);
+        this.updateSubCount();
+      }
+      const code = err instanceof StrandError && KEEP_OPEN.has(err.code) ? (err.code as LiveErrorCode) : LiveErrorCode.UNAVAILABLE;
+      if (code === LiveErrorCode.UNAVAILABLE) this.d.log.warn({ err, sub: m.id }, 'subscription failed');
+      conn.error(code, (err as Error).message, m.id);
+    }
+  }
+
+  // ---- views ---------------------------------------------------------------------------------
+
+  private async subscribeView(conn: Connection, m: SubscribeViewMessage): Promise<void> {
+    const ref = this.d.views.view(m.view); // UNKNOWN_VIEW
+    const filter = Object.entries(m.filter ?? {});
+    for (const [col] of filter) {
+      if (!ref.spec.filters.includes(col)) throw new StrandError('UNKNOWN_COLUMN', `view ${m.view} cannot be filtered on ${col}; filterable: ${ref.spec.filters.join(', ')}`);
+    }
+    const verdict = checkSubscribe(this.d.access, conn.principal, subscriptionRequest(m));
+    if (verdict !== true) return conn.error(LiveErrorCode.FORBIDDEN, verdict, m.id);
+    const feed = this.feeds.get(m.view)!;
+    const sub: ViewSub = { kind: 'view', conn, id: m.id, joining: true, feed, request: m, projection: ref.projection.name, filterColumns: filter, pending: [], held: new Set(), version: 0, resuming: false };
+    conn.subs.set(m.id, sub);
+    feed.subs.add(sub);
+    this.updateSubCount();
+
+    if (m.minSeq !== undefined && this.d.readSide) {
+      const w = await this.d.readSide.waitFor(ref.projection.name, m.minSeq, this.o.minSeqWaitMs);
+      if (!w.reached) throw new StrandError('NOT_CAUGHT_UP', `${ref.projection.name} is at ${w.checkpoint}, not yet at ${m.minSeq}`);
+    }
+    if (m.after !== undefined && feed.coveredFrom !== undefined && m.after >= feed.coveredFrom) {
+      // Resume from the buffer: the latest change of each key after `after`, in version order.
+      // Resume from the buffer: every batch after `after`, as it was sent live.
+      conn.send({ type: 'resumed', sub: m.id, after: m.after });
+      sub.version = m.after;
+      sub.resuming = true;
+      for (const b of feed.buffer) if (b.version > m.after) this.deliverBatch(sub, b);
+      this.goLive(sub);
+      return;
+    }
+    if (m.key !== undefined) {
+      const { row, checkpoint } = await this.d.views.row(m.view, String(m.key));
+      if (m.after !== undefined && m.after === checkpoint) return this.resumeUnchanged(sub, m.after);
+      const visible = row && this.visible(conn, m.view, row) ? [row] : [];
+      for (const r of visible) sub.held.add(keyString(r[ref.spec.key]));
+      conn.send({ type: 'snapshot', sub: m.id, view: m.view, checkpoint, rows: visible, complete: true, fresh: m.after !== undefined });
+      sub.version = checkpoint;
+    } else {
+      const limit = m.limit ?? 500;
+      const page = await this.d.views.page(m.view, m.filter ?? {}, limit);
+      if (m.after !== undefined && m.after === page.checkpoint) return this.resumeUnchanged(sub, m.after);
+      const rows = page.rows.filter((r) => this.visible(conn, m.view, r));
+      for (const r of rows) sub.held.add(keyString(r[ref.spec.key]));
+      conn.send({ type: 'snapshot', sub: m.id, view: m.view, checkpoint: page.checkpoint, rows, complete: page.next === undefined, fresh: m.after !== undefined });
+      sub.version = page.checkpoint;
+    }
+    this.goLive(sub);
+  }
+
+  /** The client is already at the current checkpoint: nothing was missed. */
+  private resumeUnchanged(sub: ViewSub, after: number): void {
+    sub.conn.send({ type: 'resumed', sub: sub.id, after });
+    sub.version = after;
+    this.goLive(sub);
+  }
+
+  private goLive(sub: ViewSub): void {
+    for (const b of sub.pending) this.deliverBatch(sub, b);
+    sub.pending = [];
+    sub.joining = false;
+  }
+
+  private visible(conn: Connection, view: string, row: Row): boolean {
+    return rowVisible(this.d.access, conn.principal, view, row);
+  }
+
+  /**
+   * Sends the part of a batch the subscription sees: rows (still) matching, and deletes of rows
+   * the client holds that left it. After a resume the client's holdings are unknown, so every
+   * non-matching change is sent as a delete (harmless where it holds nothing).
+   */
+  private deliverBatch(sub: ViewSub, b: Batch): void {
+    if (b.version <= sub.version) return; // already in the snapshot (or sent)
+    sub.version = b.version;
+    const out: LiveChange[] = [];
+    const byKey = sub.request.key !== undefined ? keyString(sub.request.key) : undefined;
+    for (const c of b.changes) {
+      const k = keyString(c.key);
+      if (byKey !== undefined && k !== byKey && String(c.key) !== String(sub.request.key)) continue;
+      const matches = c.op === 'upsert' && c.row !== undefined && (byKey !== undefined || sub.filterColumns.every(([col, v]) => String(c.row![col]) === v));
+      if (matches && this.visible(sub.conn, sub.feed.name, c.row!)) {
+        sub.held.add(k);
+        out.push(c);
+      } else if (sub.held.has(k) || sub.resuming || byKey !== undefined) {
+        sub.held.delete(k);
+        out.push({ op: 'delete', key: c.key });
+      }
+    }
+    if (out.length === 0) return;
+    sub.conn.send({ type: 'change', sub: sub.id, version: b.version, changes: out }, sub.id);
+    if (b.eventTime) this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(b.eventTime)) / 1000));
+  }
+
+  private onFeed(msg: LiveFeedMessage): void {
+    const prev = this.chain.get(msg.projection);
+    const gap = msg.reset === true || (prev !== undefined && msg.prev !== prev);
+    this.chain.set(msg.projection, msg.checkpoint);
+    for (const view of this.d.views.all()) {
+      if (view.projection.name !== msg.projection) continue;
+      const feed = this.feeds.get(view.name)!;
+      if (gap || feed.coveredFrom === undefined) {
+        feed.buffer = [];
+        feed.size = 0;
+        feed.coveredFrom = msg.reset ? msg.checkpoint : msg.prev;
+        if (gap) this.resync(feed);
+      }
+      const changes = msg.views[view.name];
+      if (!changes || changes.length === 0) continue;
+      const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventTime: msg.eventTime } : {}) };
+      feed.buffer.push(batch);
+      feed.size += changes.length;
+      for (const sub of feed.subs) {
+        if (sub.joining) sub.pending.push(batch);
+        else this.deliverBatch(sub, batch);
+      }
+      // Drop whole batches: "every change after coveredFrom is here" must stay true.
+      while (feed.size > this.o.bufferPerView && feed.buffer.length > 0) {
+        const dropped = feed.buffer.shift()!;
+        feed.size -= dropped.changes.length;
+        feed.coveredFrom = dropped.version;
+      }
+    }
+  }
+
+  /** Changes may have been missed (or a rebuild replaced the rows): send every live subscriber a fresh snapshot. */
+  private resync(feed: ViewFeed): void {
+    for (const sub of [...feed.subs]) {
+      if (sub.joining) continue;
+      sub.joining = true;
+      sub.pending = [];
+      sub.held.clear();
+      sub.resuming = false;
+      void (async () => {
+        try {
+          const m = sub.request;
+          if (m.key !== undefined) {
+            const { row, checkpoint } = await this.d.views.row(m.view, String(m.key));
+            const rows = row && this.visible(sub.conn, m.view, row) ? [row] : [];
+            sub.conn.send({ type: 'snapshot', sub: sub.id, view: m.view, checkpoint, rows, complete: true, fresh: true });
+            sub.version = checkpoint;
+            for (const r of rows) sub.held.add(keyString(r[this.d.views.view(m.view).spec.key]));
+          } else {
+            const page = await this.d.views.page(m.view, m.filter ?? {}, m.limit ?? 500);
+            const rows = page.rows.filter((r) => this.visible(sub.conn, m.view, r));
+            sub.conn.send({ type: 'snapshot', sub: sub.id, view: m.view, checkpoint: page.checkpoint, rows, complete: page.next === undefined, fresh: true });
+            sub.version = page.checkpoint;
+            for (const r of rows) sub.held.add(keyString(r[this.d.views.view(m.view).spec.key]));
+          }
+          this.goLive(sub);
+        } catch (err) {
+          sub.conn.error(LiveErrorCode.UNAVAILABLE, `could not resynchronise: ${(err as Error).message}`, sub.id);
+        }
+      })();
+    }
+  }
+
+  // ---- aggregates ----------------------------------------------------------------------------
+
+  private async subscribeAggregate(conn: Connection, m: SubscribeAggregateMessage): Promise<void> {
+    const agg = this.d.aggregates.get(m.aggregate);
+    if (!agg) throw new StrandError('UNKNOWN_AGGREGATE', `no aggregate named ${JSON.stringify(m.aggregate)}`);
+    if (!isAggregateId(m.aggregateId)) throw new StrandError('BAD_REQUEST', 'aggregateId must be 1-128 characters of [A-Za-z0-9_-]');
+    const verdict = checkSubscribe(this.d.access, conn.principal, subscriptionRequest(m));
+    if (verdict !== true) return conn.error(LiveErrorCode.FORBIDDEN, verdict, m.id);
+    await this.startEventFeed();
+    const key = `${m.aggregate}/${m.aggregateId}`;
+    const sub: AggregateSub = { kind: 'aggregate', conn, id: m.id, joining: true, key, pending: [], seq: 0 };
+    conn.subs.set(m.id, sub);
+    let set = this.aggregateSubs.get(key);
+    if (!set) this.aggregateSubs.set(key, (set = new Set()));
+    set.add(sub);
+    this.updateSubCount();
+
+    const current = await this.d.actors.rehydrate(agg, m.aggregateId);
+    if (m.afterVersion !== undefined && m.afterVersion <= current.version) {
+      // Events are never deleted: what the client missed is always there.
+      conn.send({ type: 'resumed', sub: m.id, after: m.afterVersion });
+      let after = 0;
+      for (;;) {
+        const page = await this.d.store.load(m.aggregate, m.aggregateId, after, 1000);
+        for (const s of page.events) {
+          if (s.envelope.version > m.afterVersion && s.seq <= current.seq) {
+            conn.send({ type: 'event', sub: m.id, version: s.envelope.version, seq: s.seq, event: s.envelope as unknown as Row });
+          }
+        }
+        if (!page.more || page.events.length === 0) break;
+        after = page.events[page.events.length - 1]!.seq;
+      }
+    } else {
+      conn.send({ type: 'state', sub: m.id, aggregate: m.aggregate, id: m.aggregateId, version: current.version, seq: current.seq, state: current.state, fresh: m.afterVersion !== undefined });
+    }
+    sub.seq = current.seq;
+    for (const p of sub.pending) this.deliverEvent(sub, p.seq, p.env);
+    sub.pending = [];
+    sub.joining = false;
+  }
+
+  private deliverEvent(sub: AggregateSub, seq: number, env: EventEnvelope): void {
+    if (seq <= sub.seq) return;
+    sub.seq = seq;
+    sub.conn.send({ type: 'event', sub: sub.id, version: env.version, seq, event: env as unknown as Row });
+    this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(env.time)) / 1000));
+  }
+
+  /** One ordered consumer of new events for every aggregate subscription of this instance. */
+  private startEventFeed(): Promise<void> {
+    this.eventsStarting ??= (async () => {
+      const consumer = await jetstream(this.d.nc).consumers.get(this.o.stream, { filter_subjects: [ALL_EVENTS], deliver_policy: DeliverPolicy.New });
+      this.events = await consumer.consume();
+      void (async () => {
+        for await (const m of this.events!) {
+          const env = m.json<EventEnvelope>();
+          const subs = this.aggregateSubs.get(`${env.aggregate}/${env.aggregateId}`);
+          if (!subs) continue;
+          for (const sub of subs) {
+            if (sub.joining) sub.pending.push({ seq: m.seq, env });
+            else this.deliverEvent(sub, m.seq, env);
+          }
+        }
+      })().catch((err: unknown) => this.d.log.warn({ err }, 'event feed ended'));
+    })().catch((err: unknown) => {
+      this.eventsStarting = undefined;
+      throw err;
+    });
+    return this.eventsStarting;
+  }
+
+  private unregister(s: ViewSub | AggregateSub): void {
+    if (s.kind === 'view') s.feed.subs.delete(s);
+    else {
+      const set = this.aggregateSubs.get(s.key);
+      set?.delete(s);
+      if (set && set.size === 0) this.aggregateSubs.delete(s.key);
+    }
+  }
+
+  private updateSubCount(): void {
+    let n = 0;
+    for (const c of this.conns) n += c.subs.size;
+    this.d.metrics.liveSubscriptions.set(n);
+  }
+}

@@ -1,0 +1,266 @@
+import { SignJWT } from 'jose';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { taskAccess } from '../actors/access.js';
+import type { Strand } from '../src/app.js';
+import type { CommandAccepted } from '../src/commands/types.js';
+import { startTestNats, type TestNats } from './support/nats.js';
+import { createTestDatabase, type TestDatabase } from './support/postgres.js';
+import { LiveClient } from './support/live.js';
+import { CommandClient, startStrandWithDb } from './support/strand.js';
+import { loadConfig } from '../src/config.js';
+import { Strand as StrandApp } from '../src/app.js';
+import pino from 'pino';
+import { aggregates, projections } from '../actors/index.js';
+
+let nats: TestNats;
+let db: TestDatabase;
+let strand: Strand;
+let client: CommandClient;
+let wsUrl: string;
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  db = await createTestDatabase();
+  strand = await startStrandWithDb(nats.url, db.url, { STRAND_WS_RATE: '200' });
+  const url = await strand.http.listen({ port: 0, host: '127.0.0.1' });
+  wsUrl = `${url.replace('http', 'ws')}/live`;
+  client = await CommandClient.connect(nats.url);
+});
+
+afterAll(async () => {
+  await client?.close();
+  await strand?.stop();
+  await db?.drop();
+  await nats?.cleanup();
+});
+
+async function createTask(id: string, assignedTo: string): Promise<CommandAccepted> {
+  const r = await client.send(`cmd.task.${id}.CreateTask`, { title: `Task ${id}`, memberId: 'M1', assignedTo });
+  expect(r.ok).toBe(true);
+  return r as CommandAccepted;
+}
+
+describe('live views over WebSocket', { timeout: 120_000 }, () => {
+  it('sends the current rows, then each change in order with its version', async () => {
+    await createTask('lv-1', 'CC1');
+    await createTask('lv-2', 'CC2');
+    const w = await LiveClient.connect(wsUrl);
+    const last = await createTask('lv-3', 'CC1');
+    w.send({ type: 'subscribe', id: 'board', view: 'task_list_view', filter: { assignedTo: 'CC1' }, minSeq: last.seq });
+    await w.until((c) => c.of('snapshot').length === 1, 'the snapshot');
+    const snap = w.of('snapshot')[0]!;
+    expect(snap.checkpoint).toBeGreaterThanOrEqual(last.seq);
+    expect(snap.rows.map((r) => r['taskId']).sort()).toEqual(['lv-1', 'lv-3']);
+    expect(snap).toMatchObject({ complete: true, fresh: false });
+
+    await createTask('lv-4', 'CC1'); // joins the filter
+    await client.send('cmd.task.lv-1.AssignTask', { assignedTo: 'CC9' }); // leaves it: a delete
+    await client.send('cmd.task.lv-3.CompleteTask', {}, { 'Strand-Actor': 'user:CC1' }); // changes inside it
+    await createTask('lv-5', 'CC2'); // never shown
+    await w.until((c) => c.copies.get('board')?.get('lv-3')?.['status'] === 'completed' && !c.copies.get('board')?.has('lv-1'), 'the changes');
+    const changes = w.of('change');
+    // However the commands fell into batches, the client sees these row changes in this order.
+    expect(changes.flatMap((c) => c.changes.map((x) => [x.op, x.key]))).toEqual([
+      ['upsert', 'lv-4'],
+      ['delete', 'lv-1'],
+      ['upsert', 'lv-3'],
+    ]);
+    const versions = changes.map((c) => c.version);
+    expect([...versions].sort((a, b) => a - b)).toEqual(versions);
+    expect(versions[0]).toBeGreaterThan(snap.checkpoint);
+    expect([...w.copies.get('board')!.keys()].sort()).toEqual(['lv-3', 'lv-4']);
+    await w.close();
+  });
+
+  it('sends an aggregate state then its events, and resumes after a version', async () => {
+    await createTask('agg-1', 'CC1');
+    const w = await LiveClient.connect(wsUrl);
+    w.send({ type: 'subscribe', id: 'a', aggregate: 'task', aggregateId: 'agg-1' });
+    await w.until((c) => c.of('state').length === 1, 'state');
+    expect(w.of('state')[0]).toMatchObject({ version: 1, state: { status: 'pending', assignedTo: 'CC1' }, fresh: false });
+    await client.send('cmd.task.agg-1.AssignTask', { assignedTo: 'CC2' });
+    await client.send('cmd.task.agg-1.AssignTask', { assignedTo: 'CC3' });
+    await w.until((c) => c.of('event').length === 2, 'two events');
+    expect(w.of('event').map((e) => [e.version, e.event['type']])).toEqual([
+      [2, 'TaskAssigned'],
+      [3, 'TaskAssigned'],
+    ]);
+    await w.close();
+    const again = await LiveClient.connect(wsUrl);
+    again.send({ type: 'subscribe', id: 'a', aggregate: 'task', aggregateId: 'agg-1', afterVersion: 1 });
+    await again.until((c) => c.of('event').length === 2, 'missed events');
+    expect(again.of('resumed')).toHaveLength(1);
+    expect(again.of('event').map((e) => e.version)).toEqual([2, 3]);
+    await again.close();
+  });
+
+  it('ends equal to the view after 100 reconnects in the middle of a stream of changes', async () => {
+    const ids = Array.from({ length: 30 }, (_, i) => `rc-${i}`);
+    for (const id of ids) await createTask(id, 'RC1');
+    let writing = true;
+    const writer = (async () => {
+      let n = 0;
+      while (writing) {
+        const id = ids[n % ids.length]!;
+        await client.send(`cmd.task.${id}.AssignTask`, { assignedTo: n % 3 === 0 ? 'RC2' : 'RC1' });
+        n++;
+      }
+      return n;
+    })();
+    let copy = new Map<string, Record<string, unknown>>();
+    let version: number | undefined;
+    let fresh = 0;
+    let resumed = 0;
+    for (let i = 0; i < 100; i++) {
+      const w = await LiveClient.connect(wsUrl);
+      // The client keeps its copy and version across connections; a snapshot replaces them.
+      w.copies.set('s', new Map(copy));
+      if (version !== undefined) w.versions.set('s', version);
+      w.send({ type: 'subscribe', id: 's', view: 'task_list_view', filter: { assignedTo: 'RC1' }, ...(version !== undefined ? { after: version } : {}) });
+      await w.until((c) => c.of('snapshot').length + c.of('resumed').length > 0, 'snapshot or resumed');
+      if (w.of('resumed').length > 0) resumed++;
+      else if (w.of('snapshot')[0]!.fresh) fresh++;
+      await new Promise((r) => setTimeout(r, 5 + (i % 4) * 10));
+      copy = new Map(w.copies.get('s'));
+      version = w.versions.get('s');
+      w.ws.terminate(); // an abrupt drop, as a network failure would
+    }
+    writing = false;
+    const sent = await writer;
+    const last = ((await client.send('cmd.task.rc-0.AssignTask', { assignedTo: 'RC1' })) as CommandAccepted).seq;
+    await strand.readSide!.waitFor('task_list_view', last, 20_000);
+    const w = await LiveClient.connect(wsUrl);
+    w.copies.set('s', new Map(copy));
+    w.versions.set('s', version!);
+    w.send({ type: 'subscribe', id: 's', view: 'task_list_view', filter: { assignedTo: 'RC1' }, after: version });
+    await w.until((c) => c.of('snapshot').length + c.of('resumed').length > 0, 'final resume');
+    await w.until((c) => (c.versions.get('s') ?? 0) >= last || c.of('snapshot').some((s) => s.checkpoint >= last), 'the last change');
+    const truth = JSON.parse(JSON.stringify((await strand.views!.page('task_list_view', { assignedTo: 'RC1' }, 500)).rows)) as unknown[];
+    const mine = [...w.copies.get('s')!.values()].sort((a, b) => String(a['taskId']).localeCompare(String(b['taskId'])));
+    expect(mine).toEqual(truth);
+    expect(sent).toBeGreaterThan(100);
+    expect(resumed).toBeGreaterThan(50); // most reconnects resumed exactly, without a snapshot
+    void fresh;
+    await w.close();
+  });
+
+  it('shares changes between instances: a client on an instance without projections sees them', async () => {
+    const config = loadConfig({ STRAND_ROLES: 'commands', STRAND_ACTOR_IDLE_MS: '600000' });
+    const second = await StrandApp.start({ config, aggregates, projections, natsUrl: nats.url, databaseUrl: db.url, log: pino({ level: 'silent' }), defaultMetrics: false });
+    try {
+      const url = await second.http.listen({ port: 0, host: '127.0.0.1' });
+      const w = await LiveClient.connect(`${url.replace('http', 'ws')}/live`);
+      w.send({ type: 'subscribe', id: 'x', view: 'task_list_view', key: 'inst-1' });
+      await w.until((c) => c.of('snapshot').length === 1, 'snapshot');
+      expect(w.of('snapshot')[0]!.rows).toEqual([]);
+      await createTask('inst-1', 'CC7');
+      await w.until((c) => c.copies.get('x')?.get('inst-1')?.['assignedTo'] === 'CC7', 'the row from the other instance');
+      await w.close();
+    } finally {
+      await second.stop();
+    }
+  });
+
+  it('answers malformed, oversized, unknown and excessive messages with errors and keeps the connection', async () => {
+    const w = await LiveClient.connect(wsUrl);
+    w.send('this is not json');
+    w.send({ type: 'subscribe' });
+    w.send({ type: 'subscribe', id: 'u', view: 'no_such_view' });
+    w.send({ type: 'subscribe', id: 'c', view: 'task_list_view', filter: { title: 'x' } });
+    w.send({ type: 'subscribe', id: 'g', aggregate: 'task', aggregateId: 'bad id!' });
+    w.send({ type: 'unsubscribe', id: 'never' });
+    w.send({ type: 'ping', nonce: 'x'.repeat(20_000) });
+    w.send({ type: 'ping', nonce: 'still-here' });
+    await w.until((c) => c.of('pong').some((p) => p.nonce === 'still-here'), 'pong');
+    await w.until((c) => c.of('error').length === 7, 'seven errors');
+    // Subscriptions answer asynchronously, so compare by subscription rather than by arrival.
+    expect(w.of('error').map((e) => `${e.sub ?? '-'}:${e.code}`).sort()).toEqual(
+      ['-:BAD_MESSAGE', '-:BAD_MESSAGE', 'u:UNKNOWN_VIEW', 'c:UNKNOWN_COLUMN', 'g:BAD_REQUEST', 'never:UNKNOWN_SUBSCRIPTION', '-:MESSAGE_TOO_LARGE'].sort(),
+    );
+    expect(w.closed).toBeUndefined();
+    await w.close();
+
+    const flood = await LiveClient.connect(wsUrl);
+    for (let i = 0; i < 600; i++) flood.send({ type: 'ping', nonce: String(i) });
+    await flood.until((c) => c.of('pong').length + c.of('error').length >= 600, 'all answers', 10_000);
+    expect(flood.of('error').filter((e) => e.code === 'RATE_LIMITED').length).toBeGreaterThan(0);
+    expect(flood.closed).toBeUndefined();
+    await flood.close();
+  });
+
+  it('holds a client that does not read to bounded memory, coalesces, closes it, and does not slow others', async () => {
+    const local = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'commands', STRAND_WS_SEND_QUEUE_BYTES: '8192', STRAND_WS_MAX_PENDING: '100' });
+    try {
+      const url = `${(await local.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+      const slow = await LiveClient.connect(url);
+      const fast = await LiveClient.connect(url);
+      for (const c of [slow, fast]) c.send({ type: 'subscribe', id: 'all', view: 'task_list_view', filter: { assignedTo: 'SLOW1' } });
+      await slow.until((c) => c.of('snapshot').length === 1, 'slow snapshot');
+      await fast.until((c) => c.of('snapshot').length === 1, 'fast snapshot');
+      (slow.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
+      // Enough data (about 9 MB of rows) to fill the loopback socket buffers (4 MB send side here) of the paused client.
+      let last = 0;
+      const description = 'x'.repeat(1900);
+      for (let i = 0; i < 4000; i += 50) {
+        const replies = await Promise.all(
+          Array.from({ length: 50 }, (_, j) => client.send(`cmd.task.slow-${i + j}.CreateTask`, { title: 'Slow', description, memberId: 'M1', assignedTo: 'SLOW1' })),
+        );
+        for (const r of replies) last = Math.max(last, (r as CommandAccepted).seq);
+      }
+      await fast.until((c) => (c.versions.get('all') ?? 0) >= last, 'the fast client to get everything', 30_000);
+      expect(fast.copies.get('all')!.size).toBe(4000);
+      (slow.ws as unknown as { _socket: { resume(): void } })._socket.resume();
+      await slow.until((c) => c.closed !== undefined, 'the slow client to be closed', 10_000);
+      expect(slow.closed!.code).toBe(4408);
+      const dropped = (await local.metrics.liveDropped.get()).values[0]?.value ?? 0;
+      expect(dropped).toBeGreaterThan(0);
+      await fast.close();
+    } finally {
+      await local.stop();
+    }
+  });
+});
+
+describe('live authentication and authorization', { timeout: 60_000 }, () => {
+  const secret = 'a-test-secret-of-at-least-32-characters!';
+  let secured: Strand;
+  let url: string;
+  const token = (sub: string, roles: string[], key = secret) =>
+    new SignJWT({ roles }).setProtectedHeader({ alg: 'HS256' }).setSubject(sub).setExpirationTime('5m').sign(new TextEncoder().encode(key));
+
+  beforeAll(async () => {
+    const config = loadConfig({ STRAND_AUTH: 'jwt', STRAND_JWT_SECRET: secret, STRAND_ROLES: 'commands', STRAND_ACTOR_IDLE_MS: '600000' });
+    secured = await StrandApp.start({ config, aggregates, projections, access: taskAccess, natsUrl: nats.url, databaseUrl: db.url, log: pino({ level: 'silent' }), defaultMetrics: false });
+    url = `${(await secured.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+  });
+  afterAll(async () => {
+    await secured?.stop();
+  });
+
+  it('closes a connection without a token, or with a bad one, with 4401', async () => {
+    const none = await LiveClient.connect(url);
+    await none.until((c) => c.closed !== undefined, 'close');
+    expect(none.closed).toMatchObject({ code: 4401, reason: 'no bearer token' });
+    const bad = await LiveClient.connect(url, { token: await token('CC1', ['coordinator'], 'another-secret-of-at-least-32-characters') });
+    await bad.until((c) => c.closed !== undefined, 'close');
+    expect(bad.closed).toMatchObject({ code: 4401, reason: 'bad signature' });
+  });
+
+  it('lets a coordinator see only their own tasks; a forbidden subscription is an error and the connection stays', async () => {
+    await createTask('auth-1', 'CC1');
+    const last = await createTask('auth-2', 'CC2');
+    const w = await LiveClient.connect(url, { token: await token('CC1', ['coordinator']) });
+    w.send({ type: 'subscribe', id: 'other', view: 'task_list_view', filter: { assignedTo: 'CC2' } });
+    w.send({ type: 'subscribe', id: 'all', view: 'task_list_view' });
+    w.send({ type: 'subscribe', id: 'mine', view: 'task_list_view', filter: { assignedTo: 'CC1' }, minSeq: last.seq });
+    await w.until((c) => c.of('snapshot').length === 1 && c.of('error').length === 2, 'answers');
+    expect(w.of('error').map((e) => [e.sub, e.code])).toEqual([
+      ['other', 'FORBIDDEN'],
+      ['all', 'FORBIDDEN'],
+    ]);
+    expect(w.of('snapshot')[0]!.rows.map((r) => r['taskId'])).toContain('auth-1');
+    expect(w.of('snapshot')[0]!.rows.every((r) => r['assignedTo'] === 'CC1')).toBe(true);
+    expect(w.closed).toBeUndefined();
+    await w.close();
+  });
+});
