@@ -136,7 +136,8 @@ export class Strand {
           views,
           minSeqWaitMs: config.STRAND_MIN_SEQ_WAIT_MS,
           maxCommandBytes: config.STRAND_MAX_COMMAND_BYTES,
-          acceptingCommands: () => !app.stopping && config.STRAND_ROLES.includes('commands'),
+          acceptingCommands: () =>
+            !config.STRAND_ROLES.includes('commands') ? 'this instance does not take commands (STRAND_ROLES)' : app.stopping ? 'this instance is shutting down' : true,
           stream: config.STRAND_STREAM,
         },
       });

@@ -107,7 +107,7 @@ describe('when what the routes depend on fails', () => {
       views: undefined,
       minSeqWaitMs: 100,
       maxCommandBytes: 1024,
-      acceptingCommands: () => true,
+      acceptingCommands: () => true as const,
       stream: 'EVENTS',
       ...over,
     };

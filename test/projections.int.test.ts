@@ -238,6 +238,15 @@ describe('projections', { timeout: 120_000 }, () => {
       // The old generation's schema is dropped once nobody applies it.
       await eventually(async () => (await s.pool!.query("SELECT 1 FROM pg_namespace WHERE nspname = 'proj_task_list_view_g1'")).rowCount === 0, 'generation 1 dropped');
 
+      // Older code still running (a rolling deploy) stands by: it does not rebuild its own version back.
+      const old = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' });
+      try {
+        const mine = (await old.readSide!.status()).find((x) => x.name === 'task_list_view')!;
+        expect(mine).toMatchObject({ activeGeneration: 2, buildingGeneration: null, local: false });
+      } finally {
+        await old.stop();
+      }
+
       // A rebuild on command (same version) ends the same way.
       const generation = await s.readSide!.rebuild('order_list');
       expect(generation).toBe(2);

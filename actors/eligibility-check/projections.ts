@@ -17,11 +17,11 @@ export const eligibilityMetrics = defineProjection({
        completed      integer NOT NULL DEFAULT 0,
        failed         integer NOT NULL DEFAULT 0,
        responses      integer NOT NULL DEFAULT 0,
-       -- numeric: exact sums, so a rebuild reproduces the same averages bit for bit
-       latency_ms_sum numeric NOT NULL DEFAULT 0)`,
+       -- whole microseconds: integer sums are exact, so a rebuild reproduces the averages bit for bit
+       latency_us_sum bigint NOT NULL DEFAULT 0)`,
     `CREATE VIEW eligibility_metrics AS
        SELECT day, checks, completed, failed, responses,
-              CASE WHEN responses > 0 THEN (latency_ms_sum / responses)::double precision END AS avg_latency_ms
+              CASE WHEN responses > 0 THEN latency_us_sum::double precision / responses / 1000 END AS avg_latency_ms
        FROM eligibility_metrics_days`,
   ],
   tables: { eligibility_metrics_days: { key: ['day'] } },
@@ -37,7 +37,8 @@ export const eligibilityMetrics = defineProjection({
   handlers: [
     on(eligibilityCheck, {
       EligibilityCheckInitiated: (e, db) => db.increment('eligibility_metrics_days', { day: day(e.time) }, { checks: 1 }),
-      ResponseReceived: (e, db) => db.increment('eligibility_metrics_days', { day: day(e.time) }, { responses: 1, latency_ms_sum: e.data.latencyMs }),
+      // Latency is kept to the microsecond (rounded), the precision that keeps sums exact.
+      ResponseReceived: (e, db) => db.increment('eligibility_metrics_days', { day: day(e.time) }, { responses: 1, latency_us_sum: Math.round(e.data.latencyMs * 1000) }),
       EligibilityCheckCompleted: (e, db) => db.increment('eligibility_metrics_days', { day: day(e.time) }, { completed: 1 }),
       EligibilityCheckFailed: (e, db) => db.increment('eligibility_metrics_days', { day: day(e.time) }, { failed: 1 }),
     }),

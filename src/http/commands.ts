@@ -73,9 +73,10 @@ export const commandRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, {
 
   app.post<{ Params: { aggregate: string; id: string; command: string } }>('/commands/:aggregate/:id/:command', async (req, reply) => {
     const { aggregate, id, command } = req.params;
-    if (!api.acceptingCommands()) {
+    const refusal = api.acceptingCommands();
+    if (refusal !== true) {
       count(aggregate, command, 'UNAVAILABLE', reply.elapsedTime / 1000);
-      return send(reply, failed('UNAVAILABLE', 'this instance is shutting down'));
+      return send(reply, failed('UNAVAILABLE', refusal));
     }
     const body = Buffer.isBuffer(req.body) ? new Uint8Array(req.body.buffer, req.body.byteOffset, req.body.byteLength) : EMPTY;
     const parsed = api.intake.parse(aggregate, id, command, body, commandHeaders(req));

@@ -34,8 +34,8 @@ export interface ApiDeps {
   readonly minSeqWaitMs: number;
   /** The configured largest command body (STRAND_MAX_COMMAND_BYTES). */
   readonly maxCommandBytes: number;
-  /** False once draining has begun: new commands are refused with UNAVAILABLE. */
-  acceptingCommands(): boolean;
+  /** true, or why new commands are refused with UNAVAILABLE (draining, or no commands role). */
+  acceptingCommands(): true | string;
   readonly stream: string;
 }
 

@@ -156,6 +156,9 @@ export async function plan(pool: Pool, p: Projection): Promise<Target[]> {
       return targets;
     }
     if (row.buildingGeneration !== null && row.buildingVersion === p.version) return [{ generation: row.buildingGeneration, role: 'building' }];
+    // Older code during a rolling deploy: a newer version serves already, and this one must not
+    // rebuild its own and switch the views back. It stands by.
+    if (p.version < row.activeVersion || (row.buildingVersion !== null && p.version < row.buildingVersion)) return [];
     const next = Math.max(row.activeGeneration, row.buildingGeneration ?? 0) + 1;
     await createGeneration(c, p, next);
     await c.query('UPDATE strand_projections SET building_generation = $2, building_version = $3, updated_at = now() WHERE name = $1', [p.name, next, p.version]);
@@ -188,6 +191,8 @@ export async function switchOver(pool: Pool, p: Projection, generation: number):
          building_version = NULL, views = $3, updated_at = now() WHERE name = $1`,
       [p.name, generation, Object.keys(p.views)],
     );
+    // Events parked by a retired generation were parked against tables that are gone.
+    await c.query('DELETE FROM strand_dead_letters WHERE projection = $1 AND generation <> $2', [p.name, generation]);
     return true;
   });
 }

@@ -1,3 +1,4 @@
+import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
@@ -50,6 +51,8 @@ export class ReadSide {
   private readonly byName: ReadonlyMap<string, Projection>;
   private timer: NodeJS.Timeout | undefined;
   private stopping = false;
+  /** Whether this instance applies projections (STRAND_ROLES); otherwise it only reads. */
+  private started = false;
 
   constructor(
     readonly pool: Pool,
@@ -79,6 +82,7 @@ export class ReadSide {
   }
 
   async start(): Promise<void> {
+    this.started = true;
     await ensureBookkeeping(this.pool);
     for (const p of this.projections) await this.supervise(p);
     this.timer = setInterval(() => void this.superviseAll(), this.o.standbyCheckMs);
@@ -183,7 +187,8 @@ export class ReadSide {
     const p = this.byName.get(name);
     if (!p) return undefined;
     const generation = await unavailableOnFailure(requestRebuild(this.pool, p));
-    if (generation !== undefined) await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: name }, 'rebuild not started here yet; supervision retries'));
+    // An instance that applies projections starts the build now; otherwise whichever does picks it up.
+    if (generation !== undefined && this.started) await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: name }, 'rebuild not started here yet; supervision retries'));
     return generation;
   }
 
@@ -242,7 +247,8 @@ export class ReadSide {
     const targets = await plan(this.pool, p);
     const wanted = new Set(targets.map((t) => `${p.name}/${t.generation}`));
     for (const [key, r] of this.runners) {
-      if (r.projection.name === p.name && !wanted.has(key)) {
+      // Retired generations, and runners that stopped themselves (lost their lock connection).
+      if (r.projection.name === p.name && (!wanted.has(key) || !r.running)) {
         this.runners.delete(key);
         await r.stop();
       }
@@ -256,7 +262,11 @@ export class ReadSide {
       if (await runner.tryStart()) this.runners.set(key, runner);
     }
     const dropped = await dropRetiredGenerations(this.pool, p.name);
-    if (dropped.length > 0) this.log.info({ projection: p.name, generations: dropped }, 'dropped retired generations');
+    if (dropped.length > 0) {
+      const jsm = await jetstreamManager(this.nc);
+      for (const g of dropped) await jsm.consumers.delete(this.o.stream, `strand_${p.name}_g${g}`).catch(() => undefined);
+      this.log.info({ projection: p.name, generations: dropped }, 'dropped retired generations and their consumers');
+    }
   }
 }
 

@@ -86,6 +86,21 @@ export interface LiveFeedMessage {
   readonly views: Readonly<Record<string, readonly LiveChange[]>>;
 }
 
+/**
+ * Whether a failure is the database's (connection lost, server shutting down, out of
+ * resources) rather than the event's. pg gives SQLSTATE codes for server-side failures; a
+ * dropped socket surfaces only as a Node error code or pg's "Connection terminated" message.
+ */
+export function isTransient(err: unknown): boolean {
+  const code = (err as { code?: unknown }).code;
+  if (typeof code === 'string') {
+    if (/^(08|53|57P|58)/.test(code)) return true;
+    if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH'].includes(code)) return true;
+  }
+  const message = err instanceof Error ? err.message : '';
+  return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
+}
+
 type Signal = { promise: Promise<void>; resolve: () => void };
 function signal(): Signal {
   let resolve!: () => void;
@@ -136,6 +151,11 @@ export class ProjectionRunner {
     return `strand_${this.projection.name}_g${this.target.generation}`;
   }
 
+  /** False once stopped (asked to, retired, or its lock connection was lost). */
+  get running(): boolean {
+    return !this.stopped;
+  }
+
   /** True once this runner has applied everything the stream held when it last looked. */
   get caughtUp(): boolean {
     return this.pending === 0 && this.queue.length === 0 && !this.applying;
@@ -150,8 +170,12 @@ export class ProjectionRunner {
   /** Takes the generation's lock; false when another instance holds it. */
   async tryStart(): Promise<boolean> {
     const c = await this.pool.connect();
-    // Held for the runner's life; a broken connection ends the lock and shows up at the next commit.
-    c.on('error', (err) => this.log.warn({ err, projection: this.projection.name }, 'lock connection lost'));
+    // Held for the runner's life. Losing it loses the lock, and another instance may take over:
+    // stop at once (supervision starts a new runner when the lock can be had again).
+    c.on('error', (err) => {
+      this.log.warn({ err, projection: this.projection.name, generation: this.target.generation }, 'lock connection lost; runner stopping');
+      void this.stop();
+    });
     const got = await c.query('SELECT pg_try_advisory_lock(hashtext($1)) AS ok', [lockKey(this.projection.name, this.target.generation)]);
     if (!(got.rows[0] as { ok: boolean }).ok) {
       c.release();
@@ -223,6 +247,7 @@ export class ProjectionRunner {
   }
 
   private async applyLoop(): Promise<void> {
+    let failures = 0;
     while (!this.stopped) {
       if (this.queue.length === 0) {
         await this.arrived.promise;
@@ -239,6 +264,14 @@ export class ProjectionRunner {
       this.applying = true;
       try {
         await this.applyBatch(batch);
+        failures = 0;
+      } catch (err) {
+        // The database is unreachable (or something unforeseen): nothing was acked, so keep
+        // the batch and try again; what was committed meanwhile is skipped by the checkpoint.
+        failures++;
+        this.log.warn({ err, projection: this.projection.name, failures }, 'batch not applied; retrying');
+        this.queue.unshift(...batch);
+        await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(failures, 6))));
       } finally {
         this.applying = false;
       }
@@ -258,8 +291,9 @@ export class ProjectionRunner {
       try {
         superseded = await this.commit(fresh);
       } catch (err) {
+        if (isTransient(err)) throw err;
         this.log.warn({ err, projection: this.projection.name, from: fresh[0]!.seq, to: fresh[fresh.length - 1]!.seq }, 'batch failed; applying its events one by one');
-        superseded = await this.applyOneByOne(fresh);
+        superseded = await this.applyOneByOne(fresh.filter((e) => e.seq > this.checkpoint));
       }
       if (superseded) {
         this.log.info({ projection: this.projection.name, generation: this.target.generation }, 'generation retired; runner stopping');
@@ -343,7 +377,7 @@ export class ProjectionRunner {
         const e = parked.event;
         await c.query(
           `INSERT INTO strand_dead_letters (projection, seq, generation, subject, event, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (projection, seq) DO UPDATE SET error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()`,
+           ON CONFLICT (projection, seq) DO UPDATE SET generation = EXCLUDED.generation, error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()`,
           [p.name, e.seq, this.target.generation, `evt.${e.aggregate}.${e.aggregateId}.${e.type}`, JSON.stringify(e), parked.error, parked.attempts],
         );
       }
@@ -363,6 +397,8 @@ export class ProjectionRunner {
           this.advance(e.seq);
           break;
         } catch (err) {
+          // An unreachable database is not the event's fault: never park for it.
+          if (isTransient(err)) throw err;
           const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
           if (attempt >= this.o.maxAttempts) {
             this.log.error({ projection: this.projection.name, seq: e.seq, type: e.type, error, attempts: attempt }, 'event parked in the dead-letter table');
