@@ -45,15 +45,11 @@ function labelsOf(names: readonly string[], values: readonly string[]): Record<s
   return out;
 }
 
-/**
- * A Prometheus counter for the command path. prom-client hashes and validates the label set
- * on every `inc`, even on a cached child; here a series is a field bump and all formatting
- * happens at scrape time. Registers in a prom-client registry like any of its metrics.
- */
-export class LeanCounter {
-  readonly type = 'counter';
+/** Series by label values, created on first use and kept: the part both lean metrics share. */
+abstract class LeanMetric<S> {
+  abstract readonly type: string;
   readonly aggregator = 'sum';
-  private readonly series = new Map<string, CounterSeries>();
+  protected readonly series = new Map<string, S>();
 
   constructor(
     readonly name: string,
@@ -64,17 +60,19 @@ export class LeanCounter {
     registry.registerMetric(this as never);
   }
 
-  /** The series for these label values (create once, keep, and `inc` it). */
-  labels(...values: string[]): CounterSeries {
+  protected abstract create(labels: Record<string, string>): S;
+  protected abstract values(): MetricValue[];
+
+  /** The series for these label values (create once, keep, and update it directly). */
+  labels(...values: string[]): S {
     const key = values.join('\0');
     let s = this.series.get(key);
-    if (!s) this.series.set(key, (s = new CounterSeries(labelsOf(this.labelNames, values))));
+    if (!s) this.series.set(key, (s = this.create(labelsOf(this.labelNames, values))));
     return s;
   }
 
   async get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: MetricValue[] }> {
-    const values = [...this.series.values()].map((s) => ({ value: s.value, labels: { ...s.labels } }));
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
+    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values: this.values() };
   }
 
   reset(): void {
@@ -82,30 +80,36 @@ export class LeanCounter {
   }
 }
 
+/**
+ * A Prometheus counter for the command path. prom-client hashes and validates the label set
+ * on every `inc`, even on a cached child; here a series is a field bump and all formatting
+ * happens at scrape time. Registers in a prom-client registry like any of its metrics.
+ */
+export class LeanCounter extends LeanMetric<CounterSeries> {
+  readonly type = 'counter';
+
+  protected create(labels: Record<string, string>): CounterSeries {
+    return new CounterSeries(labels);
+  }
+
+  protected values(): MetricValue[] {
+    return [...this.series.values()].map((s) => ({ value: s.value, labels: { ...s.labels } }));
+  }
+}
+
 /** A Prometheus histogram with the same scrape-time-only cost model as {@link LeanCounter}. */
-export class LeanHistogram {
+export class LeanHistogram extends LeanMetric<HistogramSeries> {
   readonly type = 'histogram';
-  readonly aggregator = 'sum';
-  private readonly series = new Map<string, HistogramSeries>();
 
-  constructor(
-    readonly name: string,
-    readonly help: string,
-    readonly labelNames: readonly string[],
-    readonly buckets: readonly number[],
-    registry: Registry,
-  ) {
-    registry.registerMetric(this as never);
+  constructor(name: string, help: string, labelNames: readonly string[], readonly buckets: readonly number[], registry: Registry) {
+    super(name, help, labelNames, registry);
   }
 
-  labels(...values: string[]): HistogramSeries {
-    const key = values.join('\0');
-    let s = this.series.get(key);
-    if (!s) this.series.set(key, (s = new HistogramSeries(labelsOf(this.labelNames, values), this.buckets)));
-    return s;
+  protected create(labels: Record<string, string>): HistogramSeries {
+    return new HistogramSeries(labels, this.buckets);
   }
 
-  async get(): Promise<{ name: string; help: string; type: string; aggregator: string; values: MetricValue[] }> {
+  protected values(): MetricValue[] {
     const values: MetricValue[] = [];
     for (const s of this.series.values()) {
       let cumulative = 0;
@@ -117,10 +121,6 @@ export class LeanHistogram {
       values.push({ metricName: `${this.name}_sum`, labels: { ...s.labels }, value: s.sum });
       values.push({ metricName: `${this.name}_count`, labels: { ...s.labels }, value: s.count });
     }
-    return { name: this.name, help: this.help, type: this.type, aggregator: this.aggregator, values };
-  }
-
-  reset(): void {
-    this.series.clear();
+    return values;
   }
 }
