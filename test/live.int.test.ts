@@ -180,12 +180,41 @@ describe('live views over WebSocket', { timeout: 120_000 }, () => {
     expect(w.closed).toBeUndefined();
     await w.close();
 
+    // Subscription bookkeeping: duplicates, unsubscribe, and the per-connection limit (100 here).
+    const subs = await LiveClient.connect(wsUrl);
+    subs.send({ type: 'subscribe', id: 'k0', view: 'task_list_view', key: 'none-0' });
+    subs.send({ type: 'subscribe', id: 'k0', view: 'task_list_view', key: 'none-0' });
+    await subs.until((c) => c.of('snapshot').length === 1 && c.of('error').length === 1, 'duplicate refused');
+    expect(subs.of('error')[0]).toMatchObject({ sub: 'k0', code: 'DUPLICATE_SUBSCRIPTION' });
+    subs.send({ type: 'unsubscribe', id: 'k0' });
+    await subs.until((c) => c.of('unsubscribed').length === 1, 'unsubscribed');
+    for (let i = 1; i <= 101; i++) subs.send({ type: 'subscribe', id: `k${i}`, view: 'task_list_view', key: `none-${i}` });
+    await subs.until((c) => c.of('snapshot').length === 101 && c.of('error').length === 2, 'the limit', 10_000);
+    expect(subs.of('error')[1]).toMatchObject({ sub: 'k101', code: 'TOO_MANY_SUBSCRIPTIONS' });
+    expect(subs.closed).toBeUndefined();
+    await subs.close();
+
     const flood = await LiveClient.connect(wsUrl);
     for (let i = 0; i < 600; i++) flood.send({ type: 'ping', nonce: String(i) });
     await flood.until((c) => c.of('pong').length + c.of('error').length >= 600, 'all answers', 10_000);
     expect(flood.of('error').filter((e) => e.code === 'RATE_LIMITED').length).toBeGreaterThan(0);
     expect(flood.closed).toBeUndefined();
     await flood.close();
+  });
+
+  it('closes a connection that stops answering pings with 4000', async () => {
+    const local = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'commands', STRAND_WS_HEARTBEAT_MS: '1000' });
+    try {
+      const url = `${(await local.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+      const mute = await LiveClient.connect(url, { autoPong: false });
+      const healthy = await LiveClient.connect(url);
+      await mute.until((c) => c.closed !== undefined, 'the heartbeat to close it', 5000);
+      expect(mute.closed).toMatchObject({ code: 4000, reason: 'no pong' });
+      expect(healthy.closed).toBeUndefined();
+      await healthy.close();
+    } finally {
+      await local.stop();
+    }
   });
 
   it('holds a client that does not read to bounded memory, coalesces, closes it, and does not slow others', async () => {

@@ -140,8 +140,9 @@ class Connection {
 
   heartbeat(): void {
     if (!this.alive) {
+      // Say why (a live peer that just stopped answering pings reads it), then cut a dead one off.
       this.close(CloseCode.HEARTBEAT_TIMEOUT, 'no pong');
-      this.ws.terminate();
+      setTimeout(() => this.ws.terminate(), 1000).unref();
       return;
     }
     this.alive = false;

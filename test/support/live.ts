@@ -27,9 +27,9 @@ export class LiveClient {
     });
   }
 
-  static connect(url: string, opts: { token?: string; keyOf?: (sub: string) => string; headers?: Record<string, string> } = {}): Promise<LiveClient> {
+  static connect(url: string, opts: { token?: string; keyOf?: (sub: string) => string; headers?: Record<string, string>; autoPong?: boolean } = {}): Promise<LiveClient> {
     const headers = { ...(opts.headers ?? {}), ...(opts.token ? { authorization: `Bearer ${opts.token}` } : {}) };
-    const ws = new WebSocket(url, { headers });
+    const ws = new WebSocket(url, { headers, autoPong: opts.autoPong ?? true });
     const client = new LiveClient(ws, opts.keyOf ?? (() => 'taskId'));
     return new Promise((resolve, reject) => {
       ws.once('open', () => resolve(client));
