@@ -14,7 +14,7 @@ import { createPool } from './postgres/connect.js';
 import { ReadSide } from './projections/host.js';
 import type { Projection } from './projections/types.js';
 import { ViewReader } from './projections/views.js';
-import { allowAll, createAuthenticator, type AccessPolicy } from './live/auth.js';
+import { allowAll, createAuthenticator, type AccessPolicy, type Authenticator } from './live/auth.js';
 import { LiveGateway } from './live/gateway.js';
 import type { Pool } from 'pg';
 import { requireServerVersion } from './nats/version.js';
@@ -30,6 +30,8 @@ export interface StrandDeps {
   readonly projections?: readonly Projection[];
   /** Who may subscribe to what over WebSocket (default: everyone to everything). */
   readonly access?: AccessPolicy;
+  /** How WebSocket clients authenticate (default: from the configuration). */
+  readonly auth?: Authenticator;
   readonly log: Logger;
   /** Register Node's default process metrics (off in tests that start several instances). */
   readonly defaultMetrics?: boolean;
@@ -144,7 +146,7 @@ export class Strand {
       let live: LiveGateway | undefined;
       if (views) {
         live = new LiveGateway(
-          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: await createAuthenticator(config), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }) },
+          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: deps.auth ?? (await createAuthenticator(config)), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }) },
           {
             stream: config.STRAND_STREAM,
             maxSubscriptions: config.STRAND_WS_MAX_SUBSCRIPTIONS,

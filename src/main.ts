@@ -3,6 +3,7 @@ import { taskAccess } from '../actors/access.js';
 import { aggregates, projections } from '../actors/index.js';
 import { Strand } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
+import { createAuthenticator, type Authenticator } from './live/auth.js';
 import { startNatsServer, type RunningNatsServer } from './nats/server.js';
 import { createLogger } from './observability/logger.js';
 import { redact } from './postgres/connect.js';
@@ -18,8 +19,11 @@ async function main(): Promise<void> {
   process.on('SIGINT', () => onSignal('SIGINT'));
 
   let config;
+  let auth: Authenticator;
   try {
     config = loadConfig();
+    // Auth settings are configuration too: a bad one stops the program before anything starts.
+    auth = await createAuthenticator(config);
   } catch (err) {
     if (err instanceof ConfigError) {
       process.stderr.write(`strand: ${err.message}\n`);
@@ -77,7 +81,7 @@ async function main(): Promise<void> {
   await stopIfSignalled();
 
   try {
-    app = await Strand.start({ config, aggregates, projections, access: taskAccess, natsUrl, databaseUrl, log });
+    app = await Strand.start({ config, aggregates, projections, access: taskAccess, auth, natsUrl, databaseUrl, log });
     await app.http.listen({ port: config.PORT, host: config.HOST });
   } catch (err) {
     await fail(err, '');

@@ -11,12 +11,13 @@ import { makeTempDir, oldNatsServerBinary, startTestNats, type TestNats } from '
 import { CommandClient, eventually, startStrand } from './support/strand.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
-const tsx = join(root, 'node_modules', '.bin', 'tsx');
+// As `npm start` runs it: node itself (the tsx CLI would sit between the signal and Strand).
+const entry = ['--import', 'tsx', 'src/main.ts'];
 
 /** Runs `npm start`'s entry point as its own process, collecting its output. */
 function runMain(env: Record<string, string>): { child: ChildProcess; output: () => string; exit: Promise<number | null> } {
   let out = '';
-  const child = spawn(tsx, ['src/main.ts'], { cwd: root, env: { ...process.env, LOG_LEVEL: 'info', PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, entry, { cwd: root, env: { ...process.env, LOG_LEVEL: 'info', PORT: '0', ...env }, stdio: ['ignore', 'pipe', 'pipe'] });
   child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
   const exit = new Promise<number | null>((resolve) => child.on('exit', (code) => resolve(code)));

@@ -215,6 +215,11 @@ class Connection {
     this.g.d.metrics.liveMessages.inc();
   }
 
+  /** Drops what is held back for a subscription (it is being resent from scratch, or is gone). */
+  forget(sub: string): void {
+    this.held.delete(sub);
+  }
+
   error(code: LiveErrorCode, message: string, sub?: string): void {
     this.send({ type: 'error', ...(sub !== undefined ? { sub } : {}), code, message });
   }
@@ -403,7 +408,6 @@ export class LiveGateway {
       if (!w.reached) throw new StrandError('NOT_CAUGHT_UP', `${ref.projection.name} is at ${w.checkpoint}, not yet at ${m.minSeq}`);
     }
     if (m.after !== undefined && feed.coveredFrom !== undefined && m.after >= feed.coveredFrom) {
-      // Resume from the buffer: the latest change of each key after `after`, in version order.
       // Resume from the buffer: every batch after `after`, as it was sent live.
       conn.send({ type: 'resumed', sub: m.id, after: m.after });
       sub.version = m.after;
@@ -472,7 +476,8 @@ export class LiveGateway {
     }
     if (out.length === 0) return;
     sub.conn.send({ type: 'change', sub: sub.id, version: b.version, changes: out }, sub.id);
-    if (b.eventTime) this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(b.eventTime)) / 1000));
+    // Replays (resume, catching up after a snapshot) are not pushes: their latency is not counted.
+    if (b.eventTime && !sub.joining) this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(b.eventTime)) / 1000));
   }
 
   private onFeed(msg: LiveFeedMessage): void {
@@ -514,6 +519,8 @@ export class LiveGateway {
       sub.pending = [];
       sub.held.clear();
       sub.resuming = false;
+      // An older change still held back for a slow client must not arrive after the new snapshot.
+      sub.conn.forget(sub.id);
       void (async () => {
         try {
           const m = sub.request;
@@ -532,7 +539,11 @@ export class LiveGateway {
           }
           this.goLive(sub);
         } catch (err) {
-          sub.conn.error(LiveErrorCode.UNAVAILABLE, `could not resynchronise: ${(err as Error).message}`, sub.id);
+          // Give up on this subscription rather than buffer for it forever; the client resubscribes.
+          sub.conn.subs.delete(sub.id);
+          this.unregister(sub);
+          this.updateSubCount();
+          sub.conn.error(LiveErrorCode.UNAVAILABLE, `subscription ended: could not resynchronise (${(err as Error).message}); subscribe again`, sub.id);
         }
       })();
     }
@@ -610,6 +621,7 @@ export class LiveGateway {
   }
 
   private unregister(s: ViewSub | AggregateSub): void {
+    s.conn.forget(s.id);
     if (s.kind === 'view') s.feed.subs.delete(s);
     else {
       const set = this.aggregateSubs.get(s.key);
