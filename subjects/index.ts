@@ -2,6 +2,7 @@
 export {
   ALL_COMMANDS,
   ALL_LIVE_CHANGES,
+  LIVE_INTEREST,
   LIVE_PREFIX,
   liveChanges,
   ALL_EVENTS,

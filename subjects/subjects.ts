@@ -106,9 +106,11 @@ export function parseEventSubject(subject: string): { aggregate: string; id: str
 /** Prefix of the live change feed (core NATS, not stored): projections publish, gateways listen. */
 export const LIVE_PREFIX = 'strand.live';
 /** Every projection's change feed. */
-export const ALL_LIVE_CHANGES = `${LIVE_PREFIX}.>`;
+export const ALL_LIVE_CHANGES = `${LIVE_PREFIX}.changes.>`;
+/** Gateways with subscribers say which projections they watch; runners re-read rows only for those. */
+export const LIVE_INTEREST = `${LIVE_PREFIX}.interest`;
 
-/** `strand.live.<projection>`: one message per applied batch (or checkpoint move) of a projection. */
+/** `strand.live.changes.<projection>`: one message per applied batch (or checkpoint move) of a projection. */
 export function liveChanges(projection: string): string {
-  return `${LIVE_PREFIX}.${projection}`;
+  return `${LIVE_PREFIX}.changes.${projection}`;
 }

@@ -107,7 +107,11 @@ export const memberTaskHistory = defineProjection({
     // The member of each task: later events do not carry it.
     'CREATE TABLE task_member (task_id text PRIMARY KEY, member_id text NOT NULL, assigned_to text)',
   ],
-  tables: { member_task_history: { key: ['seq'] }, task_member: { key: ['task_id'] } },
+  tables: {
+    member_task_history: { key: ['seq'] },
+    // Every event after TaskCreated reads its task's member: one query per batch, not per event.
+    task_member: { key: ['task_id'], prefetch: (e) => (e.type === 'TaskCreated' ? undefined : { task_id: e.aggregateId }) },
+  },
   views: {
     member_task_history: {
       relation: 'member_task_history',
@@ -160,7 +164,10 @@ export const taskAnalytics = defineProjection({
               CASE WHEN completed > 0 THEN completion_ms_sum::double precision / completed / 3600000 END AS avg_hours_to_complete
        FROM task_analytics_days`,
   ],
-  tables: { task_analytics_days: { key: ['day'] }, task_created_at: { key: ['task_id'] } },
+  tables: {
+    task_analytics_days: { key: ['day'] },
+    task_created_at: { key: ['task_id'], prefetch: (e) => (e.type === 'TaskCompleted' ? { task_id: e.aggregateId } : undefined) },
+  },
   views: {
     task_analytics: {
       relation: 'task_analytics',

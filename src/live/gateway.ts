@@ -4,7 +4,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { ALL_EVENTS, ALL_LIVE_CHANGES, isAggregateId } from '../../subjects/index.js';
+import { ALL_EVENTS, ALL_LIVE_CHANGES, LIVE_INTEREST, isAggregateId } from '../../subjects/index.js';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
 import { StrandError } from '../errors.js';
@@ -93,6 +93,8 @@ interface ViewSub extends Sub {
   version: number;
   /** Resumed: which rows the client holds is unknown. */
   resuming: boolean;
+  /** A gap was seen while it joined: resend a snapshot once live. */
+  stale?: boolean;
 }
 
 interface AggregateSub extends Sub {
@@ -242,7 +244,7 @@ class Connection {
  * The WebSocket gateway on `/live`. Clients subscribe to a view's rows (by key or filter) or
  * to one aggregate's events, get the current state, then every change in order with its
  * version; a reconnecting client names the last version it saw and gets exactly what it
- * missed, or a fresh state marked as such. Changes come over NATS (`strand.live.>` from
+ * missed, or a fresh state marked as such. Changes come over NATS (`strand.live.changes.>` from
  * whichever instance applies a projection; the event stream for aggregates), so a client
  * sees every instance's changes.
  */
@@ -256,6 +258,7 @@ export class LiveGateway {
   private events: ConsumerMessages | undefined;
   private eventsStarting: Promise<void> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
+  private announcer: NodeJS.Timeout | undefined;
   private stopping = false;
 
   constructor(
@@ -292,6 +295,20 @@ export class LiveGateway {
       for (const c of this.conns) c.heartbeat();
     }, this.o.heartbeatMs);
     this.heartbeat.unref();
+    this.announcer = setInterval(() => this.announce(), 1000);
+    this.announcer.unref();
+  }
+
+  /** Tells projection runners which projections have subscribers here (they skip re-reading rows otherwise). */
+  private announce(): void {
+    const projections = new Set<string>();
+    for (const feed of this.feeds.values()) if (feed.subs.size > 0) projections.add(this.d.views.view(feed.name).projection.name);
+    if (projections.size === 0) return;
+    try {
+      this.d.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: [...projections] }));
+    } catch {
+      // the connection is closing
+    }
   }
 
   get connections(): number {
@@ -302,6 +319,7 @@ export class LiveGateway {
   async stop(): Promise<void> {
     this.stopping = true;
     clearInterval(this.heartbeat);
+    clearInterval(this.announcer);
     for (const c of this.conns) c.close(CloseCode.GOING_AWAY, 'server shutting down');
     this.liveSub?.unsubscribe();
     this.events?.stop();
@@ -400,8 +418,10 @@ export class LiveGateway {
     const feed = this.feeds.get(m.view)!;
     const sub: ViewSub = { kind: 'view', conn, id: m.id, joining: true, feed, request: m, projection: ref.projection.name, filterColumns: filter, pending: [], held: new Set(), version: 0, resuming: false };
     conn.subs.set(m.id, sub);
+    const first = feed.subs.size === 0;
     feed.subs.add(sub);
     this.updateSubCount();
+    if (first) this.announce();
 
     if (m.minSeq !== undefined && this.d.readSide) {
       const w = await this.d.readSide.waitFor(ref.projection.name, m.minSeq, this.o.minSeqWaitMs);
@@ -446,6 +466,10 @@ export class LiveGateway {
     for (const b of sub.pending) this.deliverBatch(sub, b);
     sub.pending = [];
     sub.joining = false;
+    if (sub.stale) {
+      sub.stale = false;
+      this.resync(sub.feed, sub);
+    }
   }
 
   private visible(conn: Connection, view: string, row: Row): boolean {
@@ -482,7 +506,7 @@ export class LiveGateway {
 
   private onFeed(msg: LiveFeedMessage): void {
     const prev = this.chain.get(msg.projection);
-    const gap = msg.reset === true || (prev !== undefined && msg.prev !== prev);
+    const gap = msg.reset === true || msg.partial === true || (prev !== undefined && msg.prev !== prev);
     this.chain.set(msg.projection, msg.checkpoint);
     for (const view of this.d.views.all()) {
       if (view.projection.name !== msg.projection) continue;
@@ -490,7 +514,7 @@ export class LiveGateway {
       if (gap || feed.coveredFrom === undefined) {
         feed.buffer = [];
         feed.size = 0;
-        feed.coveredFrom = msg.reset ? msg.checkpoint : msg.prev;
+        feed.coveredFrom = msg.reset || msg.partial ? msg.checkpoint : msg.prev;
         if (gap) this.resync(feed);
       }
       const changes = msg.views[view.name];
@@ -511,10 +535,14 @@ export class LiveGateway {
     }
   }
 
-  /** Changes may have been missed (or a rebuild replaced the rows): send every live subscriber a fresh snapshot. */
-  private resync(feed: ViewFeed): void {
-    for (const sub of [...feed.subs]) {
-      if (sub.joining) continue;
+  /** Changes may have been missed (or a rebuild replaced the rows): send every live subscriber (or one) a fresh snapshot. */
+  private resync(feed: ViewFeed, only?: ViewSub): void {
+    for (const sub of only ? [only] : [...feed.subs]) {
+      if (sub.joining) {
+        // Its snapshot may predate what this gap hides: take a fresh one once it is live.
+        sub.stale = true;
+        continue;
+      }
       sub.joining = true;
       sub.pending = [];
       sub.held.clear();

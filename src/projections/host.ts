@@ -1,5 +1,6 @@
 import { jetstreamManager } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection, Subscription } from '@nats-io/nats-core';
+import { LIVE_INTEREST } from '../../subjects/index.js';
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 import { ErrorCode, StrandError } from '../errors.js';
@@ -7,6 +8,9 @@ import type { StrandMetrics } from '../observability/metrics.js';
 import { dropRetiredGenerations, ensureBookkeeping, inTransaction, listProjectionRows, plan, readProjection, requestRebuild, type ProjectionRow } from './catalog.js';
 import { ProjectionRunner, applyEvents, type RunnerOptions } from './runner.js';
 import type { Projection, ProjectionEvent } from './types.js';
+
+/** Gateways announce every second; an announcement counts for this long. */
+const WATCH_TTL_MS = 3000;
 
 /** Where one projection stands, as `GET /projections` shows it. */
 export interface ProjectionStatus {
@@ -51,6 +55,9 @@ export class ReadSide {
   private readonly byName: ReadonlyMap<string, Projection>;
   private timer: NodeJS.Timeout | undefined;
   private stopping = false;
+  /** When a gateway last said it has subscribers to each projection's views. */
+  private readonly watchedAt = new Map<string, number>();
+  private interest: Subscription | undefined;
   /** Whether this instance applies projections (STRAND_ROLES); otherwise it only reads. */
   private started = false;
 
@@ -83,14 +90,30 @@ export class ReadSide {
 
   async start(): Promise<void> {
     this.started = true;
+    this.interest = this.nc.subscribe(LIVE_INTEREST, {
+      callback: (err, msg) => {
+        if (err) return;
+        try {
+          for (const name of msg.json<{ projections: string[] }>().projections) this.watchedAt.set(name, Date.now());
+        } catch {
+          // not an interest message: ignore
+        }
+      },
+    });
     await ensureBookkeeping(this.pool);
     for (const p of this.projections) await this.supervise(p);
     this.timer = setInterval(() => void this.superviseAll(), this.o.standbyCheckMs);
     this.timer.unref();
   }
 
+  /** Whether a gateway has announced subscribers to the projection within the last few seconds. */
+  watched(name: string): boolean {
+    return Date.now() - (this.watchedAt.get(name) ?? 0) < WATCH_TTL_MS;
+  }
+
   async stop(): Promise<void> {
     this.stopping = true;
+    this.interest?.unsubscribe();
     clearInterval(this.timer);
     await Promise.all([...this.runners.values()].map((r) => r.stop()));
     this.runners.clear();
@@ -256,7 +279,7 @@ export class ReadSide {
     for (const t of targets) {
       const key = `${p.name}/${t.generation}`;
       if (this.runners.has(key) || this.stopping) continue;
-      const runner = new ProjectionRunner(p, t, this.pool, this.nc, this.o, this.metrics, this.log.child({ projection: p.name }), () => {
+      const runner = new ProjectionRunner(p, t, this.pool, this.nc, { ...this.o, watched: (n) => this.watched(n) }, this.metrics, this.log.child({ projection: p.name }), () => {
         void this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'supervision after switch-over failed'));
       });
       if (await runner.tryStart()) this.runners.set(key, runner);

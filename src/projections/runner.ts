@@ -5,7 +5,7 @@ import type { Logger } from 'pino';
 import type { EventEnvelope } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
-import { inTransaction, lockKey, readProjection, schemaOf, switchOver, type Target } from './catalog.js';
+import { lockKey, schemaOf, switchOver, type Target } from './catalog.js';
 import { liveChanges } from '../../subjects/index.js';
 import type { Projection, ProjectionEvent, Row } from './types.js';
 import { UnitOfWork, ident } from './unit-of-work.js';
@@ -20,8 +20,10 @@ export interface RunnerOptions {
   readonly batchMs: number;
   /** Tries of a failing event before it is parked. */
   readonly maxAttempts: number;
-  /** Publish each applied batch's view changes on `strand.live.<projection>`. */
+  /** Publish each applied batch's view changes on `strand.live.changes.<projection>`. */
   readonly live: boolean;
+  /** Whether some gateway has announced subscribers to this projection's views recently. */
+  readonly watched?: (projection: string) => boolean;
 }
 
 const decoder = new TextDecoder();
@@ -52,15 +54,20 @@ export async function applyEvents(
   generation: number,
   events: readonly ProjectionEvent[],
   columnTypes?: Map<string, ReadonlyMap<string, string>>,
+  searchPathSet = false,
 ): Promise<UnitOfWork['touched']> {
-  await c.query(`SET LOCAL search_path TO ${ident(schemaOf(p.name, generation))}, public`);
+  if (!searchPathSet) await c.query(`SET LOCAL search_path TO ${ident(schemaOf(p.name, generation))}, public`);
   const uow = new UnitOfWork(c, p.tables, columnTypes);
+  for (const [table, spec] of Object.entries(p.tables)) {
+    if (!spec.prefetch) continue;
+    const keys = events.map((e) => spec.prefetch!(e)).filter((k): k is Row => k !== undefined);
+    if (keys.length > 0) await uow.prefetch(table, keys);
+  }
   for (const e of events) {
     const h = p.handlerFor(e.aggregate, e.type);
     if (h) await h(e, uow);
   }
   await uow.flush();
-  await c.query('SET LOCAL search_path TO public');
   return uow.touched;
 }
 
@@ -83,6 +90,8 @@ export interface LiveFeedMessage {
   /** ISO time of the last event applied, for push-latency metrics. */
   readonly eventTime?: string;
   readonly reset?: boolean;
+  /** Rows were not re-read (nobody was watching): listeners treat it as a gap. */
+  readonly partial?: boolean;
   readonly views: Readonly<Record<string, readonly LiveChange[]>>;
 }
 
@@ -320,9 +329,11 @@ export class ProjectionRunner {
     const touched = this.touched;
     this.touched = new Map();
     const views: Record<string, LiveChange[]> = {};
+    // Re-reading changed rows costs a query per view per batch: only when someone watches.
+    const partial = !reset && touched.size > 0 && this.o.watched !== undefined && !this.o.watched(this.projection.name);
     try {
       for (const [name, spec] of Object.entries(this.projection.views)) {
-        if (reset) continue;
+        if (reset || partial) continue;
         const keyCol = spec.columns[spec.key]!;
         const keys = new Map<string, unknown>();
         for (const [table, rows] of touched) {
@@ -332,7 +343,7 @@ export class ProjectionRunner {
         if (keys.size === 0) continue;
         const r = await this.pool.query(`SELECT * FROM public.${ident(name)} WHERE ${ident(keyCol)} = ANY($1)`, [[...keys.values()]]);
         const found = new Map<string, Row>();
-        for (const row of r.rows as Row[]) found.set(JSON.stringify(row[keyCol]), JSON.parse(JSON.stringify(toApi(spec, row))) as Row);
+        for (const row of r.rows as Row[]) found.set(JSON.stringify(row[keyCol]), toApi(spec, row));
         views[name] = [...keys].map(([k, key]) => {
           const row = found.get(k);
           return row ? { key: key as string | number, op: 'upsert' as const, row } : { key: key as string | number, op: 'delete' as const };
@@ -349,6 +360,7 @@ export class ProjectionRunner {
       prev: this.published,
       ...(eventTime ? { eventTime } : {}),
       ...(reset ? { reset: true } : {}),
+      ...(partial ? { partial: true } : {}),
       views,
     };
     this.published = this.checkpoint;
@@ -359,33 +371,52 @@ export class ProjectionRunner {
     }
   }
 
-  /** One transaction: the events, then the checkpoint. Returns true when this generation is no longer wanted. */
+  /**
+   * One transaction: the events, then the checkpoint. Returns true when this generation is no
+   * longer wanted. Round trips are few on purpose: BEGIN with the search path, the batch's
+   * statements, then the checkpoint (which also checks the generation is still wanted) with COMMIT.
+   */
   private async commit(events: readonly ProjectionEvent[], parked?: { event: ProjectionEvent; error: string; attempts: number }): Promise<boolean> {
     const p = this.projection;
+    const g = this.target.generation;
     const last = parked?.event ?? events[events.length - 1]!;
-    return inTransaction(this.pool, async (c) => {
-      const row = await readProjection(c, p.name);
-      if (!row || (row.activeGeneration !== this.target.generation && row.buildingGeneration !== this.target.generation)) return true;
-      if (events.length > 0) {
-        for (const [table, keys] of await applyEvents(c, p, this.target.generation, events, this.columnTypes)) {
+    const c = await this.pool.connect();
+    try {
+      await c.query(`BEGIN; SET LOCAL search_path TO ${ident(schemaOf(p.name, g))}, public`);
+      let touched: UnitOfWork['touched'] | undefined;
+      if (events.length > 0) touched = await applyEvents(c, p, g, events, this.columnTypes, true);
+      if (parked) {
+        const e = parked.event;
+        await c.query(
+          `INSERT INTO public.strand_dead_letters (projection, seq, generation, subject, event, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7)
+           ON CONFLICT (projection, seq) DO UPDATE SET generation = EXCLUDED.generation, error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()`,
+          [p.name, e.seq, g, `evt.${e.aggregate}.${e.aggregateId}.${e.type}`, JSON.stringify(e), parked.error, parked.attempts],
+        );
+      }
+      failpoint('projection.beforeCommit');
+      const name = c.escapeLiteral(p.name);
+      const results = (await c.query(
+        `UPDATE public.strand_checkpoints SET seq = ${Number(last.seq)}, event_time = ${c.escapeLiteral(last.time)}, updated_at = now()
+         WHERE projection = ${name} AND generation = ${Number(g)}
+           AND EXISTS (SELECT 1 FROM public.strand_projections WHERE name = ${name} AND (active_generation = ${Number(g)} OR building_generation = ${Number(g)}));
+         COMMIT`,
+      )) as unknown as { rowCount: number | null }[];
+      if ((results[0]?.rowCount ?? 0) === 0) return true; // retired meanwhile: what it wrote is dropped with its schema
+      if (touched) {
+        for (const [table, keys] of touched) {
           let t = this.touched.get(table);
           if (!t) this.touched.set(table, (t = new Map()));
           for (const [k, row] of keys) t.set(k, row);
         }
       }
-      if (parked) {
-        const e = parked.event;
-        await c.query(
-          `INSERT INTO strand_dead_letters (projection, seq, generation, subject, event, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (projection, seq) DO UPDATE SET generation = EXCLUDED.generation, error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()`,
-          [p.name, e.seq, this.target.generation, `evt.${e.aggregate}.${e.aggregateId}.${e.type}`, JSON.stringify(e), parked.error, parked.attempts],
-        );
-      }
-      await c.query('UPDATE strand_checkpoints SET seq = $3, event_time = $4, updated_at = now() WHERE projection = $1 AND generation = $2', [p.name, this.target.generation, last.seq, last.time]);
-      failpoint('projection.beforeCommit');
       this.lastEventTime = last.time;
       return false;
-    });
+    } catch (err) {
+      await c.query('ROLLBACK').catch(() => undefined);
+      throw err;
+    } finally {
+      c.release();
+    }
   }
 
   /** The slow path after a failed batch: each event alone, retried, then parked so the rest go on. */

@@ -3,6 +3,8 @@ import type { ProjectionStore, Row, TableSpec } from './types.js';
 
 /** PostgreSQL allows 65,535 parameters per statement. */
 const MAX_PARAMS = 60_000;
+/** Entry of a column-type map listing the NOT NULL columns without a default (comma-separated). */
+const REQUIRED = '\0required';
 
 /** Double-quotes an SQL identifier. Names come from projection code, never from clients. */
 export function ident(name: string): string {
@@ -102,13 +104,13 @@ export class UnitOfWork implements ProjectionStore {
   async flush(): Promise<void> {
     if (this.pending.size === 0) return;
     const entries = [...this.pending.values()];
-    this.pending = new Map();
-    this.fetched = new Map();
-    for (const [k, p] of entries.map((e) => [this.keyOf(e.table, this.spec(e.table), e.key), e] as const)) {
+    for (const [k, p] of this.pending) {
       let t = this.touched.get(p.table);
       if (!t) this.touched.set(p.table, (t = new Map()));
       t.set(k, p.key);
     }
+    this.pending = new Map();
+    this.fetched = new Map();
 
     for (const p of entries) {
       if (!p.deleteFirst) continue;
@@ -127,10 +129,29 @@ export class UnitOfWork implements ProjectionStore {
     for (const [table, list] of byTable) {
       const spec = this.spec(table);
       const types = await this.columnTypes(table);
-      const existing = await this.existingKeys(table, spec, types, list.filter((p) => !p.deleteFirst));
+      const required = (types.get(REQUIRED) ?? '').split(',').filter(Boolean);
+      // A write naming every required column cannot trip NOT NULL on the proposed row, so
+      // INSERT … ON CONFLICT can stand in for "insert or update" with no look first.
+      const complete = (p: Pending) => required.every((c) => c in p.key || (p.set !== null && c in p.set) || (p.incr !== null && c in p.incr));
+      const upserts = new Map<string, { set: string[]; incr: string[]; rows: Row[] }>();
+      const unsure: Pending[] = [];
+      for (const p of list) {
+        if (p.deleteFirst || !complete(p)) {
+          unsure.push(p);
+          continue;
+        }
+        const set = Object.keys(p.set ?? {}).filter((c) => !spec.key.includes(c)).sort();
+        const incr = Object.keys(p.incr ?? {}).sort();
+        const g = `${set.join(',')}|${incr.join(',')}`;
+        let group = upserts.get(g);
+        if (!group) upserts.set(g, (group = { set, incr, rows: [] }));
+        group.rows.push({ ...p.key, ...p.incr, ...p.set });
+      }
+      for (const g of upserts.values()) await this.upsertMany(table, spec, g.set, g.incr, g.rows);
+      const existing = await this.existingKeys(table, spec, types, unsure.filter((p) => !p.deleteFirst));
       const inserts = new Map<string, { cols: string[]; rows: Row[] }>();
       const updates = new Map<string, { set: string[]; incr: string[]; rows: Row[] }>();
-      for (const p of list) {
+      for (const p of unsure) {
         if (!p.deleteFirst && existing.has(JSON.stringify(spec.key.map((c) => String(p.key[c]))))) {
           const set = Object.keys(p.set ?? {}).filter((c) => !spec.key.includes(c)).sort();
           const incr = Object.keys(p.incr ?? {}).sort();
@@ -157,11 +178,14 @@ export class UnitOfWork implements ProjectionStore {
     const cached = this.types.get(table);
     if (cached) return cached;
     const r = await this.client.query(
-      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a
-       WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`,
+      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AND NOT a.atthasdef AS required
+       FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`,
       [ident(table)],
     );
-    const m = new Map((r.rows as { name: string; type: string }[]).map((x) => [x.name, x.type]));
+    const rows = r.rows as { name: string; type: string; required: boolean }[];
+    const m = new Map(rows.map((x) => [x.name, x.type]));
+    // Columns an INSERT must name: a row naming all of them can be upserted without a look first.
+    m.set(REQUIRED, rows.filter((x) => x.required).map((x) => x.name).join(','));
     this.types.set(table, m);
     return m;
   }
@@ -190,14 +214,46 @@ export class UnitOfWork implements ProjectionStore {
     return found;
   }
 
-  private async insertMany(table: string, cols: string[], rows: Row[]): Promise<void> {
+  /** INSERT … ON CONFLICT for rows that name every required column: set columns replace, increments add. */
+  private async upsertMany(table: string, spec: TableSpec, set: string[], incr: string[], rows: Row[]): Promise<void> {
+    const cols = [...spec.key, ...set, ...incr];
+    const assignments = [
+      ...set.map((c) => `${ident(c)} = EXCLUDED.${ident(c)}`),
+      ...incr.map((c) => `${ident(c)} = COALESCE(cur.${ident(c)}, 0) + EXCLUDED.${ident(c)}`),
+    ];
+    const conflict = `ON CONFLICT (${spec.key.map(ident).join(', ')}) ${assignments.length ? `DO UPDATE SET ${assignments.join(', ')}` : 'DO NOTHING'}`;
+    await this.insertMany(table, cols, rows, conflict);
+  }
+
+  /** Reads the rows with these keys in one query, so the batch's `get`s need no round trip each. */
+  async prefetch(table: string, keys: readonly Row[]): Promise<void> {
+    const spec = this.spec(table);
+    const wanted = new Map<string, Row>();
+    for (const key of keys) {
+      const k = this.keyOf(table, spec, key);
+      if (!this.fetched.has(k) && !this.pending.has(k)) wanted.set(k, key);
+    }
+    if (wanted.size === 0) return;
+    const types = await this.columnTypes(table);
+    const cols = spec.key.map(ident).join(', ');
+    const arrays = spec.key.map((c, i) => `$${i + 1}::${this.typeOf(types, table, c)}[]`).join(', ');
+    const list = [...wanted.values()];
+    const r = await this.client.query(
+      `SELECT * FROM ${ident(table)} WHERE (${cols}) IN (SELECT * FROM unnest(${arrays}))`,
+      spec.key.map((c) => list.map((key) => sqlValue(key[c]))),
+    );
+    for (const k of wanted.keys()) this.fetched.set(k, undefined);
+    for (const row of r.rows as Row[]) this.fetched.set(this.keyOf(table, spec, row), row);
+  }
+
+  private async insertMany(table: string, cols: string[], rows: Row[], conflict = ''): Promise<void> {
     const perStatement = Math.max(1, Math.floor(MAX_PARAMS / cols.length));
     const colList = cols.map(ident).join(', ');
     for (let start = 0; start < rows.length; start += perStatement) {
       const chunk = rows.slice(start, start + perStatement);
       const params: unknown[] = [];
       const tuples = chunk.map((row) => `(${cols.map((c) => (params.push(sqlValue(row[c])), `$${params.length}`)).join(', ')})`);
-      await this.client.query(`INSERT INTO ${ident(table)} (${colList}) VALUES ${tuples.join(', ')}`, params);
+      await this.client.query(`INSERT INTO ${ident(table)} AS cur (${colList}) VALUES ${tuples.join(', ')} ${conflict}`, params);
     }
   }
 
