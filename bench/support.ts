@@ -73,16 +73,18 @@ export async function startBenchServer(sync: SyncMode): Promise<BenchServer> {
     await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
     throw err;
   }
-  let done = false;
+  // One cleanup, however many callers (a time-limit abort can race main's own): all wait for it.
+  let cleaning: Promise<void> | undefined;
   return {
     server,
     url: server.url,
     storeDir,
-    async cleanup() {
-      if (done) return;
-      done = true;
-      await server.stop().catch(() => undefined);
-      await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
+    cleanup() {
+      cleaning ??= (async () => {
+        await server.stop().catch(() => undefined);
+        await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
+      })();
+      return cleaning;
     },
   };
 }

@@ -59,7 +59,8 @@ export interface GatewayDeps {
 interface Batch {
   readonly version: number;
   readonly changes: readonly LiveChange[];
-  readonly eventTime?: string;
+  /** When the batch's last event was decided (ms since the epoch), for push latency. */
+  readonly eventMs?: number;
 }
 
 /** What the gateway knows of one view's change feed. */
@@ -501,7 +502,7 @@ export class LiveGateway {
     if (out.length === 0) return;
     sub.conn.send({ type: 'change', sub: sub.id, version: b.version, changes: out }, sub.id);
     // Replays (resume, catching up after a snapshot) are not pushes: their latency is not counted.
-    if (b.eventTime && !sub.joining) this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(b.eventTime)) / 1000));
+    if (b.eventMs !== undefined && !sub.joining) this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - b.eventMs) / 1000));
   }
 
   private onFeed(msg: LiveFeedMessage): void {
@@ -519,7 +520,7 @@ export class LiveGateway {
       }
       const changes = msg.views[view.name];
       if (!changes || changes.length === 0) continue;
-      const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventTime: msg.eventTime } : {}) };
+      const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventMs: Date.parse(msg.eventTime) } : {}) };
       feed.buffer.push(batch);
       feed.size += changes.length;
       for (const sub of feed.subs) {
@@ -660,7 +661,8 @@ export class LiveGateway {
 
   private updateSubCount(): void {
     let n = 0;
-    for (const c of this.conns) n += c.subs.size;
+    for (const f of this.feeds.values()) n += f.subs.size;
+    for (const set of this.aggregateSubs.values()) n += set.size;
     this.d.metrics.liveSubscriptions.set(n);
   }
 }

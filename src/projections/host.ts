@@ -58,6 +58,8 @@ export class ReadSide {
   /** When a gateway last said it has subscribers to each projection's views. */
   private readonly watchedAt = new Map<string, number>();
   private interest: Subscription | undefined;
+  /** The supervision pass in progress, awaited by stop() so none outlives the pool. */
+  private supervising: Promise<void> | undefined;
   /** Whether this instance applies projections (STRAND_ROLES); otherwise it only reads. */
   private started = false;
 
@@ -102,7 +104,9 @@ export class ReadSide {
     });
     await ensureBookkeeping(this.pool);
     for (const p of this.projections) await this.supervise(p);
-    this.timer = setInterval(() => void this.superviseAll(), this.o.standbyCheckMs);
+    this.timer = setInterval(() => {
+      this.supervising ??= this.superviseAll().finally(() => (this.supervising = undefined));
+    }, this.o.standbyCheckMs);
     this.timer.unref();
   }
 
@@ -115,6 +119,7 @@ export class ReadSide {
     this.stopping = true;
     this.interest?.unsubscribe();
     clearInterval(this.timer);
+    await this.supervising;
     await Promise.all([...this.runners.values()].map((r) => r.stop()));
     this.runners.clear();
   }
