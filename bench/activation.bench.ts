@@ -39,6 +39,7 @@ import {
   startBenchServer,
   syncArg,
   type BenchServer,
+  runBenchMain,
 } from './support.js';
 
 const args = parseArgs();
@@ -255,10 +256,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchMain(main);

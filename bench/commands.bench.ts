@@ -45,6 +45,7 @@ import {
   syncArg,
   type BenchServer,
   type OpenLoopResult,
+  runBenchMain,
 } from './support.js';
 
 const args = parseArgs();
@@ -306,10 +307,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchMain(main);

@@ -75,6 +75,9 @@ import {
   syncArg,
   syncLabel,
   type BenchServer,
+  runBenchMain,
+  startBenchDatabase,
+  type BenchDatabase,
 } from './support.js';
 
 const args = parseArgs();
@@ -830,31 +833,22 @@ async function summariseChildProfiles(dir: string): Promise<void> {
 async function main(): Promise<number> {
   let bench: BenchServer | undefined;
   let nc: NatsConnection | undefined;
-  let pgServer: RunningPostgres | undefined;
-  let admin: pg.Client | undefined;
-  let tmp: string | undefined;
+  let db: BenchDatabase | undefined;
   const cleanup = async (): Promise<void> => {
     await stopAllServices();
     await liveApp?.stop().catch(() => undefined);
-    await admin?.end().catch(() => undefined);
-    await pgServer?.stop().catch(() => undefined);
+    await db?.cleanup();
     await nc?.close().catch(() => undefined);
     await bench?.cleanup();
-    if (tmp) await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
   };
   const limit = hardLimit(TIME_LIMIT_S * 1000, cleanup);
   const started = performance.now();
   try {
-    tmp = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-bench-proj-'));
-    // As root the embedded PostgreSQL runs as the OS user `postgres`, which must be able to enter it.
-    await fs.chmod(tmp, 0o711);
+    db = await startBenchDatabase('strand-bench-proj-');
+    const { tmp, pgServer, admin } = db;
     const profileDir = PROFILE ? await fs.mkdtemp(path.join(os.tmpdir(), 'strand-cpuprof-')) : undefined;
     bench = await startBenchServer(sync);
     nc = await connect({ servers: bench.url, name: 'bench-projections', noAsyncTraces: true });
-    pgServer = await startEmbeddedPostgres({ dataDir: path.join(tmp, 'pg'), database: 'postgres', persistent: false });
-    admin = new pg.Client({ connectionString: pgServer.url, application_name: 'bench-admin' });
-    admin.on('error', () => undefined);
-    await admin.connect();
     const ctx: Ctx = { bench, nc, jsm: await jetstreamManager(nc), pgServer, admin, tmp, profileDir };
 
     console.log(`projections.bench: ${machineLine()}`);
@@ -885,10 +879,4 @@ async function main(): Promise<number> {
   }
 }
 
-main().then(
-  (code) => process.exit(code),
-  (err: unknown) => {
-    console.error(err);
-    process.exit(1);
-  },
-);
+runBenchMain(main);

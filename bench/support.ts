@@ -1,3 +1,5 @@
+import { startEmbeddedPostgres, type RunningPostgres } from '../src/postgres/embedded.js';
+import pg from 'pg';
 /**
  * Shared helpers of the benchmarks: argument parsing, a private nats-server in a temporary
  * store, a lean request-reply client (one wildcard reply subscription, a pending map keyed by
@@ -279,4 +281,47 @@ export function machineLine(): string {
   const cpus = os.cpus();
   const load = os.loadavg().map((x) => x.toFixed(2)).join(' ');
   return `node ${process.version} | ${cpus.length} cores (${cpus[0]?.model.trim() ?? '?'}) | ${Math.round(os.totalmem() / 2 ** 30)} GiB | load average ${load} (other processes skew absolute figures; ratios less so)`;
+}
+
+/** Runs a benchmark's main and exits with its code (1 and the error on a throw). */
+export function runBenchMain(main: () => Promise<number>): void {
+  main().then(
+    (code) => process.exit(code),
+    (err: unknown) => {
+      console.error(err);
+      process.exit(1);
+    },
+  );
+}
+
+/** A throwaway embedded PostgreSQL for a benchmark, in a temp folder, with an admin connection. */
+export interface BenchDatabase {
+  readonly tmp: string;
+  readonly pgServer: RunningPostgres;
+  readonly admin: pg.Client;
+  cleanup(): Promise<void>;
+}
+
+/** Starts one; the folder holds the cluster and whatever else the benchmark puts there. */
+export async function startBenchDatabase(prefix: string): Promise<BenchDatabase> {
+  const tmp = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
+  // As root the embedded PostgreSQL runs as the OS user `postgres`, which must be able to enter it.
+  await fs.chmod(tmp, 0o711);
+  let pgServer: RunningPostgres | undefined;
+  let admin: pg.Client | undefined;
+  const cleanup = async (): Promise<void> => {
+    await admin?.end().catch(() => undefined);
+    await pgServer?.stop().catch(() => undefined);
+    await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
+  };
+  try {
+    pgServer = await startEmbeddedPostgres({ dataDir: path.join(tmp, 'pg'), database: 'postgres', persistent: false });
+    admin = new pg.Client({ connectionString: pgServer.url, application_name: 'bench-admin' });
+    admin.on('error', () => undefined);
+    await admin.connect();
+  } catch (err) {
+    await cleanup();
+    throw err;
+  }
+  return { tmp, pgServer, admin, cleanup };
 }
