@@ -15,7 +15,6 @@ export interface NatsCommandOptions {
   readonly maxInFlight: number;
 }
 
-const encoder = new TextEncoder();
 
 /**
  * Takes commands from `cmd.>` (request-reply or fire-and-forget) and replies with JSON.
@@ -117,7 +116,7 @@ export class NatsCommandTransport {
   private reply(msg: Msg, reply: CommandReply): void {
     if (!msg.reply) return; // fire-and-forget
     try {
-      msg.respond(encoder.encode(JSON.stringify(reply)));
+      msg.respond(JSON.stringify(reply)); // nats-core encodes a string payload itself
     } catch (err) {
       this.log.warn({ err }, 'reply not sent');
     }
