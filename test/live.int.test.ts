@@ -69,6 +69,14 @@ describe('live views over WebSocket', { timeout: 120_000 }, () => {
     expect([...versions].sort((a, b) => a - b)).toEqual(versions);
     expect(versions[0]).toBeGreaterThan(snap.checkpoint);
     expect([...w.copies.get('board')!.keys()].sort()).toEqual(['lv-3', 'lv-4']);
+    // Metrics of what happened: this connection and subscription, the messages, the push latency.
+    const m = await strand.metrics.registry.getMetricsAsJSON();
+    const value = (name: string) => m.find((x) => x.name === name)?.values.find((v) => !('le' in v.labels))?.value ?? 0;
+    expect(value('strand_live_connections')).toBeGreaterThanOrEqual(1);
+    expect(value('strand_live_subscriptions')).toBeGreaterThanOrEqual(1);
+    expect(value('strand_live_messages_sent_total')).toBeGreaterThanOrEqual(w.messages.length);
+    const pushes = m.find((x) => x.name === 'strand_live_push_latency_seconds')?.values.find((v) => (v as { metricName?: string }).metricName === 'strand_live_push_latency_seconds_count');
+    expect(pushes?.value).toBeGreaterThan(0);
     await w.close();
   });
 
@@ -200,6 +208,38 @@ describe('live views over WebSocket', { timeout: 120_000 }, () => {
     expect(flood.of('error').filter((e) => e.code === 'RATE_LIMITED').length).toBeGreaterThan(0);
     expect(flood.closed).toBeUndefined();
     await flood.close();
+  });
+
+  it('coalesces a lagging client\'s updates by key, latest wins, and it ends equal to the view', async () => {
+    const local = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'commands', STRAND_WS_SEND_QUEUE_BYTES: '8192', STRAND_WS_MAX_PENDING: '1000' });
+    try {
+      const url = `${(await local.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+      const description = 'y'.repeat(1900);
+      const ids = Array.from({ length: 30 }, (_, i) => `co-${i}`);
+      await Promise.all(ids.map((id) => client.send(`cmd.task.${id}.CreateTask`, { title: 'Churn', description, memberId: 'M1', assignedTo: 'COAL1' })));
+      const lagging = await LiveClient.connect(url);
+      lagging.send({ type: 'subscribe', id: 'c', view: 'task_list_view', filter: { assignedTo: 'COAL1' } });
+      await lagging.until((c) => c.copies.get('c')?.size === 30, 'snapshot of the 30 tasks');
+      (lagging.ws as unknown as { _socket: { pause(): void; resume(): void } })._socket.pause();
+      // About 9 MB of updates to the same 30 rows: the socket fills, then updates wait and merge.
+      let last = 0;
+      for (let round = 0; round < 140; round++) {
+        const replies = await Promise.all(ids.map((id) => client.send(`cmd.task.${id}.AssignTask`, { assignedTo: 'COAL1' })));
+        for (const r of replies) last = Math.max(last, (r as CommandAccepted).seq);
+      }
+      await strand.readSide!.waitFor('task_list_view', last, 30_000);
+      (lagging.ws as unknown as { _socket: { resume(): void } })._socket.resume();
+      await lagging.until((c) => (c.versions.get('c') ?? 0) >= last, 'the latest version', 30_000);
+      expect(lagging.closed).toBeUndefined();
+      const coalesced = (await local.metrics.liveCoalesced.get()).values[0]?.value ?? 0;
+      expect(coalesced).toBeGreaterThan(0);
+      const truth = JSON.parse(JSON.stringify((await strand.views!.page('task_list_view', { assignedTo: 'COAL1' }, 500)).rows)) as unknown[];
+      const mine = [...lagging.copies.get('c')!.values()].sort((a, b) => String(a['taskId']).localeCompare(String(b['taskId'])));
+      expect(mine).toEqual(truth);
+      await lagging.close();
+    } finally {
+      await local.stop();
+    }
   });
 
   it('closes a connection that stops answering pings with 4000', async () => {

@@ -89,6 +89,17 @@ async function dumpViews(url: string): Promise<Record<string, unknown[]>> {
   }
 }
 
+/** The value of one labelled series of a metric, summed over series matching `labels`. */
+async function metric(s: Strand, name: string, labels: Record<string, string> = {}): Promise<number | undefined> {
+  const m = (await s.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
+  // Histograms list their buckets, sum and count under one name: count the `_count` series.
+  const values = ((m?.values ?? []) as { value: number; labels: Record<string, unknown>; metricName?: string }[]).filter(
+    (v) => Object.entries(labels).every(([k, val]) => String(v.labels[k]) === val) && !('le' in v.labels) && (!v.metricName || v.metricName === name || v.metricName === `${name}_count`),
+  );
+  if (values.length === 0) return undefined;
+  return values.reduce((n, v) => n + v.value, 0);
+}
+
 async function waitCaughtUp(s: Strand, seq: number): Promise<void> {
   for (const p of exampleProjections) {
     const r = await s.readSide!.waitFor(p.name, seq, 60_000);
@@ -121,6 +132,12 @@ describe('projections', { timeout: 120_000 }, () => {
       expect(row.checkpoint).toBeGreaterThanOrEqual(r.seq);
       const page = await s.views!.page('task_list_view', { assignedTo: 'CC456', status: 'pending' }, 10);
       expect(page.rows.map((x) => x['taskId'])).toContain('ryw-1');
+      // Lag metrics: applied events, batch durations, and (once the runner has looked) nothing pending.
+      expect(await metric(s, 'strand_projection_events_applied_total', { projection: 'task_list_view' })).toBeGreaterThan(0);
+      expect(await metric(s, 'strand_projection_batch_duration_seconds', { projection: 'task_list_view' })).toBeGreaterThan(0);
+      await eventually(async () => (await metric(s, 'strand_projection_pending_events', { projection: 'task_list_view' })) === 0, 'pending 0');
+      expect(await metric(s, 'strand_projection_lag_seconds', { projection: 'task_list_view' })).toBe(0);
+      expect(await metric(s, 'strand_projection_checkpoint', { projection: 'task_list_view' })).toBeGreaterThanOrEqual(r.seq);
     } finally {
       await s.stop();
     }
@@ -231,6 +248,7 @@ describe('projections', { timeout: 120_000 }, () => {
       }
       expect(errors).toEqual([]);
       expect(served.length).toBeGreaterThan(0);
+      expect(await metric(s, 'strand_projection_rebuild_progress', { projection: 'task_list_view', generation: '2' })).toBe(1);
       expect(served.every((n) => n === before['task_list_view']!.length || n === Math.min(500, before['task_list_view']!.length))).toBe(true);
       expect(await dumpViews(db.url)).toEqual(before);
       // The old generation's schema is dropped once nobody applies it.
@@ -284,6 +302,7 @@ describe('projections', { timeout: 120_000 }, () => {
       expect(parked).toHaveLength(1);
       expect(parked[0]).toMatchObject({ attempts: 2, event: { aggregateId: 'poison-1', type: 'OrderPlaced' } });
       expect(parked[0]!.error).toContain('cannot handle this customer');
+      expect(await metric(s, 'strand_projection_dead_letters_total', { projection: 'poison_orders' })).toBe(1);
       expect((await s.views!.row('poison_orders', 'poison-0')).row).toEqual({ orderId: 'poison-0', customerId: 'C1' });
       expect((await s.views!.row('poison_orders', 'poison-2')).row).toEqual({ orderId: 'poison-2', customerId: 'C2' });
       expect((await s.views!.row('poison_orders', 'poison-1')).row).toBeUndefined();
