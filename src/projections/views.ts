@@ -19,6 +19,16 @@ export interface ViewRef {
   readonly spec: ViewSpec;
 }
 
+/**
+ * The serving generation's checkpoint ($1 = projection) beside the rows, in one statement: one
+ * snapshot, so the checkpoint is exactly what the rows reflect. The rows join as `v`.
+ */
+const WITH_CHECKPOINT = `WITH cp AS (
+        SELECT c.seq FROM strand_projections p
+        JOIN strand_checkpoints c ON c.projection = p.name AND c.generation = p.active_generation
+        WHERE p.name = $1)
+      SELECT (SELECT seq FROM cp) AS "__checkpoint", v.* FROM (SELECT 1) one`;
+
 /** PostgreSQL error classes that mean "the client's value does not fit the column". */
 const BAD_VALUE_STATES = new Set(['22P02', '22007', '22008', '22003', '22023', '42883']);
 
@@ -90,11 +100,7 @@ export class ViewReader {
     }
     params.push(limit + 1);
     const sql = `
-      WITH cp AS (
-        SELECT c.seq FROM strand_projections p
-        JOIN strand_checkpoints c ON c.projection = p.name AND c.generation = p.active_generation
-        WHERE p.name = $1)
-      SELECT (SELECT seq FROM cp) AS "__checkpoint", v.* FROM (SELECT 1) one
+      ${WITH_CHECKPOINT}
       LEFT JOIN LATERAL (
         SELECT * FROM public.${ident(name)}
         ${where.length > 0 ? `WHERE ${where.join(' AND ')}` : ''}
@@ -112,11 +118,7 @@ export class ViewReader {
     const v = this.view(name);
     const keyCol = ident(v.spec.columns[v.spec.key]!);
     const sql = `
-      WITH cp AS (
-        SELECT c.seq FROM strand_projections p
-        JOIN strand_checkpoints c ON c.projection = p.name AND c.generation = p.active_generation
-        WHERE p.name = $1)
-      SELECT (SELECT seq FROM cp) AS "__checkpoint", v.* FROM (SELECT 1) one
+      ${WITH_CHECKPOINT}
       LEFT JOIN LATERAL (SELECT * FROM public.${ident(name)} WHERE ${keyCol} = $2 LIMIT 1) v ON true`;
     const rows = await this.query(sql, [v.projection.name, key]);
     const r = rows[0];
