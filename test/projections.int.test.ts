@@ -317,6 +317,67 @@ describe('projections', { timeout: 120_000 }, () => {
     }
   });
 
+  it('apply a backlog exactly once when batches fail while later ones are already sent', async () => {
+    // Batches are pipelined: while one commits, the next is sent behind it. A batch that fails
+    // in PostgreSQL (a NOT NULL violation) or in its handler must take every later batch down
+    // with it, and each of their events must then be applied once: counted, never twice.
+    const poison = defineProjection({
+      name: 'pipeline_orders',
+      version: 1,
+      migrations: ['CREATE TABLE po_rows (order_id text PRIMARY KEY, customer_id text NOT NULL)', 'CREATE TABLE po_count (k text PRIMARY KEY, n integer NOT NULL DEFAULT 0)'],
+      tables: { po_rows: { key: ['order_id'] }, po_count: { key: ['k'] } },
+      views: { po_rows: { relation: 'po_rows', key: 'orderId', columns: { orderId: 'order_id', customerId: 'customer_id' }, filters: [] } },
+      handlers: [
+        on(order, {
+          OrderPlaced: (e, db) => {
+            if (e.data.customerId === 'POISON-JS') throw new Error('handler refuses');
+            db.upsert('po_rows', { order_id: e.aggregateId, customer_id: e.data.customerId === 'POISON-SQL' ? null : e.data.customerId });
+            db.increment('po_count', { k: e.aggregateId.startsWith('pipe-') ? 'pipe' : 'other' }, { n: 1 }); // the stream holds other tests' orders too
+          },
+        }),
+      ],
+    });
+    const total = 1200;
+    const poisonAt = new Map([
+      [400, 'POISON-SQL'],
+      [401, 'POISON-JS'],
+      [830, 'POISON-SQL'],
+    ]);
+    let last = 0;
+    const seqs = new Map<string, number>();
+    for (let i = 0; i < total; i += 64) {
+      const replies = await Promise.all(
+        Array.from({ length: Math.min(64, total - i) }, (_, j) => {
+          const n = i + j;
+          return client.send(`cmd.order.pipe-${n}.PlaceOrder`, { customerId: poisonAt.get(n) ?? `C${n % 9}`, items: [{ sku: 'A', quantity: 1, priceCents: 1 }] });
+        }),
+      );
+      replies.forEach((r, j) => {
+        expect(r).toMatchObject({ ok: true });
+        seqs.set(`pipe-${i + j}`, (r as CommandAccepted).seq);
+        last = Math.max(last, (r as CommandAccepted).seq);
+      });
+    }
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_BATCH_SIZE: '25', STRAND_PROJECTION_MAX_ATTEMPTS: '1' }, [poison]);
+    try {
+      expect((await s.readSide!.waitFor('pipeline_orders', last, 60_000)).reached).toBe(true);
+      const c = await s.pool!.query(
+        `SELECT (SELECT n FROM proj_pipeline_orders_g1.po_count WHERE k = 'pipe') AS n,
+                (SELECT count(*)::int FROM proj_pipeline_orders_g1.po_rows WHERE order_id LIKE 'pipe-%') AS rows,
+                (SELECT count(*)::int FROM proj_pipeline_orders_g1.po_rows) AS "allRows"`,
+      );
+      expect(c.rows[0]).toMatchObject({ n: total - poisonAt.size, rows: total - poisonAt.size });
+      const parked = await s.readSide!.deadLetters('pipeline_orders');
+      expect(parked.map((d) => d.seq)).toEqual([...poisonAt.keys()].map((n) => seqs.get(`pipe-${n}`)));
+      expect(parked[0]!.error).toMatch(/null value/);
+      expect(parked[1]!.error).toContain('handler refuses');
+      expect(await metric(s, 'strand_projection_events_applied_total', { projection: 'pipeline_orders' })).toBe((c.rows[0] as { allRows: number }).allRows);
+    } finally {
+      await s.stop();
+    }
+  });
+
   it('run each projection on one instance at a time, and hand over when it stops', async () => {
     const db = await database();
     const a = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '200' });

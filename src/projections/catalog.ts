@@ -1,6 +1,6 @@
 import type { ClientBase, Pool, PoolClient } from 'pg';
 import type { Projection } from './types.js';
-import { ident } from './unit-of-work.js';
+import { ident } from './sql.js';
 
 /**
  * Strand's own bookkeeping in PostgreSQL: which generation of each projection serves reads
@@ -9,7 +9,7 @@ import { ident } from './unit-of-work.js';
  * projection's views point at the serving one, so switching is one transaction.
  */
 const BOOKKEEPING = `
-CREATE TABLE IF NOT EXISTS strand_projections (
+CREATE TABLE IF NOT EXISTS public.strand_projections (
   name                text PRIMARY KEY,
   active_generation   integer NOT NULL,
   active_version      integer NOT NULL,
@@ -18,7 +18,7 @@ CREATE TABLE IF NOT EXISTS strand_projections (
   views               text[] NOT NULL DEFAULT '{}',
   updated_at          timestamptz NOT NULL DEFAULT now()
 );
-CREATE TABLE IF NOT EXISTS strand_checkpoints (
+CREATE TABLE IF NOT EXISTS public.strand_checkpoints (
   projection  text    NOT NULL,
   generation  integer NOT NULL,
   seq         bigint  NOT NULL DEFAULT 0,
@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS strand_checkpoints (
   updated_at  timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (projection, generation)
 );
-CREATE TABLE IF NOT EXISTS strand_dead_letters (
+CREATE TABLE IF NOT EXISTS public.strand_dead_letters (
   projection  text        NOT NULL,
   seq         bigint      NOT NULL,
   generation  integer     NOT NULL,
@@ -36,7 +36,23 @@ CREATE TABLE IF NOT EXISTS strand_dead_letters (
   attempts    integer     NOT NULL,
   parked_at   timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (projection, seq)
-);`;
+);
+-- Every batch moves its generation's checkpoint through this, in the batch's own transaction:
+-- from the sequence the batch was planned after (so a batch whose predecessor did not commit
+-- can never commit), and only while the generation is served or built.
+CREATE OR REPLACE FUNCTION public.strand_advance(p_projection text, p_generation integer, p_from bigint, p_to bigint, p_time timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+  UPDATE public.strand_checkpoints SET seq = p_to, event_time = COALESCE(p_time, event_time), updated_at = now()
+   WHERE projection = p_projection AND generation = p_generation AND seq = p_from;
+  IF NOT FOUND THEN
+    RAISE EXCEPTION 'checkpoint of % generation % is not at %', p_projection, p_generation, p_from USING ERRCODE = 'SR001';
+  END IF;
+  IF NOT EXISTS (SELECT 1 FROM public.strand_projections
+                  WHERE name = p_projection AND (active_generation = p_generation OR building_generation = p_generation)) THEN
+    RAISE EXCEPTION 'generation % of % is retired', p_generation, p_projection USING ERRCODE = 'SR002';
+  END IF;
+END $$;`;
 
 /** Serialises bookkeeping changes across instances (one fixed advisory lock key). */
 const BOOKKEEPING_LOCK = 0x5354_524e; // "STRN"

@@ -6,7 +6,8 @@ import type { Logger } from 'pino';
 import { ErrorCode, StrandError } from '../errors.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import { dropRetiredGenerations, ensureBookkeeping, inTransaction, listProjectionRows, plan, readProjection, requestRebuild, type ProjectionRow } from './catalog.js';
-import { ProjectionRunner, applyEvents, type RunnerOptions } from './runner.js';
+import { applyEvents } from './batch.js';
+import { ProjectionRunner, type RunnerOptions } from './runner.js';
 import type { Projection, ProjectionEvent } from './types.js';
 
 /** Gateways announce every second; an announcement counts for this long. */

@@ -1,22 +1,43 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import type { NatsConnection } from '@nats-io/nats-core';
-import type { Pool, PoolClient } from 'pg';
+import type { Pool, PoolClient, QueryResult } from 'pg';
 import type { Logger } from 'pino';
+import { eventSubject, liveChanges, parseEventSubject } from '../../subjects/index.js';
 import type { EventEnvelope } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
+import {
+  CHECKPOINT_MOVED,
+  GENERATION_RETIRED,
+  advanceStatement,
+  executeOn,
+  parkStatement,
+  readBacks,
+  readerOn,
+  resultsOf,
+  runHandlers,
+  toProjectionEvent,
+  type ViewReadBack,
+} from './batch.js';
 import { lockKey, schemaOf, switchOver, type Target } from './catalog.js';
-import { liveChanges } from '../../subjects/index.js';
+import { ident } from './sql.js';
+import { YIELD_EVERY, yieldToIo } from './yield.js';
 import type { Projection, ProjectionEvent, Row } from './types.js';
-import { UnitOfWork, ident } from './unit-of-work.js';
+import { UnitOfWork, loadTableMeta, type TableMeta } from './unit-of-work.js';
 import { toApi } from './views.js';
+
+export { applyEvents, toProjectionEvent } from './batch.js';
 
 /** How batches are formed and failures handled. */
 export interface RunnerOptions {
   readonly stream: string;
   /** Most events applied in one transaction. */
   readonly batchSize: number;
-  /** Longest an event waits for its batch to fill. */
+  /**
+   * How long an idle runner waits for more events before applying a batch smaller than
+   * `batchSize` (0: at once). Under load batches grow by themselves: events that arrive while
+   * a batch commits form the next one.
+   */
   readonly batchMs: number;
   /** Tries of a failing event before it is parked. */
   readonly maxAttempts: number;
@@ -26,50 +47,11 @@ export interface RunnerOptions {
   readonly watched?: (projection: string) => boolean;
 }
 
-const decoder = new TextDecoder();
-
-/** Decodes a stream message into what handlers see, upcasting old schema versions. */
-export function toProjectionEvent(p: Projection, seq: number, env: EventEnvelope): ProjectionEvent {
-  const agg = p.aggregateFor(env.aggregate);
-  const type = agg?.events.get(env.type);
-  const data = agg && type && env.schemaVersion !== type.version ? agg.upcast(env.type, env.schemaVersion, env.data) : env.data;
-  return {
-    seq,
-    id: env.id,
-    type: env.type,
-    aggregate: env.aggregate,
-    aggregateId: env.aggregateId,
-    version: env.version,
-    time: env.time,
-    ...(env.actor !== undefined ? { actor: env.actor } : {}),
-    data,
-    metadata: env.metadata ?? {},
-  };
-}
-
-/** Applies events to a generation's tables inside a transaction (search_path set to its schema). */
-export async function applyEvents(
-  c: PoolClient,
-  p: Projection,
-  generation: number,
-  events: readonly ProjectionEvent[],
-  columnTypes?: Map<string, ReadonlyMap<string, string>>,
-  searchPathSet = false,
-): Promise<UnitOfWork['touched']> {
-  if (!searchPathSet) await c.query(`SET LOCAL search_path TO ${ident(schemaOf(p.name, generation))}, public`);
-  const uow = new UnitOfWork(c, p.tables, columnTypes);
-  for (const [table, spec] of Object.entries(p.tables)) {
-    if (!spec.prefetch) continue;
-    const keys = events.map((e) => spec.prefetch!(e)).filter((k): k is Row => k !== undefined);
-    if (keys.length > 0) await uow.prefetch(table, keys);
-  }
-  for (const e of events) {
-    const h = p.handlerFor(e.aggregate, e.type);
-    if (h) await h(e, uow);
-  }
-  await uow.flush();
-  return uow.touched;
-}
+/**
+ * Batches sent and not yet settled. Two keep PostgreSQL and the runner busy at once: while one
+ * batch commits, the next is decoded, handled and rendered, and waits on the connection.
+ */
+const MAX_IN_FLIGHT = 2;
 
 /** One row change of a view, as the live feed carries it. */
 export interface LiveChange {
@@ -103,47 +85,169 @@ export interface LiveFeedMessage {
 export function isTransient(err: unknown): boolean {
   const code = (err as { code?: unknown }).code;
   if (typeof code === 'string') {
-    if (/^(08|53|57P|58)/.test(code)) return true;
+    if (/^(08|40|53|57P|58)/.test(code)) return true; // connection, deadlock/serialization, resources, shutdown, system
     if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH'].includes(code)) return true;
   }
   const message = err instanceof Error ? err.message : '';
   return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
 }
 
-type Signal = { promise: Promise<void>; resolve: () => void };
-function signal(): Signal {
-  let resolve!: () => void;
-  const promise = new Promise<void>((r) => (resolve = r));
-  return { promise, resolve };
+
+/** Wakes the apply loop: a message arrived, a batch settled, the watermark moved, or it must stop. */
+class Wakeup {
+  private waiter: (() => void) | undefined;
+  private pending = false;
+
+  wake(): void {
+    const w = this.waiter;
+    if (w) {
+      this.waiter = undefined;
+      w();
+    } else this.pending = true;
+  }
+
+  wait(ms?: number): Promise<void> {
+    if (this.pending) {
+      this.pending = false;
+      return Promise.resolve();
+    }
+    return new Promise<void>((resolve) => {
+      const timer = ms === undefined ? undefined : setTimeout(() => {
+        if (this.waiter === done) this.waiter = undefined;
+        resolve();
+      }, ms);
+      const done = () => {
+        clearTimeout(timer);
+        resolve();
+      };
+      this.waiter = done;
+    });
+  }
+}
+
+/** Messages waiting to be applied, in stream order: taken from the front without copying the rest. */
+class MessageQueue {
+  private items: JsMsg[] = [];
+  private head = 0;
+
+  get length(): number {
+    return this.items.length - this.head;
+  }
+
+  push(m: JsMsg): void {
+    this.items.push(m);
+  }
+
+  take(n: number): JsMsg[] {
+    const out = this.items.slice(this.head, this.head + n);
+    this.head += out.length;
+    if (this.head === this.items.length) {
+      this.items = [];
+      this.head = 0;
+    } else if (this.head >= 4096 && this.head * 2 >= this.items.length) {
+      this.items = this.items.slice(this.head);
+      this.head = 0;
+    }
+    return out;
+  }
+
+  /** Puts messages taken earlier back in front, in their order. */
+  putBack(msgs: readonly JsMsg[]): void {
+    if (msgs.length === 0) return;
+    this.items = [...msgs, ...this.items.slice(this.head)];
+    this.head = 0;
+  }
+}
+
+/** One batch on its way: its messages, what it applies, and the SQL that commits it. */
+interface Batch {
+  readonly msgs: readonly JsMsg[];
+  readonly events: readonly ProjectionEvent[];
+  /** The checkpoint it was planned after: its transaction fails unless PostgreSQL still has it. */
+  readonly from: number;
+  /** The checkpoint it commits. */
+  readonly to: number;
+  readonly eventTime: string | undefined;
+  readonly started: number;
+  /** The whole transaction, one message; undefined when there is nothing to write (redeliveries). */
+  text?: string;
+  /** A handler's `sql()` opened the transaction explicitly: `text` ends with COMMIT. */
+  interactive: boolean;
+  /** Statements of `text` before the live read-backs. */
+  readsFrom: number;
+  reads: readonly ViewReadBack[];
+  /** Rows were written but not read back (nobody watches): the feed says so. */
+  unread: boolean;
+  /** Planned while this runner served reads: its changes go to the live feed. */
+  live: boolean;
+  parked?: { readonly error: string };
+  /** Planning failed: handled, in order, like a failed commit. */
+  error?: unknown;
+}
+
+function sqlState(err: unknown): string | undefined {
+  const code = (err as { code?: unknown } | undefined)?.code;
+  return typeof code === 'string' ? code : undefined;
+}
+
+const decoder = new TextDecoder();
+
+/** A message that is not an event envelope, as the dead-letter table keeps it: its subject's parts and its text. */
+function undecodable(m: JsMsg): ProjectionEvent {
+  const parsed = parseEventSubject(m.subject);
+  return {
+    seq: m.seq,
+    id: '',
+    type: parsed?.type ?? '',
+    aggregate: parsed?.aggregate ?? '',
+    aggregateId: parsed?.id ?? '',
+    version: 0,
+    time: m.timestamp,
+    data: decoder.decode(m.data),
+    metadata: {},
+  };
 }
 
 /**
  * Applies one generation of one projection: a durable JetStream consumer filtered to the
- * projection's events, started after the checkpoint kept in PostgreSQL. Each batch and the
- * checkpoint commit in one transaction, and only then is the batch acked, so a crash at any
+ * projection's events, started after the checkpoint kept in PostgreSQL. Each batch is one
+ * transaction: its writes, its checkpoint (moved by `strand_advance` from where the batch was
+ * planned, so nothing commits after a batch that did not), and, when a gateway watches, the
+ * changed rows read back for the live feed. Only then is the batch acked, so a crash at any
  * point neither skips nor double-applies an event (a redelivered event at or below the
- * checkpoint is skipped). Only the holder of the generation's advisory lock runs it.
+ * checkpoint is skipped). Batches are pipelined on one connection, the one that holds the
+ * generation's advisory lock: only the lock holder writes, and losing the lock stops it.
  */
 export class ProjectionRunner {
   checkpoint = 0;
   pending = 0;
   private lastEventTime: string | undefined;
-  private lockClient: PoolClient | undefined;
+  private client: PoolClient | undefined;
+  private tables: Map<string, TableMeta> | undefined;
   private messages: ConsumerMessages | undefined;
-  private queue: JsMsg[] = [];
-  private arrived: Signal = signal();
+  private readonly queue = new MessageQueue();
+  private readonly wakeup = new Wakeup();
   private stopped = false;
   private done: Promise<void> | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private streamLastSeq = 0;
-  private applying = false;
   private ticking: Promise<void> | undefined;
   private readonly listeners = new Set<() => void>();
-  private readonly columnTypes = new Map<string, ReadonlyMap<string, string>>();
-  /** Rows written since the last live publication, per table. */
-  private touched = new Map<string, Map<string, Row>>();
+  /** The checkpoint the last batch sent will leave (≥ checkpoint). */
+  private planned = 0;
+  /** Batches sent, oldest first, settled in that order. */
+  private readonly inFlight: Batch[] = [];
+  /** Settles batches one after the other. */
+  private settling: Promise<void> = Promise.resolve();
+  private planning = false;
+  /** The first failure since the pipeline was last whole, and the messages to apply again. */
+  private broken: { batch: Batch; err: unknown } | undefined;
+  private returned: JsMsg[] = [];
+  /** A stream sequence the checkpoint may move to with no event to apply (the watermark). */
+  private watermark = 0;
   /** The checkpoint the live feed last announced. */
   private published = 0;
+  private readonly schema: string;
 
   constructor(
     readonly projection: Projection,
@@ -154,7 +258,9 @@ export class ProjectionRunner {
     private readonly metrics: StrandMetrics,
     private readonly log: Logger,
     private readonly onSwitched: () => void,
-  ) {}
+  ) {
+    this.schema = schemaOf(projection.name, target.generation);
+  }
 
   get consumerName(): string {
     return `strand_${this.projection.name}_g${this.target.generation}`;
@@ -167,7 +273,7 @@ export class ProjectionRunner {
 
   /** True once this runner has applied everything the stream held when it last looked. */
   get caughtUp(): boolean {
-    return this.pending === 0 && this.queue.length === 0 && !this.applying;
+    return this.pending === 0 && this.queue.length === 0 && this.inFlight.length === 0 && !this.planning && this.broken === undefined;
   }
 
   /** Calls `fn` whenever the checkpoint advances; returns the unsubscribe. */
@@ -179,8 +285,9 @@ export class ProjectionRunner {
   /** Takes the generation's lock; false when another instance holds it. */
   async tryStart(): Promise<boolean> {
     const c = await this.pool.connect();
-    // Held for the runner's life. Losing it loses the lock, and another instance may take over:
-    // stop at once (supervision starts a new runner when the lock can be had again).
+    // Held for the runner's life: its lock, and every batch's transaction. Losing it loses the
+    // lock, and another instance may take over: stop at once (supervision starts a new runner
+    // when the lock can be had again).
     c.on('error', (err) => {
       this.log.warn({ err, projection: this.projection.name, generation: this.target.generation }, 'lock connection lost; runner stopping');
       void this.stop();
@@ -190,10 +297,12 @@ export class ProjectionRunner {
       c.release();
       return false;
     }
-    this.lockClient = c;
+    this.client = c;
     try {
-      const cp = await c.query('SELECT seq FROM strand_checkpoints WHERE projection = $1 AND generation = $2', [this.projection.name, this.target.generation]);
+      const cp = await c.query('SELECT seq FROM public.strand_checkpoints WHERE projection = $1 AND generation = $2', [this.projection.name, this.target.generation]);
       this.checkpoint = Number((cp.rows[0] as { seq: string } | undefined)?.seq ?? 0);
+      this.planned = this.checkpoint;
+      this.tables = await loadTableMeta(c, this.schema, this.projection.tables);
       await this.openConsumer();
     } catch (err) {
       await this.releaseLock();
@@ -209,19 +318,20 @@ export class ProjectionRunner {
     return true;
   }
 
-  /** Stops after the batch in progress; the lock is released. */
+  /** Stops after the batches in progress have settled; the lock is released. */
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.ticker);
     this.messages?.stop();
-    this.arrived.resolve();
+    this.wakeup.wake();
     await this.done;
+    await this.settling;
     await this.releaseLock();
   }
 
   private async releaseLock(): Promise<void> {
-    const c = this.lockClient;
-    this.lockClient = undefined;
+    const c = this.client;
+    this.client = undefined;
     if (!c) return;
     try {
       await c.query('SELECT pg_advisory_unlock(hashtext($1))', [lockKey(this.projection.name, this.target.generation)]);
@@ -243,127 +353,259 @@ export class ProjectionRunner {
       opt_start_seq: this.checkpoint + 1,
       ack_policy: AckPolicy.All,
       ack_wait: 60_000_000_000,
-      max_ack_pending: 50_000,
+      // Delivered and not yet committed: what this runner holds in memory. A few batches keep
+      // the pipeline fed; more would only keep events alive long enough to cost the GC dearly.
+      max_ack_pending: Math.max(2000, this.o.batchSize * 6),
     });
     const consumer = await jetstream(this.nc).consumers.get(this.o.stream, this.consumerName);
-    this.messages = await consumer.consume({ max_messages: Math.max(1000, this.o.batchSize * 4) });
-    void (async () => {
-      for await (const m of this.messages!) {
+    // A callback, not the async iterator: no promise per message.
+    this.messages = await consumer.consume({
+      max_messages: Math.max(1000, this.o.batchSize * 4),
+      callback: (m) => {
         this.queue.push(m);
-        if (this.queue.length === 1 || this.queue.length >= this.o.batchSize) this.arrived.resolve();
-      }
-    })().catch((err: unknown) => this.log.warn({ err, projection: this.projection.name }, 'projection consumer ended'));
+        this.wakeup.wake();
+      },
+    });
+    void this.messages.closed().then(
+      (err) => {
+        if (err && !this.stopped) this.log.warn({ err, projection: this.projection.name }, 'projection consumer ended');
+      },
+      (err: unknown) => this.log.warn({ err, projection: this.projection.name }, 'projection consumer ended'),
+    );
   }
 
   private async applyLoop(): Promise<void> {
     let failures = 0;
     while (!this.stopped) {
-      if (this.queue.length === 0) {
-        await this.arrived.promise;
-        this.arrived = signal();
+      if (this.broken) {
+        // Let every batch sent after the failed one settle (they fail too: their checkpoint
+        // expectation cannot hold), then apply their messages again.
+        if (this.inFlight.length > 0) {
+          await this.wakeup.wait();
+          continue;
+        }
+        failures = await this.recover(failures);
         continue;
       }
-      if (this.queue.length < this.o.batchSize) {
-        // Let the batch fill, but never hold the first event longer than batchMs.
-        await Promise.race([this.arrived.promise, new Promise((r) => setTimeout(r, this.o.batchMs))]);
-        this.arrived = signal();
+      const last = this.inFlight[this.inFlight.length - 1];
+      const room = this.inFlight.length < MAX_IN_FLIGHT && !last?.interactive && last?.error === undefined;
+      if (!room) {
+        await this.wakeup.wait();
+        continue;
       }
-      if (this.stopped) break;
-      const batch = this.queue.splice(0, this.o.batchSize);
-      this.applying = true;
+      if (this.queue.length === 0) {
+        if (this.inFlight.length === 0 && this.watermark > this.planned) {
+          this.send(this.advanceOnly(this.watermark));
+          continue;
+        }
+        await this.wakeup.wait();
+        continue;
+      }
+      if (this.o.batchMs > 0 && this.inFlight.length === 0 && this.queue.length < this.o.batchSize) {
+        // Linger while idle: let a small batch fill, but never hold its first event longer than batchMs.
+        const deadline = performance.now() + this.o.batchMs;
+        for (let left = this.o.batchMs; left > 0 && this.queue.length < this.o.batchSize && !this.stopped; left = deadline - performance.now()) {
+          await this.wakeup.wait(left);
+        }
+        if (this.stopped) break;
+      }
+      const msgs = this.queue.take(this.o.batchSize);
+      this.planning = true;
+      let batch: Batch;
       try {
-        await this.applyBatch(batch);
-        failures = 0;
-      } catch (err) {
-        // The database is unreachable (or something unforeseen): nothing was acked, so keep
-        // the batch and try again; what was committed meanwhile is skipped by the checkpoint.
-        failures++;
-        this.log.warn({ err, projection: this.projection.name, failures }, 'batch not applied; retrying');
-        this.queue.unshift(...batch);
-        await new Promise((r) => setTimeout(r, Math.min(5000, 100 * 2 ** Math.min(failures, 6))));
+        batch = await this.plan(msgs);
       } finally {
-        this.applying = false;
+        this.planning = false;
       }
+      this.send(batch);
+      if (batch.error === undefined) failures = 0;
     }
-  }
-
-  private async applyBatch(batch: JsMsg[]): Promise<void> {
-    const t0 = performance.now();
-    const fresh: ProjectionEvent[] = [];
-    for (const m of batch) {
-      if (m.seq <= this.checkpoint) continue; // redelivered: already applied and checkpointed
-      fresh.push(toProjectionEvent(this.projection, m.seq, JSON.parse(decoder.decode(m.data)) as EventEnvelope));
-    }
-    const last = batch[batch.length - 1]!;
-    if (fresh.length > 0) {
-      let superseded = false;
-      try {
-        superseded = await this.commit(fresh);
-      } catch (err) {
-        if (isTransient(err)) throw err;
-        this.log.warn({ err, projection: this.projection.name, from: fresh[0]!.seq, to: fresh[fresh.length - 1]!.seq }, 'batch failed; applying its events one by one');
-        superseded = await this.applyOneByOne(fresh.filter((e) => e.seq > this.checkpoint));
-      }
-      if (superseded) {
-        this.log.info({ projection: this.projection.name, generation: this.target.generation }, 'generation retired; runner stopping');
-        this.stopped = true;
-        this.messages?.stop();
-        return;
-      }
-      this.metrics.projectionApplied.labels(this.projection.name).inc(fresh.length);
-      this.metrics.projectionBatch.labels(this.projection.name).observe((performance.now() - t0) / 1000);
-    }
-    failpoint('projection.afterCommit');
-    last.ack();
-    this.pending = last.info.pending;
-    this.advance(last.seq);
-    await this.publishLive(fresh[fresh.length - 1]?.time);
   }
 
   /**
-   * Tells the gateways what changed: the current rows (or their absence) of every view key
-   * this projection wrote since the last publication. Only the serving generation publishes.
+   * Decodes a batch, runs its handlers and renders its transaction: checkpoint first (it fails
+   * at once if an earlier batch did not commit), then the writes, then the live read-backs.
+   * Never throws: a failure is kept in the batch and handled in order when it settles.
    */
-  private async publishLive(eventTime?: string, reset = false): Promise<void> {
-    if (!this.o.live || this.target.role !== 'active' || (this.checkpoint === this.published && !reset)) return;
-    const touched = this.touched;
-    this.touched = new Map();
-    const views: Record<string, LiveChange[]> = {};
-    // Re-reading changed rows costs a query per view per batch: only when someone watches.
-    const partial = !reset && touched.size > 0 && this.o.watched !== undefined && !this.o.watched(this.projection.name);
-    try {
-      for (const [name, spec] of Object.entries(this.projection.views)) {
-        if (reset || partial) continue;
-        const keyCol = spec.columns[spec.key]!;
-        const keys = new Map<string, unknown>();
-        for (const [table, rows] of touched) {
-          if (!this.projection.tables[table]?.key.includes(keyCol)) continue;
-          for (const row of rows.values()) keys.set(JSON.stringify(row[keyCol]), row[keyCol]);
-        }
-        if (keys.size === 0) continue;
-        const r = await this.pool.query(`SELECT * FROM public.${ident(name)} WHERE ${ident(keyCol)} = ANY($1)`, [[...keys.values()]]);
-        const found = new Map<string, Row>();
-        for (const row of r.rows as Row[]) found.set(JSON.stringify(row[keyCol]), toApi(spec, row));
-        views[name] = [...keys].map(([k, key]) => {
-          const row = found.get(k);
-          return row ? { key: key as string | number, op: 'upsert' as const, row } : { key: key as string | number, op: 'delete' as const };
-        });
+  private async plan(msgs: readonly JsMsg[], parked?: { error: string; attempts: number }): Promise<Batch> {
+    const started = performance.now();
+    const from = this.planned;
+    const events: ProjectionEvent[] = [];
+    let error: unknown;
+    for (let i = 0; i < msgs.length; i++) {
+      const m = msgs[i]!;
+      if (i % YIELD_EVERY === YIELD_EVERY - 1) await yieldToIo();
+      if (m.seq <= from) continue; // redelivered: already applied (or on its way)
+      try {
+        events.push(this.decode(m));
+      } catch (err) {
+        // Parked as it came, so an unreadable message cannot stop the projection.
+        if (parked) events.push(undecodable(m));
+        else error ??= err;
       }
-    } catch (err) {
-      // Listeners will see a gap in the prev chain and send their clients fresh snapshots.
-      this.log.warn({ err, projection: this.projection.name }, 'live changes not read; listeners will resynchronise');
-      return;
     }
-    const message: LiveFeedMessage = {
-      projection: this.projection.name,
-      checkpoint: this.checkpoint,
-      prev: this.published,
-      ...(eventTime ? { eventTime } : {}),
-      ...(reset ? { reset: true } : {}),
-      ...(partial ? { partial: true } : {}),
-      views,
+    const lastEvent = events[events.length - 1];
+    const to = Math.max(from, msgs[msgs.length - 1]?.seq ?? from);
+    const batch: Batch = {
+      msgs,
+      events,
+      from,
+      to,
+      eventTime: lastEvent?.time,
+      started,
+      interactive: false,
+      readsFrom: 0,
+      reads: [],
+      unread: false,
+      live: this.o.live && this.target.role === 'active',
+      ...(parked ? { parked: { error: parked.error } } : {}),
     };
-    this.published = this.checkpoint;
+    if (error !== undefined) {
+      batch.error = error;
+      return batch;
+    }
+    if (to === from) return batch; // only redeliveries: nothing to write
+    const name = this.projection.name;
+    const g = this.target.generation;
+    const prologue = [`SET LOCAL search_path TO ${ident(this.schema)}, public`, advanceStatement(name, g, from, to, batch.eventTime)];
+    const c = this.client!;
+    try {
+      if (parked) {
+        const e = events[0]!;
+        batch.text = [...prologue, parkStatement(name, g, eventSubject(e.aggregate, e.aggregateId, e.type), e, parked.error, parked.attempts)].join(';\n');
+        return batch;
+      }
+      const uow = new UnitOfWork(this.tables!, {
+        read: readerOn(c),
+        execute: async (statements, text, params) => {
+          if (!batch.interactive) {
+            // A handler runs its own SQL: it must see the batch's writes, so the transaction opens now.
+            await c.query(['BEGIN', ...prologue].join(';\n'));
+            batch.interactive = true;
+          }
+          return executeOn(c, statements, text, params);
+        },
+      });
+      await runHandlers(this.projection, uow, events);
+      const statements = uow.drain();
+      const watched = batch.live && (this.o.watched?.(name) ?? true);
+      batch.reads = watched ? readBacks(this.projection, this.schema, this.tables!, uow.touched) : [];
+      batch.unread = batch.live && !watched && uow.touched.size > 0;
+      const head = batch.interactive ? statements : [...prologue, ...statements];
+      batch.readsFrom = head.length;
+      batch.text = [...head, ...batch.reads.map((r) => r.text), ...(batch.interactive ? ['COMMIT'] : [])].join(';\n');
+    } catch (err) {
+      if (batch.interactive) await c.query('ROLLBACK').catch(() => undefined);
+      batch.error = err;
+    }
+    return batch;
+  }
+
+  private decode(m: JsMsg): ProjectionEvent {
+    return toProjectionEvent(this.projection, m.seq, JSON.parse(decoder.decode(m.data)) as EventEnvelope);
+  }
+
+  /** A batch with no event: moves the checkpoint to the watermark. */
+  private advanceOnly(to: number): Batch {
+    return {
+      msgs: [],
+      events: [],
+      from: this.planned,
+      to,
+      eventTime: undefined,
+      started: performance.now(),
+      text: advanceStatement(this.projection.name, this.target.generation, this.planned, to, undefined),
+      interactive: false,
+      readsFrom: 1,
+      reads: [],
+      unread: false,
+      live: this.o.live && this.target.role === 'active',
+    };
+  }
+
+  /** Sends a batch on the runner's connection (queued behind those in flight) and settles it in order. */
+  private send(batch: Batch): void {
+    this.inFlight.push(batch);
+    // Even past a failed plan: whatever is planned next then expects a checkpoint that this
+    // batch never commits, so it cannot commit either.
+    this.planned = batch.to;
+    if (batch.text !== undefined) failpoint('projection.beforeCommit');
+    const outcome: Promise<{ ok: true; r?: QueryResult[] } | { ok: false; err: unknown }> =
+      batch.error !== undefined
+        ? Promise.resolve({ ok: false, err: batch.error })
+        : batch.text === undefined
+          ? Promise.resolve({ ok: true })
+          : this.client!.query(batch.text).then(
+              (r) => ({ ok: true as const, r: resultsOf(r as QueryResult | QueryResult[]) }),
+              (err: unknown) => ({ ok: false as const, err }),
+            );
+    this.settling = this.settling.then(async () => {
+      const o = await outcome;
+      this.inFlight.shift();
+      if (!o.ok) {
+        if (batch.interactive) await this.client?.query('ROLLBACK').catch(() => undefined);
+        this.broken ??= { batch, err: o.err };
+        this.returned.push(...batch.msgs);
+      } else if (this.broken) {
+        this.returned.push(...batch.msgs); // after a failure: applied again in order
+      } else {
+        try {
+          this.settled(batch, o.r);
+        } catch (err) {
+          this.log.error({ err, projection: this.projection.name }, 'settling a committed batch failed');
+        }
+      }
+      this.wakeup.wake();
+    });
+  }
+
+  /** A batch committed: ack its messages, move the checkpoint, tell the live feed. */
+  private settled(batch: Batch, results: QueryResult[] | undefined): void {
+    failpoint('projection.afterCommit');
+    const last = batch.msgs[batch.msgs.length - 1];
+    if (last) {
+      last.ack();
+      this.pending = last.info.pending;
+    }
+    if (batch.to > this.checkpoint) {
+      if (batch.eventTime) this.lastEventTime = batch.eventTime;
+      this.advance(batch.to);
+    }
+    const name = this.projection.name;
+    if (batch.events.length > 0 && !batch.parked) {
+      this.metrics.projectionApplied.labels(name).inc(batch.events.length);
+      this.metrics.projectionBatch.labels(name).observe((performance.now() - batch.started) / 1000);
+    }
+    if (batch.parked) this.metrics.deadLetters.labels(name).inc();
+    if (batch.text !== undefined) this.publishLive(batch, results ?? []);
+  }
+
+  /**
+   * Tells the gateways what the batch changed: the rows (or their absence) of every view key it
+   * wrote, as read back in its own transaction. Only the serving generation publishes.
+   */
+  private publishLive(batch: Batch, results: readonly QueryResult[]): void {
+    if (!this.o.live || this.target.role !== 'active' || batch.to <= this.published) return;
+    const views: Record<string, LiveChange[]> = {};
+    batch.reads.forEach((read, i) => {
+      const spec = this.projection.views[read.view]!;
+      const found = new Map<string, Row>();
+      for (const row of (results[batch.readsFrom + i]?.rows ?? []) as Row[]) {
+        const k = row[read.keyColumn];
+        found.set(typeof k === 'string' ? k : JSON.stringify(k), row);
+      }
+      views[read.view] = read.keys.map((key) => {
+        const row = found.get(typeof key === 'string' ? key : JSON.stringify(key));
+        return row ? { key: key as string | number, op: 'upsert' as const, row: toApi(spec, row) } : { key: key as string | number, op: 'delete' as const };
+      });
+    });
+    // Planned before this runner served reads, or while nobody watched: the rows are not here.
+    const partial = batch.unread || (!batch.live && batch.events.length > 0);
+    this.announce({ projection: this.projection.name, checkpoint: batch.to, prev: this.published, ...(batch.eventTime ? { eventTime: batch.eventTime } : {}), ...(partial ? { partial: true } : {}), views });
+  }
+
+  private announce(message: LiveFeedMessage): void {
+    this.published = message.checkpoint;
     try {
       this.nc.publish(liveChanges(this.projection.name), JSON.stringify(message));
     } catch (err) {
@@ -372,77 +614,101 @@ export class ProjectionRunner {
   }
 
   /**
-   * One transaction: the events, then the checkpoint. Returns true when this generation is no
-   * longer wanted. Round trips are few on purpose: BEGIN with the search path, the batch's
-   * statements, then the checkpoint (which also checks the generation is still wanted) with COMMIT.
+   * After a failed batch: its messages and those of every batch sent after it are applied
+   * again. A database that is away is waited for; an event that keeps failing is parked.
+   * Returns the count of consecutive database failures.
    */
-  private async commit(events: readonly ProjectionEvent[], parked?: { event: ProjectionEvent; error: string; attempts: number }): Promise<boolean> {
-    const p = this.projection;
-    const g = this.target.generation;
-    const last = parked?.event ?? events[events.length - 1]!;
-    const c = await this.pool.connect();
-    try {
-      await c.query(`BEGIN; SET LOCAL search_path TO ${ident(schemaOf(p.name, g))}, public`);
-      let touched: UnitOfWork['touched'] | undefined;
-      if (events.length > 0) touched = await applyEvents(c, p, g, events, this.columnTypes, true);
-      if (parked) {
-        const e = parked.event;
-        await c.query(
-          `INSERT INTO public.strand_dead_letters (projection, seq, generation, subject, event, error, attempts) VALUES ($1, $2, $3, $4, $5, $6, $7)
-           ON CONFLICT (projection, seq) DO UPDATE SET generation = EXCLUDED.generation, error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()`,
-          [p.name, e.seq, g, `evt.${e.aggregate}.${e.aggregateId}.${e.type}`, JSON.stringify(e), parked.error, parked.attempts],
-        );
-      }
-      failpoint('projection.beforeCommit');
-      const name = c.escapeLiteral(p.name);
-      const results = (await c.query(
-        `UPDATE public.strand_checkpoints SET seq = ${Number(last.seq)}, event_time = ${c.escapeLiteral(last.time)}, updated_at = now()
-         WHERE projection = ${name} AND generation = ${Number(g)}
-           AND EXISTS (SELECT 1 FROM public.strand_projections WHERE name = ${name} AND (active_generation = ${Number(g)} OR building_generation = ${Number(g)}));
-         COMMIT`,
-      )) as unknown as { rowCount: number | null }[];
-      if ((results[0]?.rowCount ?? 0) === 0) return true; // retired meanwhile: what it wrote is dropped with its schema
-      if (touched) {
-        for (const [table, keys] of touched) {
-          let t = this.touched.get(table);
-          if (!t) this.touched.set(table, (t = new Map()));
-          for (const [k, row] of keys) t.set(k, row);
-        }
-      }
-      this.lastEventTime = last.time;
-      return false;
-    } catch (err) {
-      await c.query('ROLLBACK').catch(() => undefined);
-      throw err;
-    } finally {
-      c.release();
+  private async recover(failures: number): Promise<number> {
+    const { batch, err } = this.broken!;
+    this.broken = undefined;
+    this.queue.putBack(this.returned);
+    this.returned = [];
+    this.planned = this.checkpoint;
+    const name = this.projection.name;
+    const state = sqlState(err);
+    if (state === GENERATION_RETIRED) {
+      this.retire();
+      return 0;
     }
+    if (state === CHECKPOINT_MOVED) {
+      // Not after a failed batch (that is the `broken` one): someone else moved the checkpoint.
+      this.log.warn({ err, projection: name, generation: this.target.generation }, 'checkpoint moved under this runner; restarting from PostgreSQL');
+      this.stopped = true;
+      this.messages?.stop();
+      return 0;
+    }
+    if (isTransient(err) || batch.events.length === 0) {
+      failures++;
+      this.log.warn({ err, projection: name, failures }, 'batch not applied; retrying');
+      await this.wakeup.wait(Math.min(5000, 100 * 2 ** Math.min(failures, 6)));
+      return failures;
+    }
+    this.log.warn({ err, projection: name, from: batch.events[0]!.seq, to: batch.events[batch.events.length - 1]!.seq }, 'batch failed; applying its events one by one');
+    const msgs = this.queue.take(batch.msgs.length);
+    try {
+      await this.applyOneByOne(msgs);
+    } catch (e) {
+      // The database went away meanwhile: what was not applied goes back, in order.
+      this.queue.putBack(msgs.filter((m) => m.seq > this.checkpoint));
+      this.planned = this.checkpoint;
+      failures++;
+      this.log.warn({ err: e, projection: name, failures }, 'batch not applied; retrying');
+      await this.wakeup.wait(Math.min(5000, 100 * 2 ** Math.min(failures, 6)));
+      return failures;
+    }
+    return 0;
   }
 
   /** The slow path after a failed batch: each event alone, retried, then parked so the rest go on. */
-  private async applyOneByOne(events: readonly ProjectionEvent[]): Promise<boolean> {
-    for (const e of events) {
+  private async applyOneByOne(msgs: readonly JsMsg[]): Promise<void> {
+    for (const m of msgs) {
+      if (this.stopped) return;
+      if (m.seq <= this.checkpoint) continue;
       for (let attempt = 1; ; attempt++) {
-        try {
-          if (await this.commit([e])) return true;
-          this.advance(e.seq);
-          break;
-        } catch (err) {
-          // An unreachable database is not the event's fault: never park for it.
-          if (isTransient(err)) throw err;
-          const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-          if (attempt >= this.o.maxAttempts) {
-            this.log.error({ projection: this.projection.name, seq: e.seq, type: e.type, error, attempts: attempt }, 'event parked in the dead-letter table');
-            if (await this.commit([], { event: e, error, attempts: attempt })) return true;
-            this.metrics.deadLetters.labels(this.projection.name).inc();
-            this.advance(e.seq);
-            break;
+        const batch = await this.plan([m]);
+        const err = batch.error ?? (await this.commitAlone(batch));
+        if (err === undefined) break;
+        const state = sqlState(err);
+        if (state === GENERATION_RETIRED) return this.retire();
+        // An unreachable database (or a moved checkpoint) is not the event's fault: never park for it.
+        if (isTransient(err) || state === CHECKPOINT_MOVED) throw err;
+        const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+        if (attempt >= this.o.maxAttempts) {
+          this.log.error({ projection: this.projection.name, seq: m.seq, error, attempts: attempt }, 'event parked in the dead-letter table');
+          const park = await this.plan([m], { error, attempts: attempt });
+          const parkErr = park.error ?? (await this.commitAlone(park));
+          if (parkErr !== undefined) {
+            if (sqlState(parkErr) === GENERATION_RETIRED) return this.retire();
+            throw parkErr;
           }
-          await new Promise((r) => setTimeout(r, 50 * 2 ** (attempt - 1)));
+          break;
         }
+        await this.wakeup.wait(50 * 2 ** (attempt - 1));
+        if (this.stopped) return;
       }
     }
-    return false;
+  }
+
+  /** Commits one batch with nothing else in flight; returns its error, if any. */
+  private async commitAlone(batch: Batch): Promise<unknown> {
+    if (batch.text === undefined) return undefined;
+    failpoint('projection.beforeCommit');
+    try {
+      const r = await this.client!.query(batch.text);
+      this.planned = batch.to;
+      this.settled(batch, resultsOf(r as QueryResult | QueryResult[]));
+      return undefined;
+    } catch (err) {
+      if (batch.interactive) await this.client?.query('ROLLBACK').catch(() => undefined);
+      this.planned = this.checkpoint;
+      return err;
+    }
+  }
+
+  private retire(): void {
+    this.log.info({ projection: this.projection.name, generation: this.target.generation }, 'generation retired; runner stopping');
+    this.stopped = true;
+    this.messages?.stop();
   }
 
   private advance(seq: number): void {
@@ -473,10 +739,10 @@ export class ProjectionRunner {
       const info = await jsm.consumers.info(this.o.stream, this.consumerName);
       this.streamLastSeq = end;
       this.pending = info.num_pending + this.queue.length;
-      if (info.num_pending === 0 && this.queue.length === 0 && !this.applying && info.delivered.stream_seq <= this.checkpoint && end > this.checkpoint) {
-        await this.pool.query('UPDATE strand_checkpoints SET seq = $3, updated_at = now() WHERE projection = $1 AND generation = $2 AND seq < $3', [name, this.target.generation, end]);
-        this.advance(end);
-        if (!this.applying) await this.publishLive();
+      if (info.num_pending === 0 && this.queue.length === 0 && info.delivered.stream_seq <= this.planned && end > this.planned) {
+        // Events of other projections only: the checkpoint moves past them (through the loop, in order).
+        this.watermark = Math.max(this.watermark, end);
+        this.wakeup.wake();
       }
     } catch (err) {
       this.log.debug({ err, projection: name }, 'consumer info unavailable');
@@ -497,9 +763,8 @@ export class ProjectionRunner {
     if (await switchOver(this.pool, this.projection, this.target.generation)) {
       this.log.info({ projection: name, generation: this.target.generation, checkpoint: this.checkpoint }, 'rebuild caught up; now serving');
       (this as { target: Target }).target = { generation: this.target.generation, role: 'active' };
-      this.touched = new Map();
-      this.published = this.checkpoint;
-      await this.publishLive(undefined, true);
+      // Every row may have changed: listeners take fresh snapshots.
+      this.announce({ projection: name, checkpoint: this.checkpoint, prev: this.checkpoint, reset: true, views: {} });
       this.onSwitched();
     }
   }

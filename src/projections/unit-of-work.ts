@@ -1,47 +1,125 @@
 import type { ClientBase } from 'pg';
+import { ident, literal, qualified, typed } from './sql.js';
 import type { ProjectionStore, Row, TableSpec } from './types.js';
 
-/** PostgreSQL allows 65,535 parameters per statement. */
-const MAX_PARAMS = 60_000;
-/** Entry of a column-type map listing the NOT NULL columns without a default (comma-separated). */
-const REQUIRED = '\0required';
+/** A table a projection writes, as its generation's schema has it. */
+export interface TableMeta {
+  readonly name: string;
+  /** `"schema"."table"`. */
+  readonly sql: string;
+  readonly key: readonly string[];
+  /** Column → SQL type (`format_type`), for casts where PostgreSQL cannot infer one. */
+  readonly types: ReadonlyMap<string, string>;
+  /** NOT NULL columns without a default or identity: a row naming them all can be upserted blind. */
+  readonly required: readonly string[];
+}
 
-/** Double-quotes an SQL identifier. Names come from projection code, never from clients. */
-export function ident(name: string): string {
-  return `"${name.replace(/"/g, '""')}"`;
+/** Reads the columns of a generation's declared tables (once per runner; they change only with a new generation). */
+export async function loadTableMeta(db: Pick<ClientBase, 'query'>, schema: string, tables: Readonly<Record<string, TableSpec>>): Promise<Map<string, TableMeta>> {
+  const r = await db.query(
+    `SELECT c.relname AS "table", a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type,
+            a.attnotnull AND NOT a.atthasdef AND a.attidentity = '' AS required
+     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+     WHERE n.nspname = $1 AND c.relname = ANY($2) AND a.attnum > 0 AND NOT a.attisdropped
+     ORDER BY c.relname, a.attnum`,
+    [schema, Object.keys(tables)],
+  );
+  const columns = new Map<string, { name: string; type: string; required: boolean }[]>();
+  for (const row of r.rows as { table: string; name: string; type: string; required: boolean }[]) {
+    let list = columns.get(row.table);
+    if (!list) columns.set(row.table, (list = []));
+    list.push(row);
+  }
+  const out = new Map<string, TableMeta>();
+  for (const [name, spec] of Object.entries(tables)) {
+    const cols = columns.get(name);
+    if (!cols) throw new Error(`table ${name} is declared by the projection but its migrations do not create it in ${schema}`);
+    for (const k of spec.key) if (!cols.some((c) => c.name === k)) throw new Error(`table ${name} has no key column ${k}`);
+    out.set(name, {
+      name,
+      sql: qualified(schema, name),
+      key: spec.key,
+      types: new Map(cols.map((c) => [c.name, c.type])),
+      required: cols.filter((c) => c.required).map((c) => c.name),
+    });
+  }
+  return out;
+}
+
+/** What a unit of work needs from the batch's connection. */
+export interface UnitIo {
+  /** Runs SELECTs (literal SQL, `count` statements separated by `;`) and returns the rows of each. */
+  read(text: string, count: number): Promise<Row[][]>;
+  /**
+   * `ProjectionStore.sql`: opens the batch's transaction if it is not open yet, writes
+   * `statements` (the batch's pending writes) in it, then runs `text` with `params`.
+   */
+  execute(statements: readonly string[], text: string, params: readonly unknown[]): Promise<Row[]>;
 }
 
 interface Pending {
-  readonly table: string;
+  readonly table: TableMeta;
   readonly key: Row;
-  /** The row is deleted before anything else in `set`/`incr` is written. */
+  /** The row is deleted before anything in `set`/`incr` is written. */
   deleteFirst: boolean;
   set: Row | null;
   incr: Record<string, number> | null;
 }
 
-function sqlValue(v: unknown): unknown {
-  if (v === undefined) return null;
-  if (v !== null && typeof v === 'object' && !(v instanceof Date) && !Buffer.isBuffer(v)) return JSON.stringify(v);
-  return v;
+/** Key values as one string: values PostgreSQL would store as the same key give the same string. */
+function keyText(v: unknown): string {
+  if (typeof v === 'string') return v;
+  if (v instanceof Date) return v.toISOString();
+  return typeof v === 'object' ? JSON.stringify(v) : String(v);
+}
+
+/** A `WHERE` condition matching any of these keys. */
+function keyCondition(t: TableMeta, keys: readonly Row[], alias = ''): string {
+  const prefix = alias ? `${alias}.` : '';
+  if (t.key.length === 1) {
+    const c = t.key[0]!;
+    return `${prefix}${ident(c)} IN (${keys.map((k) => literal(k[c])).join(', ')})`;
+  }
+  const rows = keys.map((k, i) => `(${t.key.map((c) => (i === 0 ? typed(k[c], typeOf(t, c)) : literal(k[c]))).join(', ')})`);
+  return `(${t.key.map((c) => prefix + ident(c)).join(', ')}) IN (VALUES ${rows.join(', ')})`;
+}
+
+function typeOf(t: TableMeta, col: string): string {
+  const type = t.types.get(col);
+  if (!type) throw new Error(`table ${t.name} has no column ${col}`);
+  return type;
+}
+
+/** The value a pending write gives a column. */
+function valueOf(p: Pending, c: string): unknown {
+  if (p.set !== null && c in p.set) return p.set[c];
+  if (p.incr !== null && c in p.incr) return p.incr[c];
+  return p.key[c];
+}
+
+interface Group {
+  readonly set: readonly string[];
+  readonly incr: readonly string[];
+  readonly rows: Pending[];
 }
 
 /**
  * One batch's writes. Operations on the same row merge in order (a later upsert overrides a
- * column, an increment adds to what the batch set, a delete clears what came before), so a
- * batch of 500 events touching 500 rows becomes a handful of multi-row statements.
+ * column, an increment adds to what the batch set, a delete clears what came before), and are
+ * rendered as a handful of multi-row statements when the batch commits. Nothing is read to
+ * decide how to write: a row naming every required column is `INSERT … ON CONFLICT`, any other
+ * one statement that updates where the key exists and inserts where it does not. Reads (`get`)
+ * see the batch's own writes over what was prefetched or read.
  */
 export class UnitOfWork implements ProjectionStore {
   private pending = new Map<string, Pending>();
   private fetched = new Map<string, Row | undefined>();
-  /** Key rows written (or deleted) per table across every flush: what the live feed re-reads. */
+  /** Keys written (or deleted) per table: what the live feed reads back. */
   readonly touched = new Map<string, Map<string, Row>>();
 
   constructor(
-    private readonly client: ClientBase,
-    private readonly tables: Readonly<Record<string, TableSpec>>,
-    /** Column types per table, kept across batches by whoever owns the schema (a runner). */
-    private readonly types: Map<string, ReadonlyMap<string, string>> = new Map(),
+    private readonly tables: ReadonlyMap<string, TableMeta>,
+    private readonly io: UnitIo,
   ) {}
 
   upsert(table: string, row: Row): void {
@@ -52,9 +130,10 @@ export class UnitOfWork implements ProjectionStore {
 
   increment(table: string, key: Row, deltas: Record<string, number>): void {
     const p = this.entry(table, key);
-    for (const [c, d] of Object.entries(deltas)) {
-      if (!Number.isFinite(d)) throw new Error(`increment of ${table}.${c} by ${d}`);
-      if (p.set && c in p.set) p.set[c] = Number(p.set[c] ?? 0) + d;
+    for (const c of Object.keys(deltas)) {
+      const d = deltas[c]!;
+      if (typeof d !== 'number' || !Number.isFinite(d)) throw new Error(`increment of ${table}.${c} by ${String(d)}`);
+      if (p.set !== null && c in p.set) p.set[c] = Number(p.set[c] ?? 0) + d;
       else (p.incr ??= {})[c] = (p.incr[c] ?? 0) + d;
     }
   }
@@ -67,15 +146,14 @@ export class UnitOfWork implements ProjectionStore {
   }
 
   async get(table: string, key: Row): Promise<Row | undefined> {
-    const spec = this.spec(table);
-    const k = this.keyOf(table, spec, key);
+    const t = this.meta(table);
+    const k = this.keyOf(t, key);
     const p = this.pending.get(k);
     let row: Row | undefined;
     if (!p?.deleteFirst) {
       if (!this.fetched.has(k)) {
-        const where = spec.key.map((c, i) => `${ident(c)} = $${i + 1}`).join(' AND ');
-        const r = await this.client.query(`SELECT * FROM ${ident(table)} WHERE ${where}`, spec.key.map((c) => sqlValue(key[c])));
-        this.fetched.set(k, r.rows[0] as Row | undefined);
+        const [rows] = await this.io.read(`SELECT * FROM ${t.sql} WHERE ${keyCondition(t, [key])}`, 1);
+        this.fetched.set(k, rows?.[0]);
       }
       const base = this.fetched.get(k);
       row = base ? { ...base } : undefined;
@@ -90,217 +168,166 @@ export class UnitOfWork implements ProjectionStore {
   }
 
   async sql(text: string, params: readonly unknown[] = []): Promise<Row[]> {
-    await this.flush();
-    const r = await this.client.query(text, params.map(sqlValue));
-    return r.rows as Row[];
+    const statements = this.drain();
+    // What the statement changes is not known here: later reads go to the database again.
+    this.fetched = new Map();
+    return this.io.execute(statements, text, params);
+  }
+
+  /** Reads the rows with these keys, several tables in one round trip, so the batch's `get`s need none. */
+  async prefetch(wanted: ReadonlyMap<string, readonly Row[]>): Promise<void> {
+    const selects: { t: TableMeta; keys: Map<string, Row> }[] = [];
+    for (const [table, keys] of wanted) {
+      const t = this.meta(table);
+      const missing = new Map<string, Row>();
+      for (const key of keys) {
+        const k = this.keyOf(t, key);
+        if (!this.fetched.has(k) && !this.pending.has(k)) missing.set(k, key);
+      }
+      if (missing.size > 0) selects.push({ t, keys: missing });
+    }
+    if (selects.length === 0) return;
+    const results = await this.io.read(selects.map(({ t, keys }) => `SELECT * FROM ${t.sql} WHERE ${keyCondition(t, [...keys.values()])}`).join(';\n'), selects.length);
+    selects.forEach(({ t, keys }, i) => {
+      for (const k of keys.keys()) this.fetched.set(k, undefined);
+      for (const row of results[i] ?? []) this.fetched.set(this.keyOf(t, row), row);
+    });
+  }
+
+  /** True when nothing is waiting to be written. */
+  get empty(): boolean {
+    return this.pending.size === 0;
   }
 
   /**
-   * Writes everything pending: deletes first, then, per table, one query to learn which keys
-   * exist, a multi-row INSERT for the new rows and a multi-row UPDATE for the existing ones.
-   * (INSERT … ON CONFLICT cannot stand in for the update: PostgreSQL checks NOT NULL on the
-   * proposed row before it sees the conflict, so setting some columns of a row would fail.)
+   * Renders everything pending as statements (deletes first, then per table and column set
+   * one multi-row statement) and forgets it. Running them in order, in one transaction,
+   * applies the batch.
    */
-  async flush(): Promise<void> {
-    if (this.pending.size === 0) return;
-    const entries = [...this.pending.values()];
-    for (const [k, p] of this.pending) {
-      let t = this.touched.get(p.table);
-      if (!t) this.touched.set(p.table, (t = new Map()));
-      t.set(k, p.key);
-    }
+  drain(): string[] {
+    if (this.pending.size === 0) return [];
+    const entries = this.pending;
     this.pending = new Map();
-    this.fetched = new Map();
-
-    for (const p of entries) {
-      if (!p.deleteFirst) continue;
-      const spec = this.spec(p.table);
-      const where = spec.key.map((c, i) => `${ident(c)} = $${i + 1}`).join(' AND ');
-      await this.client.query(`DELETE FROM ${ident(p.table)} WHERE ${where}`, spec.key.map((c) => sqlValue(p.key[c])));
-    }
-
-    const byTable = new Map<string, Pending[]>();
-    for (const p of entries) {
-      if (!p.set && !(p.incr && Object.keys(p.incr).length > 0)) continue;
-      let list = byTable.get(p.table);
-      if (!list) byTable.set(p.table, (list = []));
+    const deletes = new Map<TableMeta, Row[]>();
+    const writes = new Map<TableMeta, Pending[]>();
+    for (const [k, p] of entries) {
+      let touched = this.touched.get(p.table.name);
+      if (!touched) this.touched.set(p.table.name, (touched = new Map()));
+      touched.set(k, p.key);
+      if (p.deleteFirst) {
+        let list = deletes.get(p.table);
+        if (!list) deletes.set(p.table, (list = []));
+        list.push(p.key);
+      }
+      if (p.set === null && p.incr === null) continue;
+      let list = writes.get(p.table);
+      if (!list) writes.set(p.table, (list = []));
       list.push(p);
     }
-    for (const [table, list] of byTable) {
-      const spec = this.spec(table);
-      const types = await this.columnTypes(table);
-      const required = (types.get(REQUIRED) ?? '').split(',').filter(Boolean);
-      // A write naming every required column cannot trip NOT NULL on the proposed row, so
-      // INSERT … ON CONFLICT can stand in for "insert or update" with no look first.
-      const complete = (p: Pending) => required.every((c) => c in p.key || (p.set !== null && c in p.set) || (p.incr !== null && c in p.incr));
-      const upserts = new Map<string, { set: string[]; incr: string[]; rows: Row[] }>();
-      const unsure: Pending[] = [];
+    const out: string[] = [];
+    for (const [t, keys] of deletes) out.push(`DELETE FROM ${t.sql} WHERE ${keyCondition(t, keys)}`);
+    for (const [t, list] of writes) {
+      // Blind upserts (every required column named, or the row was just deleted: a plain insert),
+      // and update-or-insert for the rest, each grouped by the columns they write.
+      const upserts = new Map<string, Group>();
+      const inserts = new Map<string, Group>();
+      const merges = new Map<string, Group>();
       for (const p of list) {
-        if (p.deleteFirst || !complete(p)) {
-          unsure.push(p);
-          continue;
+        // Rows a handler builds the same way list their columns in the same order: that order
+        // is the group's signature (no sorting per row).
+        let sig = '';
+        if (p.set !== null) for (const c in p.set) if (!t.key.includes(c)) sig += `${c},`;
+        sig += '|';
+        if (p.incr !== null) for (const c in p.incr) sig += `${c},`;
+        let complete = true;
+        for (const c of t.required) {
+          if (!t.key.includes(c) && !(p.set !== null && c in p.set) && !(p.incr !== null && c in p.incr)) {
+            complete = false;
+            break;
+          }
         }
-        const set = Object.keys(p.set ?? {}).filter((c) => !spec.key.includes(c)).sort();
-        const incr = Object.keys(p.incr ?? {}).sort();
-        const g = `${set.join(',')}|${incr.join(',')}`;
-        let group = upserts.get(g);
-        if (!group) upserts.set(g, (group = { set, incr, rows: [] }));
-        group.rows.push({ ...p.key, ...p.incr, ...p.set });
-      }
-      for (const g of upserts.values()) await this.upsertMany(table, spec, g.set, g.incr, g.rows);
-      const existing = await this.existingKeys(table, spec, types, unsure.filter((p) => !p.deleteFirst));
-      const inserts = new Map<string, { cols: string[]; rows: Row[] }>();
-      const updates = new Map<string, { set: string[]; incr: string[]; rows: Row[] }>();
-      for (const p of unsure) {
-        if (!p.deleteFirst && existing.has(JSON.stringify(spec.key.map((c) => String(p.key[c]))))) {
-          const set = Object.keys(p.set ?? {}).filter((c) => !spec.key.includes(c)).sort();
-          const incr = Object.keys(p.incr ?? {}).sort();
-          if (set.length + incr.length === 0) continue;
-          const g = `${set.join(',')}|${incr.join(',')}`;
-          let group = updates.get(g);
-          if (!group) updates.set(g, (group = { set, incr, rows: [] }));
-          group.rows.push({ ...p.key, ...p.set, ...p.incr });
-        } else {
-          const row = { ...p.incr, ...p.key, ...p.set };
-          const cols = Object.keys(row).sort();
-          const g = cols.join(',');
-          let group = inserts.get(g);
-          if (!group) inserts.set(g, (group = { cols, rows: [] }));
-          group.rows.push(row);
+        const groups = p.deleteFirst ? inserts : complete ? upserts : merges;
+        let g = groups.get(sig);
+        if (!g) {
+          const set = p.set === null ? [] : Object.keys(p.set).filter((c) => !t.key.includes(c));
+          groups.set(sig, (g = { set, incr: p.incr === null ? [] : Object.keys(p.incr), rows: [] }));
         }
+        g.rows.push(p);
       }
-      for (const g of inserts.values()) await this.insertMany(table, g.cols, g.rows);
-      for (const g of updates.values()) await this.updateMany(table, spec, types, g.set, g.incr, g.rows);
+      for (const g of inserts.values()) out.push(this.insertStatement(t, g, false));
+      for (const g of upserts.values()) out.push(this.insertStatement(t, g, true));
+      for (const g of merges.values()) out.push(this.mergeStatement(t, g));
     }
+    this.fetched = new Map();
+    return out;
   }
 
-  private async columnTypes(table: string): Promise<ReadonlyMap<string, string>> {
-    const cached = this.types.get(table);
-    if (cached) return cached;
-    const r = await this.client.query(
-      `SELECT a.attname AS name, format_type(a.atttypid, a.atttypmod) AS type, a.attnotnull AND NOT a.atthasdef AS required
-       FROM pg_attribute a WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped`,
-      [ident(table)],
-    );
-    const rows = r.rows as { name: string; type: string; required: boolean }[];
-    const m = new Map(rows.map((x) => [x.name, x.type]));
-    // Columns an INSERT must name: a row naming all of them can be upserted without a look first.
-    m.set(REQUIRED, rows.filter((x) => x.required).map((x) => x.name).join(','));
-    this.types.set(table, m);
-    return m;
+  /** Multi-row INSERT; with `upsert`, set columns replace and increments add on a key conflict. */
+  private insertStatement(t: TableMeta, g: Group, upsert: boolean): string {
+    const cols = [...t.key, ...g.set, ...g.incr];
+    let text = `INSERT INTO ${t.sql} AS cur (${cols.map(ident).join(', ')}) VALUES `;
+    for (let i = 0; i < g.rows.length; i++) {
+      const p = g.rows[i]!;
+      text += i === 0 ? '(' : ',\n(';
+      for (let j = 0; j < cols.length; j++) text += (j === 0 ? '' : ', ') + literal(valueOf(p, cols[j]!));
+      text += ')';
+    }
+    if (upsert) {
+      const assignments = [
+        ...g.set.map((c) => `${ident(c)} = EXCLUDED.${ident(c)}`),
+        ...g.incr.map((c) => `${ident(c)} = COALESCE(cur.${ident(c)}, 0) + EXCLUDED.${ident(c)}`),
+      ];
+      text += ` ON CONFLICT (${t.key.map(ident).join(', ')}) ${assignments.length > 0 ? `DO UPDATE SET ${assignments.join(', ')}` : 'DO NOTHING'}`;
+    }
+    return text;
   }
 
-  private typeOf(types: ReadonlyMap<string, string>, table: string, col: string): string {
-    const t = types.get(col);
-    if (!t) throw new Error(`table ${table} has no column ${col}`);
+  /**
+   * Rows that name only some columns (INSERT … ON CONFLICT cannot stand in: PostgreSQL checks
+   * NOT NULL on the proposed row before it sees the conflict): one statement updates those whose
+   * key exists and inserts the others, which then must name what the table requires.
+   */
+  private mergeStatement(t: TableMeta, g: Group): string {
+    const cols = [...t.key, ...g.set, ...g.incr];
+    // The first row's casts type the VALUES list; the other rows' literals follow them.
+    const tuples = g.rows.map((p, i) => `(${cols.map((c) => (i === 0 ? typed(valueOf(p, c), typeOf(t, c)) : literal(valueOf(p, c)))).join(', ')})`);
+    const names = cols.map(ident).join(', ');
+    const match = (a: string, b: string) => t.key.map((c) => `${a}.${ident(c)} = ${b}.${ident(c)}`).join(' AND ');
+    const values = `v (${names}) AS (VALUES ${tuples.join(',\n')})`;
+    const insert = `INSERT INTO ${t.sql} (${names}) SELECT ${cols.map((c) => `v.${ident(c)}`).join(', ')} FROM v`;
+    if (g.set.length + g.incr.length === 0) return `WITH ${values} ${insert} WHERE NOT EXISTS (SELECT 1 FROM ${t.sql} cur WHERE ${match('cur', 'v')})`;
+    const assignments = [
+      ...g.set.map((c) => `${ident(c)} = v.${ident(c)}`),
+      ...g.incr.map((c) => `${ident(c)} = COALESCE(cur.${ident(c)}, 0) + v.${ident(c)}`),
+    ].join(', ');
+    return `WITH ${values}, u AS (UPDATE ${t.sql} AS cur SET ${assignments} FROM v WHERE ${match('cur', 'v')} RETURNING ${t.key.map((c) => `cur.${ident(c)}`).join(', ')})
+      ${insert} WHERE NOT EXISTS (SELECT 1 FROM u WHERE ${match('u', 'v')})`;
+  }
+
+  private meta(table: string): TableMeta {
+    const t = this.tables.get(table);
+    if (!t) throw new Error(`table ${table} is not declared by this projection`);
     return t;
   }
 
-  /** Which of these rows' keys exist, as JSON arrays of the key values in text form. */
-  private async existingKeys(table: string, spec: TableSpec, types: ReadonlyMap<string, string>, list: readonly Pending[]): Promise<Set<string>> {
-    const found = new Set<string>();
-    if (list.length === 0) return found;
-    const cols = spec.key.map((c) => ident(c)).join(', ');
-    const arrays = spec.key.map((c, i) => `$${i + 1}::${this.typeOf(types, table, c)}[]`).join(', ');
-    for (let start = 0; start < list.length; start += 10_000) {
-      const chunk = list.slice(start, start + 10_000);
-      const params = spec.key.map((c) => chunk.map((p) => sqlValue(p.key[c])));
-      const r = await this.client.query(
-        `SELECT ${spec.key.map((c) => `${ident(c)}::text AS ${ident(c)}`).join(', ')} FROM ${ident(table)} WHERE (${cols}) IN (SELECT * FROM unnest(${arrays}))`,
-        params,
-      );
-      for (const row of r.rows as Row[]) found.add(JSON.stringify(spec.key.map((c) => String(row[c]))));
-    }
-    return found;
-  }
-
-  /** INSERT … ON CONFLICT for rows that name every required column: set columns replace, increments add. */
-  private async upsertMany(table: string, spec: TableSpec, set: string[], incr: string[], rows: Row[]): Promise<void> {
-    const cols = [...spec.key, ...set, ...incr];
-    const assignments = [
-      ...set.map((c) => `${ident(c)} = EXCLUDED.${ident(c)}`),
-      ...incr.map((c) => `${ident(c)} = COALESCE(cur.${ident(c)}, 0) + EXCLUDED.${ident(c)}`),
-    ];
-    const conflict = `ON CONFLICT (${spec.key.map(ident).join(', ')}) ${assignments.length ? `DO UPDATE SET ${assignments.join(', ')}` : 'DO NOTHING'}`;
-    await this.insertMany(table, cols, rows, conflict);
-  }
-
-  /** Reads the rows with these keys in one query, so the batch's `get`s need no round trip each. */
-  async prefetch(table: string, keys: readonly Row[]): Promise<void> {
-    const spec = this.spec(table);
-    const wanted = new Map<string, Row>();
-    for (const key of keys) {
-      const k = this.keyOf(table, spec, key);
-      if (!this.fetched.has(k) && !this.pending.has(k)) wanted.set(k, key);
-    }
-    if (wanted.size === 0) return;
-    const types = await this.columnTypes(table);
-    const cols = spec.key.map(ident).join(', ');
-    const arrays = spec.key.map((c, i) => `$${i + 1}::${this.typeOf(types, table, c)}[]`).join(', ');
-    const list = [...wanted.values()];
-    const r = await this.client.query(
-      `SELECT * FROM ${ident(table)} WHERE (${cols}) IN (SELECT * FROM unnest(${arrays}))`,
-      spec.key.map((c) => list.map((key) => sqlValue(key[c]))),
-    );
-    for (const k of wanted.keys()) this.fetched.set(k, undefined);
-    for (const row of r.rows as Row[]) this.fetched.set(this.keyOf(table, spec, row), row);
-  }
-
-  private async insertMany(table: string, cols: string[], rows: Row[], conflict = ''): Promise<void> {
-    const perStatement = Math.max(1, Math.floor(MAX_PARAMS / cols.length));
-    const colList = cols.map(ident).join(', ');
-    for (let start = 0; start < rows.length; start += perStatement) {
-      const chunk = rows.slice(start, start + perStatement);
-      const params: unknown[] = [];
-      const tuples = chunk.map((row) => `(${cols.map((c) => (params.push(sqlValue(row[c])), `$${params.length}`)).join(', ')})`);
-      await this.client.query(`INSERT INTO ${ident(table)} AS cur (${colList}) VALUES ${tuples.join(', ')} ${conflict}`, params);
-    }
-  }
-
-  private async updateMany(table: string, spec: TableSpec, types: ReadonlyMap<string, string>, set: string[], incr: string[], rows: Row[]): Promise<void> {
-    const cols = [...spec.key, ...set, ...incr];
-    const perStatement = Math.max(1, Math.floor(MAX_PARAMS / cols.length));
-    const assignments = [
-      ...set.map((c) => `${ident(c)} = v.${ident(c)}`),
-      ...incr.map((c) => `${ident(c)} = COALESCE(cur.${ident(c)}, 0) + v.${ident(c)}`),
-    ].join(', ');
-    const match = spec.key.map((c) => `cur.${ident(c)} = v.${ident(c)}`).join(' AND ');
-    for (let start = 0; start < rows.length; start += perStatement) {
-      const chunk = rows.slice(start, start + perStatement);
-      const params: unknown[] = [];
-      const tuples = chunk.map(
-        (row) => `(${cols.map((c) => (params.push(sqlValue(row[c])), `$${params.length}::${this.typeOf(types, table, c)}`)).join(', ')})`,
-      );
-      await this.client.query(
-        `UPDATE ${ident(table)} AS cur SET ${assignments} FROM (VALUES ${tuples.join(', ')}) AS v (${cols.map(ident).join(', ')}) WHERE ${match}`,
-        params,
-      );
-    }
-  }
-
-  private spec(table: string): TableSpec {
-    const spec = this.tables[table];
-    if (!spec) throw new Error(`table ${table} is not declared by this projection`);
-    return spec;
-  }
-
-  private keyOf(table: string, spec: TableSpec, row: Row): string {
-    const values = spec.key.map((c) => {
+  private keyOf(t: TableMeta, row: Row): string {
+    let k = t.name;
+    for (const c of t.key) {
       const v = row[c];
-      if (v === undefined || v === null) throw new Error(`${table}: key column ${c} is missing`);
-      return v;
-    });
-    return `${table}\0${JSON.stringify(values)}`;
+      if (v === undefined || v === null) throw new Error(`${t.name}: key column ${c} is missing`);
+      k += `\u0000${keyText(v)}`;
+    }
+    return k;
   }
 
   private entry(table: string, row: Row): Pending {
-    const spec = this.spec(table);
-    const k = this.keyOf(table, spec, row);
+    const t = this.meta(table);
+    const k = this.keyOf(t, row);
     let p = this.pending.get(k);
     if (!p) {
       const key: Row = {};
-      for (const c of spec.key) key[c] = row[c];
-      p = { table, key, deleteFirst: false, set: null, incr: null };
+      for (const c of t.key) key[c] = row[c];
+      p = { table: t, key, deleteFirst: false, set: null, incr: null };
       this.pending.set(k, p);
     }
     return p;

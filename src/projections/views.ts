@@ -1,7 +1,7 @@
 import type { Pool } from 'pg';
 import { ErrorCode, StrandError } from '../errors.js';
 import type { Projection, Row, ViewSpec } from './types.js';
-import { ident } from './unit-of-work.js';
+import { ident } from './sql.js';
 
 /** A page of a view. */
 export interface ViewPage {
