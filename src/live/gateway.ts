@@ -63,7 +63,20 @@ interface Batch {
   readonly eventMs?: number;
 }
 
-/** What the gateway knows of one view's change feed. */
+/** Filtered subscriptions with the same filter: a change is matched once for all of them. */
+interface FilterGroup {
+  readonly id: string;
+  /** [API column, value] pairs, ANDed; empty: every row. */
+  readonly filter: readonly (readonly [string, string])[];
+  readonly subs: Set<ViewSub>;
+}
+
+/**
+ * What the gateway knows of one view's change feed, and its subscriptions indexed so that a
+ * change visits only those it concerns: key subscriptions by key, filtered ones by filter group
+ * (groups by the value of their first filter column), and the rows each filtered subscription
+ * holds by row key (a row leaving a filter is deleted where it is held, and only there).
+ */
 class ViewFeed {
   /** Every change with a version above this is in `buffer` (undefined: nothing known yet). */
   coveredFrom: number | undefined;
@@ -71,7 +84,111 @@ class ViewFeed {
   /** Changes kept in `buffer`, summed over its batches. */
   size = 0;
   readonly subs = new Set<ViewSub>();
+  /** Subscriptions taking their snapshot: batches queue up for them. */
+  readonly joining = new Set<ViewSub>();
+  readonly byKey = new Map<string, Set<ViewSub>>();
+  readonly groups = new Map<string, FilterGroup>();
+  /** First filter column → its value → groups. */
+  readonly index = new Map<string, Map<string, Set<FilterGroup>>>();
+  readonly unfiltered = new Set<FilterGroup>();
+  /** Row key → filtered subscriptions whose client holds that row. */
+  readonly holders = new Map<string, Set<ViewSub>>();
+  /** Resumed filtered subscriptions: what their clients hold is unknown. */
+  readonly resuming = new Set<ViewSub>();
   constructor(readonly name: string) {}
+
+  add(sub: ViewSub): void {
+    this.subs.add(sub);
+    if (sub.request.key !== undefined) {
+      const k = keyString(sub.request.key);
+      let set = this.byKey.get(k);
+      if (!set) this.byKey.set(k, (set = new Set()));
+      set.add(sub);
+      return;
+    }
+    const filter = [...sub.filterColumns].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
+    const id = JSON.stringify(filter);
+    let g = this.groups.get(id);
+    if (!g) {
+      g = { id, filter, subs: new Set() };
+      this.groups.set(id, g);
+      const first = filter[0];
+      if (!first) this.unfiltered.add(g);
+      else {
+        let byValue = this.index.get(first[0]);
+        if (!byValue) this.index.set(first[0], (byValue = new Map()));
+        let set = byValue.get(first[1]);
+        if (!set) byValue.set(first[1], (set = new Set()));
+        set.add(g);
+      }
+    }
+    g.subs.add(sub);
+    sub.group = g;
+  }
+
+  remove(sub: ViewSub): void {
+    if (!this.subs.delete(sub)) return;
+    this.joining.delete(sub);
+    this.resuming.delete(sub);
+    this.releaseAll(sub);
+    if (sub.request.key !== undefined) {
+      const k = keyString(sub.request.key);
+      const set = this.byKey.get(k);
+      set?.delete(sub);
+      if (set?.size === 0) this.byKey.delete(k);
+      return;
+    }
+    const g = sub.group;
+    if (!g) return;
+    g.subs.delete(sub);
+    if (g.subs.size > 0) return;
+    this.groups.delete(g.id);
+    const first = g.filter[0];
+    if (!first) this.unfiltered.delete(g);
+    else {
+      const byValue = this.index.get(first[0]);
+      const set = byValue?.get(first[1]);
+      set?.delete(g);
+      if (set?.size === 0) byValue!.delete(first[1]);
+      if (byValue?.size === 0) this.index.delete(first[0]);
+    }
+  }
+
+  /** The groups whose filter this row matches. */
+  matching(row: Row): FilterGroup[] {
+    const out: FilterGroup[] = [];
+    for (const g of this.unfiltered) out.push(g);
+    for (const [col, byValue] of this.index) {
+      const set = byValue.get(String(row[col]));
+      if (!set) continue;
+      for (const g of set) if (g.filter.every(([c, v]) => String(row[c]) === v)) out.push(g);
+    }
+    return out;
+  }
+
+  hold(sub: ViewSub, k: string): void {
+    if (sub.request.key !== undefined || sub.held.has(k)) return;
+    sub.held.add(k);
+    let set = this.holders.get(k);
+    if (!set) this.holders.set(k, (set = new Set()));
+    set.add(sub);
+  }
+
+  release(sub: ViewSub, k: string): void {
+    if (!sub.held.delete(k)) return;
+    const set = this.holders.get(k);
+    set?.delete(sub);
+    if (set?.size === 0) this.holders.delete(k);
+  }
+
+  releaseAll(sub: ViewSub): void {
+    for (const k of sub.held) {
+      const set = this.holders.get(k);
+      set?.delete(sub);
+      if (set?.size === 0) this.holders.delete(k);
+    }
+    sub.held.clear();
+  }
 }
 
 interface Sub {
@@ -96,6 +213,8 @@ interface ViewSub extends Sub {
   resuming: boolean;
   /** A gap was seen while it joined: resend a snapshot once live. */
   stale?: boolean;
+  /** Its filter group (filtered subscriptions). */
+  group?: FilterGroup;
 }
 
 interface AggregateSub extends Sub {
@@ -107,8 +226,9 @@ interface AggregateSub extends Sub {
 
 const KEEP_OPEN = new Set<string>(Object.values(LiveErrorCode));
 
+/** A row key as the gateway indexes it: `5` and `"5"` are the same key (a client may send either). */
 function keyString(k: unknown): string {
-  return typeof k === 'string' ? k : JSON.stringify(k);
+  return typeof k === 'string' ? k : typeof k === 'number' ? String(k) : JSON.stringify(k);
 }
 
 /** One WebSocket client: its subscriptions, rate limit and send queue. */
@@ -165,11 +285,11 @@ class Connection {
    * the same row replace an older one still waiting. Past `maxPending` held updates the client
    * is closed with TOO_SLOW and must resubscribe; memory per connection stays bounded.
    */
-  send(msg: ServerMessage, coalesce?: string): void {
-    if (this.closed) return;
+  send(msg: ServerMessage, coalesce?: string, text?: string): boolean {
+    if (this.closed) return false;
     if (this.held.size === 0 && this.heldEvents.length === 0 && this.ws.bufferedAmount <= this.g.o.sendQueueBytes) {
-      this.write(msg);
-      return;
+      this.write(text ?? JSON.stringify(msg));
+      return true;
     }
     if (coalesce !== undefined) {
       const earlier = this.held.get(coalesce);
@@ -189,9 +309,10 @@ class Connection {
     if (waiting > this.g.o.maxPending) {
       this.g.d.metrics.liveDropped.inc(waiting);
       this.close(CloseCode.TOO_SLOW, 'too slow: reconnect and resume');
-      return;
+      return false;
     }
     this.drainTimer ??= setInterval(() => this.drain(), 20);
+    return false;
   }
 
   private drain(): void {
@@ -199,13 +320,13 @@ class Connection {
     while (this.ws.bufferedAmount <= this.g.o.sendQueueBytes / 2) {
       const ev = this.heldEvents.shift();
       if (ev) {
-        this.write(ev);
+        this.write(JSON.stringify(ev));
         continue;
       }
       const first = this.held.entries().next();
       if (first.done) break;
       this.held.delete(first.value[0]);
-      this.write(first.value[1]);
+      this.write(JSON.stringify(first.value[1]));
     }
     if (this.held.size === 0 && this.heldEvents.length === 0) {
       clearInterval(this.drainTimer);
@@ -213,8 +334,8 @@ class Connection {
     }
   }
 
-  private write(msg: ServerMessage): void {
-    this.ws.send(JSON.stringify(msg));
+  private write(text: string): void {
+    this.ws.send(text);
     this.g.d.metrics.liveMessages.inc();
   }
 
@@ -261,6 +382,7 @@ export class LiveGateway {
   private heartbeat: NodeJS.Timeout | undefined;
   private announcer: NodeJS.Timeout | undefined;
   private stopping = false;
+  private subCount = 0;
 
   constructor(
     readonly d: GatewayDeps,
@@ -359,7 +481,6 @@ export class LiveGateway {
     for (const s of conn.subs.values()) this.unregister(s);
     conn.subs.clear();
     this.d.metrics.liveConnections.set(this.conns.size);
-    this.updateSubCount();
   }
 
   private async onMessage(conn: Connection, data: RawData, isBinary: boolean): Promise<void> {
@@ -379,14 +500,17 @@ export class LiveGateway {
       return conn.error(LiveErrorCode.BAD_MESSAGE, parsed.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ').slice(0, 500), sub);
     }
     const m = parsed.data;
-    if (m.type === 'ping') return conn.send({ type: 'pong', ...(m.nonce !== undefined ? { nonce: m.nonce } : {}) });
+    if (m.type === 'ping') {
+      conn.send({ type: 'pong', ...(m.nonce !== undefined ? { nonce: m.nonce } : {}) });
+      return;
+    }
     if (m.type === 'unsubscribe') {
       const s = conn.subs.get(m.id);
       if (!s) return conn.error(LiveErrorCode.UNKNOWN_SUBSCRIPTION, `no subscription ${m.id}`, m.id);
       conn.subs.delete(m.id);
       this.unregister(s);
-      this.updateSubCount();
-      return conn.send({ type: 'unsubscribed', sub: m.id });
+      conn.send({ type: 'unsubscribed', sub: m.id });
+      return;
     }
     if (conn.subs.has(m.id)) return conn.error(LiveErrorCode.DUPLICATE_SUBSCRIPTION, `subscription ${m.id} exists on this connection`, m.id);
     if (conn.subs.size >= this.o.maxSubscriptions) return conn.error(LiveErrorCode.TOO_MANY_SUBSCRIPTIONS, `at most ${this.o.maxSubscriptions} subscriptions per connection`, m.id);
@@ -398,7 +522,6 @@ export class LiveGateway {
       if (s) {
         conn.subs.delete(m.id);
         this.unregister(s);
-        this.updateSubCount();
       }
       const code = err instanceof StrandError && KEEP_OPEN.has(err.code) ? (err.code as LiveErrorCode) : LiveErrorCode.UNAVAILABLE;
       if (code === LiveErrorCode.UNAVAILABLE) this.d.log.warn({ err, sub: m.id }, 'subscription failed');
@@ -420,8 +543,9 @@ export class LiveGateway {
     const sub: ViewSub = { kind: 'view', conn, id: m.id, joining: true, feed, request: m, projection: ref.projection.name, filterColumns: filter, pending: [], held: new Set(), version: 0, resuming: false };
     conn.subs.set(m.id, sub);
     const first = feed.subs.size === 0;
-    feed.subs.add(sub);
-    this.updateSubCount();
+    feed.add(sub);
+    feed.joining.add(sub);
+    this.countSubs(1);
     if (first) this.announce();
 
     if (m.minSeq !== undefined && this.d.readSide) {
@@ -432,7 +556,7 @@ export class LiveGateway {
       // Resume from the buffer: every batch after `after`, as it was sent live.
       conn.send({ type: 'resumed', sub: m.id, after: m.after });
       sub.version = m.after;
-      sub.resuming = true;
+      this.setResuming(sub);
       for (const b of feed.buffer) if (b.version > m.after) this.deliverBatch(sub, b);
       this.goLive(sub);
       return;
@@ -441,7 +565,6 @@ export class LiveGateway {
       const { row, checkpoint } = await this.d.views.row(m.view, String(m.key));
       if (m.after !== undefined && m.after === checkpoint) return this.resumeUnchanged(sub, m.after);
       const visible = row && this.visible(conn, m.view, row) ? [row] : [];
-      for (const r of visible) sub.held.add(keyString(r[ref.spec.key]));
       conn.send({ type: 'snapshot', sub: m.id, view: m.view, checkpoint, rows: visible, complete: true, fresh: m.after !== undefined });
       sub.version = checkpoint;
     } else {
@@ -449,24 +572,32 @@ export class LiveGateway {
       const page = await this.d.views.page(m.view, m.filter ?? {}, limit);
       if (m.after !== undefined && m.after === page.checkpoint) return this.resumeUnchanged(sub, m.after);
       const rows = page.rows.filter((r) => this.visible(conn, m.view, r));
-      for (const r of rows) sub.held.add(keyString(r[ref.spec.key]));
+      for (const r of rows) feed.hold(sub, keyString(r[ref.spec.key]));
       conn.send({ type: 'snapshot', sub: m.id, view: m.view, checkpoint: page.checkpoint, rows, complete: page.next === undefined, fresh: m.after !== undefined });
       sub.version = page.checkpoint;
     }
     this.goLive(sub);
   }
 
-  /** The client is already at the current checkpoint: nothing was missed. */
+  /** The client is already at the current checkpoint: nothing was missed (but what it holds is unknown). */
   private resumeUnchanged(sub: ViewSub, after: number): void {
     sub.conn.send({ type: 'resumed', sub: sub.id, after });
     sub.version = after;
+    this.setResuming(sub);
     this.goLive(sub);
+  }
+
+  private setResuming(sub: ViewSub): void {
+    if (sub.request.key !== undefined) return; // a key subscription gets every change of its key anyway
+    sub.resuming = true;
+    sub.feed.resuming.add(sub);
   }
 
   private goLive(sub: ViewSub): void {
     for (const b of sub.pending) this.deliverBatch(sub, b);
     sub.pending = [];
     sub.joining = false;
+    sub.feed.joining.delete(sub);
     if (sub.stale) {
       sub.stale = false;
       this.resync(sub.feed, sub);
@@ -478,9 +609,11 @@ export class LiveGateway {
   }
 
   /**
-   * Sends the part of a batch the subscription sees: rows (still) matching, and deletes of rows
-   * the client holds that left it. After a resume the client's holdings are unknown, so every
-   * non-matching change is sent as a delete (harmless where it holds nothing).
+   * One subscription's part of a batch, for catching up (a resume, batches that came during a
+   * snapshot): rows (still) matching, and deletes of rows the client holds that left it. After
+   * a resume the client's holdings are unknown, so every non-matching change is sent as a
+   * delete (harmless where it holds nothing). Live batches go through {@link fanOut}, which
+   * gives each subscription the same.
    */
   private deliverBatch(sub: ViewSub, b: Batch): void {
     if (b.version <= sub.version) return; // already in the snapshot (or sent)
@@ -489,20 +622,77 @@ export class LiveGateway {
     const byKey = sub.request.key !== undefined ? keyString(sub.request.key) : undefined;
     for (const c of b.changes) {
       const k = keyString(c.key);
-      if (byKey !== undefined && k !== byKey && String(c.key) !== String(sub.request.key)) continue;
+      if (byKey !== undefined && k !== byKey) continue;
       const matches = c.op === 'upsert' && c.row !== undefined && (byKey !== undefined || sub.filterColumns.every(([col, v]) => String(c.row![col]) === v));
       if (matches && this.visible(sub.conn, sub.feed.name, c.row!)) {
-        sub.held.add(k);
+        sub.feed.hold(sub, k);
         out.push(c);
       } else if (sub.held.has(k) || sub.resuming || byKey !== undefined) {
-        sub.held.delete(k);
+        sub.feed.release(sub, k);
         out.push({ op: 'delete', key: c.key });
       }
     }
     if (out.length === 0) return;
     sub.conn.send({ type: 'change', sub: sub.id, version: b.version, changes: out }, sub.id);
-    // Replays (resume, catching up after a snapshot) are not pushes: their latency is not counted.
-    if (b.eventMs !== undefined && !sub.joining) this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - b.eventMs) / 1000));
+  }
+
+  /**
+   * A live batch to every subscription it concerns, found through the feed's indexes (not by
+   * trying every subscription): key subscriptions of its keys, filter groups its rows match,
+   * and holders of its keys. Each change is serialised once, whoever it goes to.
+   */
+  private fanOut(feed: ViewFeed, b: Batch): void {
+    const out = new Map<ViewSub, LiveChange[]>();
+    const live = (sub: ViewSub) => !sub.joining && b.version > sub.version;
+    const push = (sub: ViewSub, c: LiveChange) => {
+      let list = out.get(sub);
+      if (!list) out.set(sub, (list = []));
+      list.push(c);
+    };
+    for (const c of b.changes) {
+      const k = keyString(c.key);
+      const row = c.op === 'upsert' ? c.row : undefined;
+      let gone: LiveChange | undefined;
+      const deleted = () => (gone ??= c.op === 'delete' ? c : { op: 'delete', key: c.key });
+      const byKey = feed.byKey.get(k);
+      if (byKey) for (const sub of byKey) if (live(sub)) push(sub, row && this.visible(sub.conn, feed.name, row) ? c : deleted());
+      let entered: Set<ViewSub> | undefined;
+      if (row) {
+        for (const g of feed.matching(row)) {
+          for (const sub of g.subs) {
+            if (!live(sub) || !this.visible(sub.conn, feed.name, row)) continue;
+            feed.hold(sub, k);
+            (entered ??= new Set()).add(sub);
+            push(sub, c);
+          }
+        }
+      }
+      const holders = feed.holders.get(k);
+      if (holders) {
+        for (const sub of [...holders]) {
+          if (entered?.has(sub) || !live(sub)) continue;
+          feed.release(sub, k);
+          if (!sub.resuming) push(sub, deleted());
+        }
+      }
+      for (const sub of feed.resuming) if (!entered?.has(sub) && live(sub)) push(sub, deleted());
+    }
+    if (out.size === 0) return;
+    const now = Date.now();
+    const json = new Map<LiveChange, string>();
+    let sent = 0;
+    for (const [sub, changes] of out) {
+      let body = '';
+      for (const c of changes) {
+        let j = json.get(c);
+        if (j === undefined) json.set(c, (j = JSON.stringify(c)));
+        body = body === '' ? j : `${body},${j}`;
+      }
+      sub.version = b.version;
+      const text = `{"type":"change","sub":${JSON.stringify(sub.id)},"version":${b.version},"changes":[${body}]}`;
+      if (sub.conn.send({ type: 'change', sub: sub.id, version: b.version, changes }, sub.id, text)) sent++;
+    }
+    if (b.eventMs !== undefined && sent > 0) this.d.metrics.livePushLatency.observe(Math.max(0, (now - b.eventMs) / 1000), sent);
   }
 
   private onFeed(msg: LiveFeedMessage): void {
@@ -523,10 +713,8 @@ export class LiveGateway {
       const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventMs: Date.parse(msg.eventTime) } : {}) };
       feed.buffer.push(batch);
       feed.size += changes.length;
-      for (const sub of feed.subs) {
-        if (sub.joining) sub.pending.push(batch);
-        else this.deliverBatch(sub, batch);
-      }
+      for (const sub of feed.joining) sub.pending.push(batch);
+      this.fanOut(feed, batch);
       // Drop whole batches: "every change after coveredFrom is here" must stay true.
       while (feed.size > this.o.bufferPerView && feed.buffer.length > 0) {
         const dropped = feed.buffer.shift()!;
@@ -545,9 +733,11 @@ export class LiveGateway {
         continue;
       }
       sub.joining = true;
+      feed.joining.add(sub);
       sub.pending = [];
-      sub.held.clear();
+      feed.releaseAll(sub);
       sub.resuming = false;
+      feed.resuming.delete(sub);
       // An older change still held back for a slow client must not arrive after the new snapshot.
       sub.conn.forget(sub.id);
       void (async () => {
@@ -558,20 +748,18 @@ export class LiveGateway {
             const rows = row && this.visible(sub.conn, m.view, row) ? [row] : [];
             sub.conn.send({ type: 'snapshot', sub: sub.id, view: m.view, checkpoint, rows, complete: true, fresh: true });
             sub.version = checkpoint;
-            for (const r of rows) sub.held.add(keyString(r[this.d.views.view(m.view).spec.key]));
           } else {
             const page = await this.d.views.page(m.view, m.filter ?? {}, m.limit ?? 500);
             const rows = page.rows.filter((r) => this.visible(sub.conn, m.view, r));
             sub.conn.send({ type: 'snapshot', sub: sub.id, view: m.view, checkpoint: page.checkpoint, rows, complete: page.next === undefined, fresh: true });
             sub.version = page.checkpoint;
-            for (const r of rows) sub.held.add(keyString(r[this.d.views.view(m.view).spec.key]));
+            for (const r of rows) feed.hold(sub, keyString(r[this.d.views.view(m.view).spec.key]));
           }
           this.goLive(sub);
         } catch (err) {
           // Give up on this subscription rather than buffer for it forever; the client resubscribes.
           sub.conn.subs.delete(sub.id);
           this.unregister(sub);
-          this.updateSubCount();
           sub.conn.error(LiveErrorCode.UNAVAILABLE, `subscription ended: could not resynchronise (${(err as Error).message}); subscribe again`, sub.id);
         }
       })();
@@ -593,7 +781,7 @@ export class LiveGateway {
     let set = this.aggregateSubs.get(key);
     if (!set) this.aggregateSubs.set(key, (set = new Set()));
     set.add(sub);
-    this.updateSubCount();
+    this.countSubs(1);
 
     const current = await this.d.actors.rehydrate(agg, m.aggregateId);
     if (m.afterVersion !== undefined && m.afterVersion <= current.version) {
@@ -622,8 +810,9 @@ export class LiveGateway {
   private deliverEvent(sub: AggregateSub, seq: number, env: EventEnvelope): void {
     if (seq <= sub.seq) return;
     sub.seq = seq;
-    sub.conn.send({ type: 'event', sub: sub.id, version: env.version, seq, event: env as unknown as Row });
-    this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(env.time)) / 1000));
+    if (sub.conn.send({ type: 'event', sub: sub.id, version: env.version, seq, event: env as unknown as Row })) {
+      this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(env.time)) / 1000));
+    }
   }
 
   /** One ordered consumer of new events for every aggregate subscription of this instance. */
@@ -651,18 +840,20 @@ export class LiveGateway {
 
   private unregister(s: ViewSub | AggregateSub): void {
     s.conn.forget(s.id);
-    if (s.kind === 'view') s.feed.subs.delete(s);
-    else {
+    let removed: boolean;
+    if (s.kind === 'view') {
+      removed = s.feed.subs.has(s);
+      s.feed.remove(s);
+    } else {
       const set = this.aggregateSubs.get(s.key);
-      set?.delete(s);
+      removed = set?.delete(s) ?? false;
       if (set && set.size === 0) this.aggregateSubs.delete(s.key);
     }
+    if (removed) this.countSubs(-1);
   }
 
-  private updateSubCount(): void {
-    let n = 0;
-    for (const f of this.feeds.values()) n += f.subs.size;
-    for (const set of this.aggregateSubs.values()) n += set.size;
-    this.d.metrics.liveSubscriptions.set(n);
+  private countSubs(delta: number): void {
+    this.subCount += delta;
+    this.d.metrics.liveSubscriptions.set(this.subCount);
   }
 }

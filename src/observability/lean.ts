@@ -20,16 +20,17 @@ export class HistogramSeries {
   ) {
     this.counts = new Float64Array(bounds.length);
   }
-  observe(v: number): void {
+  /** Records `v`, `n` times (one figure for several sends of the same change). */
+  observe(v: number, n = 1): void {
     const b = this.bounds;
     for (let i = 0; i < b.length; i++) {
       if (v <= b[i]!) {
-        this.counts[i]!++;
+        this.counts[i]! += n;
         break;
       }
     }
-    this.sum += v;
-    this.count++;
+    this.sum += v * n;
+    this.count += n;
   }
 }
 

@@ -43,7 +43,7 @@ export class StrandMetrics {
   readonly liveMessages = new LeanCounter('strand_live_messages_sent_total', 'Messages sent to WebSocket clients', [], this.registry).labels();
   readonly liveCoalesced = new Counter({ name: 'strand_live_updates_coalesced_total', help: 'Row updates replaced by a newer one while a slow client was behind', registers: [this.registry] });
   readonly liveDropped = new Counter({ name: 'strand_live_updates_dropped_total', help: 'Held-back updates discarded when a too-slow client was closed', registers: [this.registry] });
-  readonly livePushLatency = new Histogram({ name: 'strand_live_push_latency_seconds', help: 'Time from an event being decided to its change being sent to a client', buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly livePushLatency = new LeanHistogram('strand_live_push_latency_seconds', 'Time from an event being decided to its change being sent to a client', [], LATENCY_BUCKETS, this.registry).labels();
 
   private readonly byCommand = new Map<string, { results: Map<string, CounterSeries>; duration: HistogramSeries }>();
   private readonly byAggregate = new Map<string, { appended: CounterSeries; duration: HistogramSeries }>();

@@ -160,7 +160,10 @@ export class ReadSide {
       if (left <= 0) return { reached: false, checkpoint };
       const local = this.activeRunner(name);
       // The events asked for may belong to other projections: the watermark moves past them.
-      if (local) void local.refresh();
+      if (local) {
+        local.hurry(minSeq);
+        void local.refresh();
+      }
       await new Promise<void>((resolve) => {
         const t = setTimeout(done, Math.min(left, local ? 50 : 25));
         const off = local?.onAdvance(() => {

@@ -35,8 +35,9 @@ export interface RunnerOptions {
   readonly batchSize: number;
   /**
    * How long an idle runner waits for more events before applying a batch smaller than
-   * `batchSize` (0: at once). Under load batches grow by themselves: events that arrive while
-   * a batch commits form the next one.
+   * `batchSize` (0: at once), while nobody waits on the projection. A projection that a live
+   * client watches, or that a reader waits on (`minSeq`), applies at once. Under load batches
+   * grow by themselves either way: events that arrive while a batch commits form the next one.
    */
   readonly batchMs: number;
   /** Tries of a failing event before it is parked. */
@@ -48,8 +49,10 @@ export interface RunnerOptions {
 }
 
 /**
- * Batches sent and not yet settled. Two keep PostgreSQL and the runner busy at once: while one
- * batch commits, the next is decoded, handled and rendered, and waits on the connection.
+ * Batches sent and not yet settled, when a backlog is waiting: while one batch commits, the
+ * next is decoded, handled and rendered, and waits on the connection, so PostgreSQL and the
+ * runner work at once. Without a backlog one at a time is better: events that arrive while a
+ * batch commits form the next one, and none waits behind a batch queued before it.
  */
 const MAX_IN_FLIGHT = 2;
 
@@ -62,8 +65,9 @@ export interface LiveChange {
 
 /**
  * The live feed's message for one committed unit of a projection: the changed rows of each of
- * its views. `prev` is the checkpoint before, so a listener that missed a message notices.
- * `reset` says every row may have changed (a rebuild switched generations).
+ * its views. `prev` is the checkpoint the changes start after: a listener whose last checkpoint
+ * is another one has missed changes (a message lost, or a batch not published because nobody
+ * watched). `reset` says every row may have changed (a rebuild switched generations).
  */
 export interface LiveFeedMessage {
   readonly projection: string;
@@ -72,7 +76,7 @@ export interface LiveFeedMessage {
   /** ISO time of the last event applied, for push-latency metrics. */
   readonly eventTime?: string;
   readonly reset?: boolean;
-  /** Rows were not re-read (nobody was watching): listeners treat it as a gap. */
+  /** Rows were not read back: listeners treat it as a gap (sent by earlier versions; kept for them). */
   readonly partial?: boolean;
   readonly views: Readonly<Record<string, readonly LiveChange[]>>;
 }
@@ -176,9 +180,7 @@ interface Batch {
   /** Statements of `text` before the live read-backs. */
   readsFrom: number;
   reads: readonly ViewReadBack[];
-  /** Rows were written but not read back (nobody watches): the feed says so. */
-  unread: boolean;
-  /** Planned while this runner served reads: its changes go to the live feed. */
+  /** Planned while this runner served reads and a gateway watched: its changes go to the live feed. */
   live: boolean;
   parked?: { readonly error: string };
   /** Planning failed: handled, in order, like a failed commit. */
@@ -247,6 +249,8 @@ export class ProjectionRunner {
   private watermark = 0;
   /** The checkpoint the live feed last announced. */
   private published = 0;
+  /** The highest sequence a reader waits for (`minSeq`). */
+  private awaited = 0;
   private readonly schema: string;
 
   constructor(
@@ -388,7 +392,8 @@ export class ProjectionRunner {
         continue;
       }
       const last = this.inFlight[this.inFlight.length - 1];
-      const room = this.inFlight.length < MAX_IN_FLIGHT && !last?.interactive && last?.error === undefined;
+      const room =
+        last === undefined || (this.inFlight.length < MAX_IN_FLIGHT && this.queue.length >= this.o.batchSize && !last.interactive && last.error === undefined);
       if (!room) {
         await this.wakeup.wait();
         continue;
@@ -401,10 +406,10 @@ export class ProjectionRunner {
         await this.wakeup.wait();
         continue;
       }
-      if (this.o.batchMs > 0 && this.inFlight.length === 0 && this.queue.length < this.o.batchSize) {
+      if (this.o.batchMs > 0 && this.inFlight.length === 0 && this.queue.length < this.o.batchSize && !this.urgent()) {
         // Linger while idle: let a small batch fill, but never hold its first event longer than batchMs.
         const deadline = performance.now() + this.o.batchMs;
-        for (let left = this.o.batchMs; left > 0 && this.queue.length < this.o.batchSize && !this.stopped; left = deadline - performance.now()) {
+        for (let left = this.o.batchMs; left > 0 && this.queue.length < this.o.batchSize && !this.stopped && !this.urgent(); left = deadline - performance.now()) {
           await this.wakeup.wait(left);
         }
         if (this.stopped) break;
@@ -456,8 +461,7 @@ export class ProjectionRunner {
       interactive: false,
       readsFrom: 0,
       reads: [],
-      unread: false,
-      live: this.o.live && this.target.role === 'active',
+      live: this.liveNow(),
       ...(parked ? { parked: { error: parked.error } } : {}),
     };
     if (error !== undefined) {
@@ -488,9 +492,7 @@ export class ProjectionRunner {
       });
       await runHandlers(this.projection, uow, events);
       const statements = uow.drain();
-      const watched = batch.live && (this.o.watched?.(name) ?? true);
-      batch.reads = watched ? readBacks(this.projection, this.schema, this.tables!, uow.touched) : [];
-      batch.unread = batch.live && !watched && uow.touched.size > 0;
+      batch.reads = batch.live ? readBacks(this.projection, this.schema, this.tables!, uow.touched) : [];
       const head = batch.interactive ? statements : [...prologue, ...statements];
       batch.readsFrom = head.length;
       batch.text = [...head, ...batch.reads.map((r) => r.text), ...(batch.interactive ? ['COMMIT'] : [])].join(';\n');
@@ -518,8 +520,7 @@ export class ProjectionRunner {
       interactive: false,
       readsFrom: 1,
       reads: [],
-      unread: false,
-      live: this.o.live && this.target.role === 'active',
+      live: this.liveNow(),
     };
   }
 
@@ -580,12 +581,31 @@ export class ProjectionRunner {
     if (batch.text !== undefined) this.publishLive(batch, results ?? []);
   }
 
+  /** Somebody waits for what this runner applies: a live client, or a reader until its sequence is applied. */
+  private urgent(): boolean {
+    return this.checkpoint < this.awaited || this.liveNow();
+  }
+
+  /** A reader waits until the checkpoint reaches `seq`: apply without lingering until then. */
+  hurry(seq: number): void {
+    if (seq <= this.awaited) return;
+    this.awaited = seq;
+    this.wakeup.wake();
+  }
+
+  /** Whether batches planned now go to the live feed: this runner serves reads and some gateway watches. */
+  private liveNow(): boolean {
+    return this.o.live && this.target.role === 'active' && (this.o.watched?.(this.projection.name) ?? true);
+  }
+
   /**
    * Tells the gateways what the batch changed: the rows (or their absence) of every view key it
-   * wrote, as read back in its own transaction. Only the serving generation publishes.
+   * wrote, as read back in its own transaction. Only the serving generation publishes, and only
+   * while a gateway watches: a batch not published leaves a gap that the next message's `prev`
+   * shows, and listeners then take fresh snapshots.
    */
   private publishLive(batch: Batch, results: readonly QueryResult[]): void {
-    if (!this.o.live || this.target.role !== 'active' || batch.to <= this.published) return;
+    if (!batch.live || this.target.role !== 'active' || batch.to <= this.published) return;
     const views: Record<string, LiveChange[]> = {};
     batch.reads.forEach((read, i) => {
       const spec = this.projection.views[read.view]!;
@@ -599,9 +619,7 @@ export class ProjectionRunner {
         return row ? { key: key as string | number, op: 'upsert' as const, row: toApi(spec, row) } : { key: key as string | number, op: 'delete' as const };
       });
     });
-    // Planned before this runner served reads, or while nobody watched: the rows are not here.
-    const partial = batch.unread || (!batch.live && batch.events.length > 0);
-    this.announce({ projection: this.projection.name, checkpoint: batch.to, prev: this.published, ...(batch.eventTime ? { eventTime: batch.eventTime } : {}), ...(partial ? { partial: true } : {}), views });
+    this.announce({ projection: this.projection.name, checkpoint: batch.to, prev: batch.from, ...(batch.eventTime ? { eventTime: batch.eventTime } : {}), views });
   }
 
   private announce(message: LiveFeedMessage): void {
