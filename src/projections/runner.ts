@@ -132,14 +132,22 @@ class Wakeup {
 /** Messages waiting to be applied, in stream order: taken from the front without copying the rest. */
 class MessageQueue {
   private items: JsMsg[] = [];
+  /** When each message arrived (performance.now()), beside it. */
+  private arrivals: number[] = [];
   private head = 0;
 
   get length(): number {
     return this.items.length - this.head;
   }
 
+  /** When the oldest waiting message arrived (undefined when none waits). */
+  get oldest(): number | undefined {
+    return this.arrivals[this.head];
+  }
+
   push(m: JsMsg): void {
     this.items.push(m);
+    this.arrivals.push(performance.now());
   }
 
   take(n: number): JsMsg[] {
@@ -147,18 +155,22 @@ class MessageQueue {
     this.head += out.length;
     if (this.head === this.items.length) {
       this.items = [];
+      this.arrivals = [];
       this.head = 0;
     } else if (this.head >= 4096 && this.head * 2 >= this.items.length) {
       this.items = this.items.slice(this.head);
+      this.arrivals = this.arrivals.slice(this.head);
       this.head = 0;
     }
     return out;
   }
 
-  /** Puts messages taken earlier back in front, in their order. */
+  /** Puts messages taken earlier back in front, in their order (as if they had just arrived). */
   putBack(msgs: readonly JsMsg[]): void {
     if (msgs.length === 0) return;
+    const now = performance.now();
     this.items = [...msgs, ...this.items.slice(this.head)];
+    this.arrivals = [...msgs.map(() => now), ...this.arrivals.slice(this.head)];
     this.head = 0;
   }
 }
@@ -408,8 +420,8 @@ export class ProjectionRunner {
       }
       if (this.o.batchMs > 0 && this.inFlight.length === 0 && this.queue.length < this.o.batchSize && !this.urgent()) {
         // Linger while idle: let a small batch fill, but never hold its first event longer than batchMs.
-        const deadline = performance.now() + this.o.batchMs;
-        for (let left = this.o.batchMs; left > 0 && this.queue.length < this.o.batchSize && !this.stopped && !this.urgent(); left = deadline - performance.now()) {
+        const deadline = (this.queue.oldest ?? performance.now()) + this.o.batchMs;
+        for (let left = deadline - performance.now(); left > 0 && this.queue.length < this.o.batchSize && !this.stopped && !this.urgent(); left = deadline - performance.now()) {
           await this.wakeup.wait(left);
         }
         if (this.stopped) break;
