@@ -1,3 +1,4 @@
+import { randomUUID } from 'node:crypto';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { FastifyInstance } from 'fastify';
@@ -96,6 +97,8 @@ export class Strand {
       );
       const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES });
       const commands = new NatsCommandTransport(nc, intake, actors, { queueGroup: config.STRAND_QUEUE_GROUP, maxInFlight: config.STRAND_MAX_IN_FLIGHT }, metrics, log.child({ component: 'commands' }));
+      /** Names this instance in what it publishes for other instances (the live feed). */
+      const instance = randomUUID();
       let pool: Pool | undefined;
       let readSide: ReadSide | undefined;
       let views: ViewReader | undefined;
@@ -111,7 +114,9 @@ export class Strand {
             batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
             batchMs: config.STRAND_PROJECTION_BATCH_MS,
             maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
+            syncCommit: config.STRAND_PROJECTION_COMMIT === 'sync',
             live: true,
+            instance,
             standbyCheckMs: config.STRAND_PROJECTION_STANDBY_MS,
           },
           metrics,
@@ -146,7 +151,7 @@ export class Strand {
       let live: LiveGateway | undefined;
       if (views) {
         live = new LiveGateway(
-          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: deps.auth ?? (await createAuthenticator(config)), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }) },
+          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: deps.auth ?? (await createAuthenticator(config)), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }), instance },
           {
             stream: config.STRAND_STREAM,
             maxSubscriptions: config.STRAND_WS_MAX_SUBSCRIPTIONS,
@@ -160,6 +165,8 @@ export class Strand {
           },
         );
         live.start(http.server);
+        const gateway = live;
+        readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
       app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config, pool, readSide, views, live);
       app.watchConnection();

@@ -4,6 +4,7 @@ export {
   ALL_LIVE_CHANGES,
   LIVE_INTEREST,
   LIVE_PREFIX,
+  LiveHeader,
   liveChanges,
   ALL_EVENTS,
   COMMAND_PREFIX,

@@ -110,6 +110,12 @@ export const ALL_LIVE_CHANGES = `${LIVE_PREFIX}.changes.>`;
 /** Gateways with subscribers say which projections they watch; runners re-read rows only for those. */
 export const LIVE_INTEREST = `${LIVE_PREFIX}.interest`;
 
+/** Headers of the live feed's messages. */
+export const LiveHeader = {
+  /** The instance that applied the batch: its own gateway has had the message in-process already. */
+  Instance: 'Strand-Instance',
+} as const;
+
 /** `strand.live.changes.<projection>`: one message per applied batch (or checkpoint move) of a projection. */
 export function liveChanges(projection: string): string {
   return `${LIVE_PREFIX}.changes.${projection}`;

@@ -13,6 +13,7 @@ import pg from 'pg';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { createPool, waitForPostgres } from '../src/postgres/connect.js';
 import { freePort, startEmbeddedPostgres, type RunningPostgres } from '../src/postgres/embedded.js';
+import { alive } from './support/process.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -44,19 +45,6 @@ async function query<T extends pg.QueryResultRow = pg.QueryResultRow>(url: strin
     return (await c.query<T>(sql, params)).rows;
   } finally {
     await c.end();
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-  } catch {
-    return false;
-  }
-  try {
-    return !/\) Z /.test(readFileSync(`/proc/${pid}/stat`, 'utf8'));
-  } catch {
-    return true;
   }
 }
 

@@ -1,5 +1,8 @@
 import { jetstream } from '@nats-io/jetstream';
 import { spawn } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -7,9 +10,11 @@ import { order, projections as exampleProjections, taskListView } from '../actor
 import type { Strand } from '../src/app.js';
 import type { CommandAccepted } from '../src/commands/types.js';
 import type { EventEnvelope } from '../src/eventstore/types.js';
+import { startEmbeddedPostgres } from '../src/postgres/embedded.js';
 import { defineProjection, on } from '../src/projections/define.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
+import { alive, childPids } from './support/process.js';
 import { CommandClient, eventually, startStrand, startStrandWithDb } from './support/strand.js';
 
 const root = fileURLToPath(new URL('..', import.meta.url));
@@ -214,6 +219,36 @@ describe('projections', { timeout: 120_000 }, () => {
         expect(resumed).toEqual(scratch);
       } finally {
         await s.stop();
+      }
+    });
+  }
+
+  for (const commit of ['async', 'sync'] as const) {
+    it(`end equal to a from-scratch rebuild after PostgreSQL is killed (-9, every process) mid-apply, with ${commit} commits`, async () => {
+      // A server of its own: the run's shared one must not be killed.
+      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-pgcrash-'));
+      await fs.chmod(dir, 0o711); // as root, PostgreSQL runs as `postgres`, which must enter it
+      const dataDir = path.join(dir, 'data');
+      let server = await startEmbeddedPostgres({ dataDir, database: 'crash' });
+      const s = await startStrandWithDb(nats.url, server.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_COMMIT: commit, STRAND_PROJECTION_BATCH_SIZE: '10', STRAND_PROJECTION_STANDBY_MS: '200' });
+      try {
+        const sent = workload(`pgcrash-${commit}`, 300);
+        // Once some batches are in, kill the postmaster and every backend and helper at once:
+        // an unflushed asynchronous commit is lost, as on a power cut of the database alone.
+        await eventually(async () => (await s.readSide!.checkpoint('task_list_view')) > 0, 'some batches applied', 20_000);
+        const pids = [server.pid, ...childPids(server.pid)];
+        for (const pid of pids) process.kill(pid, 'SIGKILL');
+        await eventually(async () => pids.every((pid) => !alive(pid)), 'PostgreSQL gone');
+        await server.stop();
+        const last = await sent; // commands do not need PostgreSQL
+        server = await startEmbeddedPostgres({ dataDir, database: 'crash', port: server.port });
+        await waitCaughtUp(s, last);
+        const resumed = await dumpViews(server.url);
+        expect(resumed).toEqual(await rebuildFromScratch(last));
+      } finally {
+        await s.stop();
+        await server.stop();
+        await fs.rm(dir, { recursive: true, force: true });
       }
     });
   }

@@ -4,7 +4,7 @@ import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocket, WebSocketServer, type RawData } from 'ws';
-import { ALL_EVENTS, ALL_LIVE_CHANGES, LIVE_INTEREST, isAggregateId } from '../../subjects/index.js';
+import { ALL_EVENTS, ALL_LIVE_CHANGES, LIVE_INTEREST, LiveHeader, isAggregateId } from '../../subjects/index.js';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
 import { StrandError } from '../errors.js';
@@ -53,6 +53,8 @@ export interface GatewayDeps {
   readonly access: AccessPolicy;
   readonly metrics: StrandMetrics;
   readonly log: Logger;
+  /** This instance's ID: feed messages it published itself reach the gateway in-process, not over NATS. */
+  readonly instance?: string;
 }
 
 /** One applied batch's changes to a view, as the gateway keeps them. */
@@ -69,13 +71,19 @@ interface FilterGroup {
   /** [API column, value] pairs, ANDed; empty: every row. */
   readonly filter: readonly (readonly [string, string])[];
   readonly subs: Set<ViewSub>;
+  /** Keys of the rows last seen matching this filter (sent, or in a snapshot): where a row that leaves is deleted. */
+  readonly rows: Set<string>;
 }
+
+const NO_GROUPS: readonly FilterGroup[] = [];
 
 /**
  * What the gateway knows of one view's change feed, and its subscriptions indexed so that a
  * change visits only those it concerns: key subscriptions by key, filtered ones by filter group
- * (groups by the value of their first filter column), and the rows each filtered subscription
- * holds by row key (a row leaving a filter is deleted where it is held, and only there).
+ * (groups indexed by the value of their first filter column), and, per row key, the groups the
+ * row last matched, so a row leaving a filter is deleted for those subscriptions, and only them.
+ * What is kept is per group and row, not per subscription: many clients watching one board
+ * cost one entry per row.
  */
 class ViewFeed {
   /** Every change with a version above this is in `buffer` (undefined: nothing known yet). */
@@ -91,8 +99,8 @@ class ViewFeed {
   /** First filter column → its value → groups. */
   readonly index = new Map<string, Map<string, Set<FilterGroup>>>();
   readonly unfiltered = new Set<FilterGroup>();
-  /** Row key → filtered subscriptions whose client holds that row. */
-  readonly holders = new Map<string, Set<ViewSub>>();
+  /** Row key → the groups it last matched. */
+  readonly placed = new Map<string, readonly FilterGroup[]>();
   /** Resumed filtered subscriptions: what their clients hold is unknown. */
   readonly resuming = new Set<ViewSub>();
   constructor(readonly name: string) {}
@@ -110,7 +118,7 @@ class ViewFeed {
     const id = JSON.stringify(filter);
     let g = this.groups.get(id);
     if (!g) {
-      g = { id, filter, subs: new Set() };
+      g = { id, filter, subs: new Set(), rows: new Set() };
       this.groups.set(id, g);
       const first = filter[0];
       if (!first) this.unfiltered.add(g);
@@ -130,7 +138,6 @@ class ViewFeed {
     if (!this.subs.delete(sub)) return;
     this.joining.delete(sub);
     this.resuming.delete(sub);
-    this.releaseAll(sub);
     if (sub.request.key !== undefined) {
       const k = keyString(sub.request.key);
       const set = this.byKey.get(k);
@@ -152,6 +159,7 @@ class ViewFeed {
       if (set?.size === 0) byValue!.delete(first[1]);
       if (byValue?.size === 0) this.index.delete(first[0]);
     }
+    for (const k of g.rows) this.unplace(k, g);
   }
 
   /** The groups whose filter this row matches. */
@@ -166,28 +174,27 @@ class ViewFeed {
     return out;
   }
 
-  hold(sub: ViewSub, k: string): void {
-    if (sub.request.key !== undefined || sub.held.has(k)) return;
-    sub.held.add(k);
-    let set = this.holders.get(k);
-    if (!set) this.holders.set(k, (set = new Set()));
-    set.add(sub);
+  /** Records that row `k` now matches exactly `groups`. */
+  place(k: string, before: readonly FilterGroup[], groups: readonly FilterGroup[]): void {
+    for (const g of before) if (!groups.includes(g)) g.rows.delete(k);
+    for (const g of groups) g.rows.add(k);
+    if (groups.length > 0) this.placed.set(k, groups);
+    else this.placed.delete(k);
   }
 
-  release(sub: ViewSub, k: string): void {
-    if (!sub.held.delete(k)) return;
-    const set = this.holders.get(k);
-    set?.delete(sub);
-    if (set?.size === 0) this.holders.delete(k);
+  /** A snapshot gave the group's clients row `k`. */
+  placeOne(k: string, g: FilterGroup): void {
+    if (g.rows.has(k)) return;
+    g.rows.add(k);
+    this.placed.set(k, [...(this.placed.get(k) ?? NO_GROUPS), g]);
   }
 
-  releaseAll(sub: ViewSub): void {
-    for (const k of sub.held) {
-      const set = this.holders.get(k);
-      set?.delete(sub);
-      if (set?.size === 0) this.holders.delete(k);
-    }
-    sub.held.clear();
+  private unplace(k: string, g: FilterGroup): void {
+    const groups = this.placed.get(k);
+    if (!groups) return;
+    const rest = groups.filter((x) => x !== g);
+    if (rest.length > 0) this.placed.set(k, rest);
+    else this.placed.delete(k);
   }
 }
 
@@ -205,8 +212,6 @@ interface ViewSub extends Sub {
   readonly filterColumns: readonly [string, string][];
   /** Batches that arrived while the snapshot was being read. */
   pending: Batch[];
-  /** Keys the client holds, so a row leaving the filter is deleted there (and only there). */
-  readonly held: Set<string>;
   /** The last version sent (snapshot checkpoint, resume point, or batch). */
   version: number;
   /** Resumed: which rows the client holds is unknown. */
@@ -402,6 +407,8 @@ export class LiveGateway {
     this.liveSub = this.d.nc.subscribe(ALL_LIVE_CHANGES, {
       callback: (err, msg) => {
         if (err) return;
+        // Published here: delivered in-process already (deliverLocal).
+        if (this.d.instance !== undefined && msg.headers?.get(LiveHeader.Instance) === this.d.instance) return;
         try {
           this.onFeed(msg.json<LiveFeedMessage>());
         } catch (e) {
@@ -420,6 +427,12 @@ export class LiveGateway {
     this.heartbeat.unref();
     this.announcer = setInterval(() => this.announce(), 1000);
     this.announcer.unref();
+  }
+
+  /** A feed message of this instance's own runners, handed over in-process. */
+  deliverLocal(message: LiveFeedMessage): void {
+    if (this.stopping) return;
+    this.onFeed(message);
   }
 
   /** Tells projection runners which projections have subscribers here (they skip re-reading rows otherwise). */
@@ -540,7 +553,7 @@ export class LiveGateway {
     const verdict = checkSubscribe(this.d.access, conn.principal, subscriptionRequest(m));
     if (verdict !== true) return conn.error(LiveErrorCode.FORBIDDEN, verdict, m.id);
     const feed = this.feeds.get(m.view)!;
-    const sub: ViewSub = { kind: 'view', conn, id: m.id, joining: true, feed, request: m, projection: ref.projection.name, filterColumns: filter, pending: [], held: new Set(), version: 0, resuming: false };
+    const sub: ViewSub = { kind: 'view', conn, id: m.id, joining: true, feed, request: m, projection: ref.projection.name, filterColumns: filter, pending: [], version: 0, resuming: false };
     conn.subs.set(m.id, sub);
     const first = feed.subs.size === 0;
     feed.add(sub);
@@ -572,7 +585,7 @@ export class LiveGateway {
       const page = await this.d.views.page(m.view, m.filter ?? {}, limit);
       if (m.after !== undefined && m.after === page.checkpoint) return this.resumeUnchanged(sub, m.after);
       const rows = page.rows.filter((r) => this.visible(conn, m.view, r));
-      for (const r of rows) feed.hold(sub, keyString(r[ref.spec.key]));
+      for (const r of rows) feed.placeOne(keyString(r[ref.spec.key]), sub.group!);
       conn.send({ type: 'snapshot', sub: m.id, view: m.view, checkpoint: page.checkpoint, rows, complete: page.next === undefined, fresh: m.after !== undefined });
       sub.version = page.checkpoint;
     }
@@ -610,10 +623,9 @@ export class LiveGateway {
 
   /**
    * One subscription's part of a batch, for catching up (a resume, batches that came during a
-   * snapshot): rows (still) matching, and deletes of rows the client holds that left it. After
-   * a resume the client's holdings are unknown, so every non-matching change is sent as a
-   * delete (harmless where it holds nothing). Live batches go through {@link fanOut}, which
-   * gives each subscription the same.
+   * snapshot): rows (still) matching, and a delete for every other change of the batch, since
+   * which of those rows the client holds is not known at that version (a delete of a row it
+   * does not hold is harmless). Live batches go through {@link fanOut}.
    */
   private deliverBatch(sub: ViewSub, b: Batch): void {
     if (b.version <= sub.version) return; // already in the snapshot (or sent)
@@ -621,16 +633,9 @@ export class LiveGateway {
     const out: LiveChange[] = [];
     const byKey = sub.request.key !== undefined ? keyString(sub.request.key) : undefined;
     for (const c of b.changes) {
-      const k = keyString(c.key);
-      if (byKey !== undefined && k !== byKey) continue;
+      if (byKey !== undefined && keyString(c.key) !== byKey) continue;
       const matches = c.op === 'upsert' && c.row !== undefined && (byKey !== undefined || sub.filterColumns.every(([col, v]) => String(c.row![col]) === v));
-      if (matches && this.visible(sub.conn, sub.feed.name, c.row!)) {
-        sub.feed.hold(sub, k);
-        out.push(c);
-      } else if (sub.held.has(k) || sub.resuming || byKey !== undefined) {
-        sub.feed.release(sub, k);
-        out.push({ op: 'delete', key: c.key });
-      }
+      out.push(matches && this.visible(sub.conn, sub.feed.name, c.row!) ? c : { op: 'delete', key: c.key });
     }
     if (out.length === 0) return;
     sub.conn.send({ type: 'change', sub: sub.id, version: b.version, changes: out }, sub.id);
@@ -638,8 +643,9 @@ export class LiveGateway {
 
   /**
    * A live batch to every subscription it concerns, found through the feed's indexes (not by
-   * trying every subscription): key subscriptions of its keys, filter groups its rows match,
-   * and holders of its keys. Each change is serialised once, whoever it goes to.
+   * trying every subscription): key subscriptions of its keys, filter groups its rows match
+   * now, and groups they matched before (those get a delete). Each change is serialised once,
+   * whoever it goes to.
    */
   private fanOut(feed: ViewFeed, b: Batch): void {
     const out = new Map<ViewSub, LiveChange[]>();
@@ -656,26 +662,21 @@ export class LiveGateway {
       const deleted = () => (gone ??= c.op === 'delete' ? c : { op: 'delete', key: c.key });
       const byKey = feed.byKey.get(k);
       if (byKey) for (const sub of byKey) if (live(sub)) push(sub, row && this.visible(sub.conn, feed.name, row) ? c : deleted());
-      let entered: Set<ViewSub> | undefined;
-      if (row) {
-        for (const g of feed.matching(row)) {
-          for (const sub of g.subs) {
-            if (!live(sub) || !this.visible(sub.conn, feed.name, row)) continue;
-            feed.hold(sub, k);
-            (entered ??= new Set()).add(sub);
-            push(sub, c);
-          }
+      const matched = row ? feed.matching(row) : NO_GROUPS;
+      const before = feed.placed.get(k) ?? NO_GROUPS;
+      if (matched.length === 0 && before.length === 0 && feed.resuming.size === 0) continue;
+      let upserted: Set<ViewSub> | undefined;
+      for (const g of matched) {
+        for (const sub of g.subs) {
+          if (!live(sub) || !this.visible(sub.conn, feed.name, row!)) continue;
+          push(sub, c);
+          (upserted ??= new Set()).add(sub);
         }
       }
-      const holders = feed.holders.get(k);
-      if (holders) {
-        for (const sub of [...holders]) {
-          if (entered?.has(sub) || !live(sub)) continue;
-          feed.release(sub, k);
-          if (!sub.resuming) push(sub, deleted());
-        }
-      }
-      for (const sub of feed.resuming) if (!entered?.has(sub) && live(sub)) push(sub, deleted());
+      // Where the row was and is no longer (or is no longer visible): a delete.
+      for (const g of before) for (const sub of g.subs) if (live(sub) && !upserted?.has(sub)) push(sub, deleted());
+      for (const sub of feed.resuming) if (live(sub) && !upserted?.has(sub) && !before.includes(sub.group!)) push(sub, deleted());
+      feed.place(k, before, matched);
     }
     if (out.size === 0) return;
     const now = Date.now();
@@ -735,7 +736,6 @@ export class LiveGateway {
       sub.joining = true;
       feed.joining.add(sub);
       sub.pending = [];
-      feed.releaseAll(sub);
       sub.resuming = false;
       feed.resuming.delete(sub);
       // An older change still held back for a slow client must not arrive after the new snapshot.
@@ -753,7 +753,7 @@ export class LiveGateway {
             const rows = page.rows.filter((r) => this.visible(sub.conn, m.view, r));
             sub.conn.send({ type: 'snapshot', sub: sub.id, view: m.view, checkpoint: page.checkpoint, rows, complete: page.next === undefined, fresh: true });
             sub.version = page.checkpoint;
-            for (const r of rows) feed.hold(sub, keyString(r[this.d.views.view(m.view).spec.key]));
+            for (const r of rows) feed.placeOne(keyString(r[this.d.views.view(m.view).spec.key]), sub.group!);
           }
           this.goLive(sub);
         } catch (err) {

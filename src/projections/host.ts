@@ -7,7 +7,7 @@ import { ErrorCode, StrandError } from '../errors.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import { dropRetiredGenerations, ensureBookkeeping, inTransaction, listProjectionRows, plan, readProjection, requestRebuild, type ProjectionRow } from './catalog.js';
 import { applyEvents } from './batch.js';
-import { ProjectionRunner, type RunnerOptions } from './runner.js';
+import { ProjectionRunner, type LiveFeedMessage, type RunnerOptions } from './runner.js';
 import type { Projection, ProjectionEvent } from './types.js';
 
 /** Gateways announce every second; an announcement counts for this long. */
@@ -109,6 +109,14 @@ export class ReadSide {
       this.supervising ??= this.superviseAll().finally(() => (this.supervising = undefined));
     }, this.o.standbyCheckMs);
     this.timer.unref();
+  }
+
+  /** This instance's gateway, fed in-process (see RunnerOptions.localFeed). */
+  private localFeed: ((message: LiveFeedMessage) => void) | undefined;
+
+  /** Hands every live feed message this instance's runners publish to `fn` as well, in-process. */
+  onLiveFeed(fn: (message: LiveFeedMessage) => void): void {
+    this.localFeed = fn;
   }
 
   /** Whether a gateway has announced subscribers to the projection within the last few seconds. */
@@ -288,7 +296,7 @@ export class ReadSide {
     for (const t of targets) {
       const key = `${p.name}/${t.generation}`;
       if (this.runners.has(key) || this.stopping) continue;
-      const runner = new ProjectionRunner(p, t, this.pool, this.nc, { ...this.o, watched: (n) => this.watched(n) }, this.metrics, this.log.child({ projection: p.name }), () => {
+      const runner = new ProjectionRunner(p, t, this.pool, this.nc, { ...this.o, watched: (n) => this.watched(n), localFeed: (m) => this.localFeed?.(m) }, this.metrics, this.log.child({ projection: p.name }), () => {
         void this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'supervision after switch-over failed'));
       });
       if (await runner.tryStart()) this.runners.set(key, runner);
