@@ -40,10 +40,11 @@
  *
  *   node --expose-gc --import tsx bench/live.bench.ts [--sync always|default]
  *       [--clients 1000] [--coordinators 100] [--rate 1000] [--seconds 15] [--warmup-seconds 3]
- *       [--idle 10000] [--idle-seconds 5] [--parts 1,2] [--batch-ms N] [--profile]
+ *       [--idle 10000] [--idle-seconds 5] [--parts 1,2] [--batch-ms N] [--commit async|sync] [--profile]
  *       [--sql-timing] [--projections all|task_list_view,…] [--time-limit 290]
  *
- * --batch-ms sets STRAND_PROJECTION_BATCH_MS of the Strand child (unset: Strand's default, 20).
+ * --batch-ms sets STRAND_PROJECTION_BATCH_MS of the Strand child (unset: Strand's default, 20);
+ * --commit its STRAND_PROJECTION_COMMIT (default async, Strand's default).
  * --profile runs part 1's Strand child under `node --cpu-prof` and prints its top functions.
  * --sql-timing runs part 1's Strand child as bench/readside-service.ts (the same Strand.start
  * with the example aggregates and projections, allowAll access instead of actors/access.ts;
@@ -79,6 +80,7 @@ import {
   fmt2,
   fmtInt,
   hardLimit,
+  commitArg,
   intArg,
   machineLine,
   parseArgs,
@@ -105,6 +107,7 @@ const IDLE = intArg(args, 'idle', 10_000);
 const IDLE_HOLD_S = intArg(args, 'idle-seconds', 5, 0);
 const PARTS = new Set((args.get('parts') ?? '1,2').split(',').map((s) => s.trim()));
 const BATCH_MS = args.has('batch-ms') ? String(intArg(args, 'batch-ms', 20, 0)) : undefined;
+const COMMIT = commitArg(args);
 const PROFILE = args.has('profile');
 const SQL_TIMING = args.has('sql-timing');
 /** Projections of part 1's Strand child: `all` runs src/main.ts; a list runs bench/readside-service.ts with BENCH_PROJECTIONS. */
@@ -373,6 +376,7 @@ async function startStrand(ctx: Ctx, name: string, opts: { nodeArgs?: string[]; 
       STRAND_STREAM: STREAM,
       STRAND_DATA_DIR: path.join(ctx.tmp, `data-${name}`),
       ...(BATCH_MS !== undefined ? { STRAND_PROJECTION_BATCH_MS: BATCH_MS } : {}),
+      STRAND_PROJECTION_COMMIT: COMMIT,
       ...(script === 'bench/readside-service.ts' ? { BENCH_PROJECTIONS: projections } : {}),
       ...(opts.sqlTiming ? { BENCH_SQL_TIMING: '1' } : {}),
     },
@@ -760,7 +764,7 @@ async function latencyRun(ctx: Ctx, kind: 'raw' | 'strand'): Promise<LatencyResu
 async function part1(ctx: Ctx): Promise<LatencyResult[]> {
   console.log(
     `\n== Part 1: latency, ${fmtInt(CLIENTS)} clients (${COORDINATORS} coordinators x ${FANOUT}), ${fmtInt(RATE)} CreateTask/s for ${SECONDS} s after ${WARMUP_S} s warmup; ` +
-      `STRAND_PROJECTION_BATCH_MS=${BATCH_MS ?? '20 (default)'}; order raw, strand`,
+      `STRAND_PROJECTION_BATCH_MS=${BATCH_MS ?? '20 (default)'}, STRAND_PROJECTION_COMMIT=${COMMIT}; order raw, strand`,
   );
   const raw = await latencyRun(ctx, 'raw');
   const strand = await latencyRun(ctx, 'strand');
@@ -933,7 +937,7 @@ async function main(): Promise<number> {
     const latency = PARTS.has('1') ? await part1(ctx) : [];
     const memory = PARTS.has('2') ? await part2(ctx) : [];
 
-    console.log(`\n== Summary | sync_interval: ${sync} | STRAND_PROJECTION_BATCH_MS=${BATCH_MS ?? '20 (default)'}`);
+    console.log(`\n== Summary | sync_interval: ${sync} | STRAND_PROJECTION_BATCH_MS=${BATCH_MS ?? '20 (default)'} | STRAND_PROJECTION_COMMIT=${COMMIT}`);
     let failed = false;
     const raw = latency.find((r) => r.kind === 'raw');
     const strand = latency.find((r) => r.kind === 'strand');

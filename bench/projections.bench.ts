@@ -24,12 +24,13 @@
  *
  *   npx tsx bench/projections.bench.ts [--sync always|default] [--events 60000] [--pairs 2]
  *       [--rate 2000] [--seconds 20] [--warmup-seconds 2] [--projections all|task_list_view]
- *       [--batch-ms 20] [--requests 5000] [--concurrency 32] [--parts 1,2,3] [--profile]
- *       [--sql-timing] [--time-limit 290]
+ *       [--batch-ms 20] [--commit async|sync] [--requests 5000] [--concurrency 32] [--parts 1,2,3]
+ *       [--profile] [--sql-timing] [--time-limit 290]
  *
  * With --sync always, --events defaults to 20,000 and --rate to 500 (each append waits for an
  * fsync; on this machine's disk an open loop of 1,000/s already overloads the command path).
- * --batch-ms is STRAND_PROJECTION_BATCH_MS of both read sides (Strand's default 20).
+ * --batch-ms is STRAND_PROJECTION_BATCH_MS of both read sides (Strand's default 20); --commit
+ * their STRAND_PROJECTION_COMMIT (Strand's default async).
  * --profile: CPU profile of part 1's first Strand run (in-process, node:inspector, only while
  * it applies) and of part 2's read side and command service (node --cpu-prof, whole life),
  * each summarised by bench/cpuprofile.ts; implies --sql-timing.
@@ -64,6 +65,7 @@ import {
   fmt2,
   fmtInt,
   hardLimit,
+  commitArg,
   intArg,
   machineLine,
   median,
@@ -92,6 +94,7 @@ const WARMUP_SECONDS = intArg(args, 'warmup-seconds', 2, 0);
 const LAG_PROJECTIONS = args.get('projections') ?? 'all';
 if (LAG_PROJECTIONS !== 'all' && LAG_PROJECTIONS !== 'task_list_view') throw new Error('--projections must be "all" or "task_list_view"');
 const BATCH_MS = intArg(args, 'batch-ms', 20, 0);
+const COMMIT = commitArg(args);
 const REQUESTS = intArg(args, 'requests', 5_000);
 const CONCURRENCY = intArg(args, 'concurrency', 32);
 const PARTS = new Set((args.get('parts') ?? '1,2,3').split(',').map((s) => s.trim()));
@@ -317,6 +320,7 @@ async function strandApply(ctx: Ctx, url: string, rows: readonly OrderRow[], las
     STRAND_STREAM: STREAM,
     LOG_LEVEL: 'warn',
     STRAND_PROJECTION_BATCH_MS: String(BATCH_MS),
+    STRAND_PROJECTION_COMMIT: COMMIT,
   });
   await ctx.admin.query('CHECKPOINT');
   let session: Session | undefined;
@@ -397,7 +401,7 @@ async function part1(ctx: Ctx): Promise<void> {
     `  wrote ${fmtInt(EVENTS)} OrderPlaced events (distinct order ids) straight to stream ${STREAM} in Strand's envelope format with its headers ` +
       `(Nats-Msg-Id, Strand-Event-Type, Strand-Version, expected last subject seq 0): ${fmt2(w.seconds)} s, ${fmtInt(EVENTS / w.seconds)} events/s; last seq ${w.lastSeq}`,
   );
-  console.log(`  STRAND_PROJECTION_BATCH_SIZE=500 (default), STRAND_PROJECTION_BATCH_MS=${BATCH_MS}; CHECKPOINT before every timed run; order raw, strand x${PAIRS}`);
+  console.log(`  STRAND_PROJECTION_BATCH_SIZE=500 (default), STRAND_PROJECTION_BATCH_MS=${BATCH_MS}, STRAND_PROJECTION_COMMIT=${COMMIT}; CHECKPOINT before every timed run; order raw, strand x${PAIRS}`);
   const raws: RateResult[] = [];
   const strands: StrandApplyResult[] = [];
   for (let p = 1; p <= PAIRS; p++) {
@@ -444,6 +448,7 @@ async function startReadSide(ctx: Ctx, url: string): Promise<{ svc: ServiceProce
       STRAND_STREAM: STREAM,
       STRAND_ROLES: 'projections',
       STRAND_PROJECTION_BATCH_MS: String(BATCH_MS),
+      STRAND_PROJECTION_COMMIT: COMMIT,
       BENCH_PROJECTIONS: LAG_PROJECTIONS,
       ...(SQL_TIMING ? { BENCH_SQL_TIMING: '1' } : {}),
       STRAND_DATA_DIR: path.join(ctx.tmp, 'readside-data'),
@@ -526,7 +531,7 @@ async function part2(ctx: Ctx): Promise<LoadOutcome> {
   const commandService = await startCommandService(ctx, url, requester);
   console.log(
     `  command service: src/main.ts STRAND_ROLES=commands | read side: bench/readside-service.ts STRAND_ROLES=projections, projections: ${LAG_PROJECTIONS === 'all' ? 'all five examples' : 'task_list_view only'}, ` +
-      `STRAND_PROJECTION_BATCH_MS=${BATCH_MS}, STRAND_PROJECTION_BATCH_SIZE=500; checkpoints watched by ${readSide.watch}`,
+      `STRAND_PROJECTION_BATCH_MS=${BATCH_MS}, STRAND_PROJECTION_BATCH_SIZE=500, STRAND_PROJECTION_COMMIT=${COMMIT}; checkpoints watched by ${readSide.watch}`,
   );
   console.log(`  load: open loop, paced every ~1 ms; CreateTask on new ids and AssignTask on created ones, alternating; assignees CC0..CC${COORDINATORS - 1}`);
 

@@ -44,6 +44,13 @@ export function syncArg(args: Map<string, string>): SyncMode {
   return s;
 }
 
+/** `--commit async|sync`: STRAND_PROJECTION_COMMIT of the read sides under test (Strand's default: async). */
+export function commitArg(args: Map<string, string>): 'async' | 'sync' {
+  const c = args.get('commit') ?? 'async';
+  if (c !== 'async' && c !== 'sync') throw new Error(`--commit must be "async" or "sync", got ${JSON.stringify(c)}`);
+  return c;
+}
+
 export function intArg(args: Map<string, string>, name: string, dflt: number, min = 1): number {
   const v = args.get(name);
   if (v === undefined) return dflt;
