@@ -59,6 +59,41 @@ describe('concurrency', () => {
     expect(events.map((e) => e.envelope.type)).toEqual(['TaskCreated', 'TaskCompleted']);
   });
 
+  it('decides a first command on the empty state only as a guess the append confirms; a wrong guess loads and decides again', async () => {
+    const activations = async (source: string) =>
+      (await strand.metrics.activations.get()).values.filter((v) => v.labels.source === source).reduce((n, v) => n + v.value, 0);
+    const created0 = await activations('created');
+    // A new instance: created with no read first.
+    expect(await client.send('cmd.task.guess-new.CreateTask', newTask)).toMatchObject({ ok: true, version: 1 });
+    expect(await activations('created')).toBe(created0 + 1);
+
+    // Instances with history this process has never loaded (written by another writer).
+    const seq = await appendAsAnotherWriter('guess-old', 0, { type: 'TaskCreated', version: 1, data: { ...newTask, description: null }, metadata: { commandId: 'made-elsewhere' } });
+    const conflicts = await conflictCount();
+    // Accepted on the guessed empty state: the append is refused, the task is loaded, and says no.
+    expect(await client.send('cmd.task.guess-old.CreateTask', newTask)).toMatchObject({ ok: false, error: { code: 'REJECTED', reason: 'TASK_ALREADY_EXISTS' } });
+    expect(await conflictCount()).toBe(conflicts); // not a conflict between writers
+
+    await appendAsAnotherWriter('guess-old-2', 0, { type: 'TaskCreated', version: 1, data: { ...newTask, description: null } });
+    // Rejected on the guess (no such task): loaded, decided again, accepted.
+    expect(await client.send('cmd.task.guess-old-2.AssignTask', { assignedTo: 'CC9' })).toMatchObject({ ok: true, version: 2 });
+
+    await appendAsAnotherWriter('guess-old-3', 0, { type: 'TaskCreated', version: 1, data: { ...newTask, description: null }, metadata: { commandId: 'create-3' } });
+    // A repeat of the command that created it: a duplicate, however it is first decided.
+    expect(await client.send('cmd.task.guess-old-3.CreateTask', newTask, { 'Strand-Command-Id': 'create-3' })).toMatchObject({ ok: true, duplicate: true, version: 1 });
+    // An expected version other than 0 is never guessed.
+    expect(await client.send('cmd.task.guess-old-4.AssignTask', { assignedTo: 'CC9' }, { 'Strand-Expected-Version': '1' })).toMatchObject({ ok: false, error: { code: 'WRONG_VERSION' } });
+
+    for (const [id, types] of [
+      ['guess-old', ['TaskCreated']],
+      ['guess-old-2', ['TaskCreated', 'TaskAssigned']],
+      ['guess-old-3', ['TaskCreated']],
+    ] as const) {
+      expect((await streamEvents(client.nc, 'EVENTS', 'task', id)).map((e) => e.envelope.type)).toEqual(types);
+    }
+    expect(seq).toBeGreaterThan(0);
+  });
+
   it('keeps versions gapless when two instances write to the same aggregate', async () => {
     const second = await startStrand(nats.url, { STRAND_CONFLICT_RETRIES: '50' });
     try {

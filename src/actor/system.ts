@@ -54,6 +54,8 @@ class Actor {
   mailbox: Job[] | null = null;
   busy = false;
   ready = false;
+  /** Not loaded in this process yet: its first command may assume it has no events (see handle). */
+  fresh = true;
   lastUsed = 0;
 
   constructor(
@@ -205,7 +207,22 @@ export class ActorSystem {
   private async handle(actor: Actor, req: CommandRequest): Promise<CommandReply> {
     const agg = actor.aggregate;
     for (let attempt = 0; ; attempt++) {
-      if (!actor.ready) await this.activate(actor);
+      // The first command an instance gets in this process usually creates it. Rather than read
+      // its (empty) history first, decide on the initial state and let the append's expectation
+      // (no event of this instance yet) confirm the guess; when it is wrong, the append is
+      // refused and the instance is loaded. A rejection or a no-op decided on a guess proves
+      // nothing: then it is loaded and decided again.
+      let assumedNew = false;
+      if (!actor.ready) {
+        if (actor.fresh && (req.expectedVersion === undefined || req.expectedVersion === 0)) {
+          actor.state = agg.initialState();
+          actor.version = 0;
+          actor.seq = 0;
+          actor.recent = null;
+          assumedNew = true;
+        } else await this.activate(actor);
+      }
+      actor.fresh = false;
 
       const seen = actor.recent && findRemembered(actor.recent, req.commandId);
       if (seen) return acceptedReply(actor, seen, req.commandId, true);
@@ -229,6 +246,10 @@ export class ActorSystem {
         ...(req.issuer ? { issuer: req.issuer } : {}),
         metadata,
       });
+      if (assumedNew && (decision instanceof Rejection || decision.length === 0)) {
+        attempt--; // not a conflict: load it and decide again
+        continue;
+      }
       if (decision instanceof Rejection) {
         return failed(ErrorCode.REJECTED, decision.message, { reason: decision.reason, ...(decision.details !== undefined ? { details: decision.details } : {}) });
       }
@@ -271,6 +292,11 @@ export class ActorSystem {
       try {
         ({ lastSeq } = await this.store.append(agg.name, actor.id, actor.seq, envelopes));
       } catch (err) {
+        if (err instanceof ConcurrencyConflict && assumedNew) {
+          // It had events after all: load it and decide again (not a conflict between writers).
+          attempt--;
+          continue;
+        }
         if (err instanceof ConcurrencyConflict) {
           this.metrics.conflicts.labels(agg.name).inc();
           if (attempt >= this.o.conflictRetries) {
@@ -284,6 +310,10 @@ export class ActorSystem {
         throw err;
       }
       this.metrics.appended(agg.name, envelopes.length, (performance.now() - t0) / 1000);
+      if (assumedNew) {
+        actor.ready = true;
+        this.metrics.activations.labels(agg.name, 'created').inc();
+      }
 
       const before = actor.version;
       const firstSeq = lastSeq - envelopes.length + 1;
