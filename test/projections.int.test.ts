@@ -413,6 +413,49 @@ describe('projections', { timeout: 120_000 }, () => {
     }
   });
 
+  it("apply handlers that run their own SQL (db.sql) in the batch's transaction, exactly once, parking one that fails", async () => {
+    const own = defineProjection({
+      name: 'sql_orders',
+      version: 1,
+      migrations: ['CREATE TABLE so_rows (order_id text PRIMARY KEY, customer_id text NOT NULL)', 'CREATE TABLE so_count (k text PRIMARY KEY, n integer NOT NULL)'],
+      tables: { so_rows: { key: ['order_id'] }, so_count: { key: ['k'] } },
+      views: { so_rows: { relation: 'so_rows', key: 'orderId', columns: { orderId: 'order_id', customerId: 'customer_id' }, filters: [] } },
+      handlers: [
+        on(order, {
+          OrderPlaced: async (e, db) => {
+            if (!e.aggregateId.startsWith('sqlo-')) return;
+            db.upsert('so_rows', { order_id: e.aggregateId, customer_id: e.data.customerId });
+            // Sees the pending upsert (written first), in the same transaction.
+            const [{ n }] = (await db.sql('SELECT count(*)::int AS n FROM so_rows WHERE order_id = $1', [e.aggregateId])) as [{ n: number }];
+            if (n !== 1) throw new Error(`own row not visible to sql(): ${n}`);
+            if (e.data.customerId === 'BAD-SQL') await db.sql('SELECT 1 / 0');
+            await db.sql('INSERT INTO so_count (k, n) VALUES ($1, 1) ON CONFLICT (k) DO UPDATE SET n = so_count.n + 1', ['all']);
+          },
+        }),
+      ],
+    });
+    const total = 200;
+    let last = 0;
+    for (let i = 0; i < total; i += 50) {
+      const replies = await Promise.all(
+        Array.from({ length: 50 }, (_, j) => client.send(`cmd.order.sqlo-${i + j}.PlaceOrder`, { customerId: i + j === 77 ? 'BAD-SQL' : 'C1', items: [{ sku: 'A', quantity: 1, priceCents: 1 }] })),
+      );
+      for (const r of replies) last = Math.max(last, (r as CommandAccepted).seq);
+    }
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_BATCH_SIZE: '15', STRAND_PROJECTION_MAX_ATTEMPTS: '1' }, [own]);
+    try {
+      expect((await s.readSide!.waitFor('sql_orders', last, 60_000)).reached).toBe(true);
+      const c = await s.pool!.query('SELECT (SELECT n FROM proj_sql_orders_g1.so_count) AS n, (SELECT count(*)::int FROM proj_sql_orders_g1.so_rows) AS rows');
+      expect(c.rows[0]).toEqual({ n: total - 1, rows: total - 1 });
+      const parked = await s.readSide!.deadLetters('sql_orders');
+      expect(parked.map((d) => d.event.aggregateId)).toEqual(['sqlo-77']);
+      expect(parked[0]!.error).toMatch(/division by zero/);
+    } finally {
+      await s.stop();
+    }
+  });
+
   it('run each projection on one instance at a time, and hand over when it stops', async () => {
     const db = await database();
     const a = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '200' });

@@ -524,7 +524,10 @@ export class ProjectionRunner {
       batch.readsFrom = head.length;
       batch.text = [...head, ...batch.reads.map((r) => r.text), ...(batch.interactive ? ['COMMIT'] : [])].join(';\n');
     } catch (err) {
-      if (batch.interactive) await c.query('ROLLBACK').catch(() => undefined);
+      if (batch.interactive) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        batch.interactive = false;
+      }
       batch.error = err;
     }
     return batch;

@@ -46,10 +46,14 @@ function decodeCursor(s: string): unknown {
   }
 }
 
+const columnPairs = new WeakMap<ViewSpec, readonly (readonly [string, string])[]>();
+
 /** A row of a view as clients see it: API column names, declared columns only. */
 export function toApi(spec: ViewSpec, r: Row): Row {
+  let pairs = columnPairs.get(spec);
+  if (!pairs) columnPairs.set(spec, (pairs = Object.entries(spec.columns)));
   const out: Row = {};
-  for (const [api, col] of Object.entries(spec.columns)) {
+  for (const [api, col] of pairs) {
     const v = r[col];
     out[api] = typeof v === 'bigint' ? Number(v) : v;
   }
