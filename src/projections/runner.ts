@@ -98,7 +98,7 @@ export interface LiveFeedMessage {
  * dropped socket surfaces only as a Node error code or pg's "Connection terminated" message.
  */
 export function isTransient(err: unknown): boolean {
-  const code = (err as { code?: unknown }).code;
+  const code = (err as { code?: unknown } | null | undefined)?.code;
   if (typeof code === 'string') {
     if (/^(08|40|53|57P|58)/.test(code)) return true; // connection, deadlock/serialization, resources, shutdown, system
     if (['ECONNREFUSED', 'ECONNRESET', 'ETIMEDOUT', 'EPIPE', 'EHOSTUNREACH'].includes(code)) return true;
@@ -106,7 +106,6 @@ export function isTransient(err: unknown): boolean {
   const message = err instanceof Error ? err.message : '';
   return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
 }
-
 
 /** Wakes the apply loop: a message arrived, a batch settled, the watermark moved, or it must stop. */
 class Wakeup {
