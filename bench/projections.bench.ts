@@ -9,7 +9,8 @@
  *     starts on a fresh database; timed from Strand.start until its checkpoint is the last
  *     sequence. Baseline, same PostgreSQL: the same rows as 500-row
  *     `INSERT … ON CONFLICT (order_id) DO UPDATE` through `pg` into a table made by
- *     order_list's own migrations (same columns and indexes). Order raw, strand × --pairs.
+ *     order_list's own migrations (same columns and indexes), committed with the same
+ *     synchronous_commit as the read side (--commit). Order raw, strand × --pairs.
  *     Target: strand/raw >= 0.6.
  *  2. Projection lag. A command service (`src/main.ts`, STRAND_ROLES=commands) and a read side
  *     (bench/readside-service.ts, STRAND_ROLES=projections, all five example projections by
@@ -281,6 +282,8 @@ async function rawUpsert(ctx: Ctx, url: string, rows: readonly OrderRow[]): Prom
     await c.query('SET search_path TO raw_baseline');
     for (const m of orderList.migrations) await c.query(m); // the projection's own table and indexes
     await c.query('SET search_path TO public');
+    // The same commit durability as the read side under test (STRAND_PROJECTION_COMMIT).
+    await c.query(`SET synchronous_commit TO ${COMMIT === 'async' ? 'off' : 'on'}`);
     await ctx.admin.query('CHECKPOINT');
     const cols = ['order_id', 'customer_id', 'status', 'item_count', 'total_cents', 'placed_at', 'version', 'updated_at'] as const;
     const update = cols.slice(1).map((x) => `${x} = EXCLUDED.${x}`).join(', ');
@@ -408,7 +411,9 @@ async function part1(ctx: Ctx): Promise<void> {
     const rawUrl = await createDatabase(ctx, `bench_raw_${p}`);
     const r = await rawUpsert(ctx, rawUrl, w.rows);
     raws.push(r);
-    console.log(`  run ${p} raw   : ${fmtInt(r.perSecond).padStart(7)} rows/s   (${fmtInt(EVENTS)} rows as ${Math.ceil(EVENTS / UPSERT_ROWS)} x ${UPSERT_ROWS}-row INSERT … ON CONFLICT DO UPDATE in ${fmt2(r.seconds)} s)`);
+    console.log(
+      `  run ${p} raw   : ${fmtInt(r.perSecond).padStart(7)} rows/s   (${fmtInt(EVENTS)} rows as ${Math.ceil(EVENTS / UPSERT_ROWS)} x ${UPSERT_ROWS}-row INSERT … ON CONFLICT DO UPDATE in ${fmt2(r.seconds)} s; synchronous_commit ${COMMIT === 'async' ? 'off' : 'on'}, as Strand's)`,
+    );
     const url = await createDatabase(ctx, `bench_orders_${p}`);
     const s = await strandApply(ctx, url, w.rows, w.lastSeq, PROFILE && p === 1);
     strands.push(s);

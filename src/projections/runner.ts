@@ -21,6 +21,7 @@ import {
 } from './batch.js';
 import { lockKey, schemaOf, switchOver, type Target } from './catalog.js';
 import { ident } from './sql.js';
+import { MessageQueue, Wakeup } from './queue.js';
 import { YIELD_EVERY, yieldToIo } from './yield.js';
 import type { Projection, ProjectionEvent, Row } from './types.js';
 import { UnitOfWork, loadTableMeta, type TableMeta } from './unit-of-work.js';
@@ -105,84 +106,6 @@ export function isTransient(err: unknown): boolean {
   }
   const message = err instanceof Error ? err.message : '';
   return /Connection terminated|connection timeout|timeout exceeded when trying to connect|Client has encountered a connection error/i.test(message);
-}
-
-/** Wakes the apply loop: a message arrived, a batch settled, the watermark moved, or it must stop. */
-class Wakeup {
-  private waiter: (() => void) | undefined;
-  private pending = false;
-
-  wake(): void {
-    const w = this.waiter;
-    if (w) {
-      this.waiter = undefined;
-      w();
-    } else this.pending = true;
-  }
-
-  wait(ms?: number): Promise<void> {
-    if (this.pending) {
-      this.pending = false;
-      return Promise.resolve();
-    }
-    return new Promise<void>((resolve) => {
-      const timer = ms === undefined ? undefined : setTimeout(() => {
-        if (this.waiter === done) this.waiter = undefined;
-        resolve();
-      }, ms);
-      const done = () => {
-        clearTimeout(timer);
-        resolve();
-      };
-      this.waiter = done;
-    });
-  }
-}
-
-/** Messages waiting to be applied, in stream order: taken from the front without copying the rest. */
-class MessageQueue {
-  private items: JsMsg[] = [];
-  /** When each message arrived (performance.now()), beside it. */
-  private arrivals: number[] = [];
-  private head = 0;
-
-  get length(): number {
-    return this.items.length - this.head;
-  }
-
-  /** When the oldest waiting message arrived (undefined when none waits). */
-  get oldest(): number | undefined {
-    return this.arrivals[this.head];
-  }
-
-  push(m: JsMsg): void {
-    this.items.push(m);
-    this.arrivals.push(performance.now());
-  }
-
-  take(n: number): JsMsg[] {
-    const out = this.items.slice(this.head, this.head + n);
-    this.head += out.length;
-    if (this.head === this.items.length) {
-      this.items = [];
-      this.arrivals = [];
-      this.head = 0;
-    } else if (this.head >= 4096 && this.head * 2 >= this.items.length) {
-      this.items = this.items.slice(this.head);
-      this.arrivals = this.arrivals.slice(this.head);
-      this.head = 0;
-    }
-    return out;
-  }
-
-  /** Puts messages taken earlier back in front, in their order (as if they had just arrived). */
-  putBack(msgs: readonly JsMsg[]): void {
-    if (msgs.length === 0) return;
-    const now = performance.now();
-    this.items = [...msgs, ...this.items.slice(this.head)];
-    this.arrivals = [...msgs.map(() => now), ...this.arrivals.slice(this.head)];
-    this.head = 0;
-  }
 }
 
 /** One batch on its way: its messages, what it applies, and the SQL that commits it. */
