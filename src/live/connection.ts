@@ -22,6 +22,8 @@ export class Connection {
     private readonly g: LiveGateway,
   ) {
     this.tokens = g.o.rate * 2;
+    // A random first phase: connections opened together are not all pinged in the same tick.
+    this.heartbeatAt = Date.now() + g.o.heartbeatMs * (0.5 + Math.random() / 2);
   }
 
   /** Token bucket: `rate` per second, bursts of twice that. */
@@ -34,7 +36,11 @@ export class Connection {
     return true;
   }
 
+  /** When this connection's next heartbeat is due (ms since the epoch): each has its own phase. */
+  heartbeatAt: number;
+
   heartbeat(): void {
+    this.heartbeatAt += this.g.o.heartbeatMs;
     if (!this.alive) {
       // Say why (a live peer that just stopped answering pings reads it), then cut a dead one off.
       this.close(CloseCode.HEARTBEAT_TIMEOUT, 'no pong');

@@ -115,9 +115,12 @@ export class LiveGateway {
       if (path !== '/live') return; // not ours: fastify/ws elsewhere may take it, or it times out
       void this.upgrade(req, socket, head);
     });
+    // Each connection is pinged every heartbeatMs, at its own phase, in ticks of a thirtieth of
+    // that: pinging 10,000 sockets at once would hold the event loop for a good part of a second.
     this.heartbeat = setInterval(() => {
-      for (const c of this.conns) c.heartbeat();
-    }, this.o.heartbeatMs);
+      const now = Date.now();
+      for (const c of this.conns) if (c.heartbeatAt <= now) c.heartbeat();
+    }, Math.max(100, Math.floor(this.o.heartbeatMs / 30)));
     this.heartbeat.unref();
     this.announcer = setInterval(() => this.announce(), 1000);
     this.announcer.unref();
