@@ -4,7 +4,7 @@ import { schemaOf } from './catalog.js';
 import { ident, literal, qualified } from './sql.js';
 import type { Projection, ProjectionEvent, Row } from './types.js';
 import { YIELD_EVERY, yieldToIo } from './yield.js';
-import { UnitOfWork, loadTableMeta, type TableMeta, type UnitIo } from './unit-of-work.js';
+import { UnitOfWork, keyText, loadTableMeta, type TableMeta, type UnitIo } from './unit-of-work.js';
 
 /**
  * SQLSTATEs raised by `strand_advance` (catalog.ts): the checkpoint is not where the batch
@@ -133,7 +133,7 @@ export function readBacks(p: Projection, schema: string, tables: ReadonlyMap<str
       if (!tables.get(table)?.key.includes(keyColumn)) continue;
       for (const row of rows.values()) {
         const v = row[keyColumn];
-        keys.set(typeof v === 'string' ? v : JSON.stringify(v), v);
+        keys.set(keyText(v), v);
       }
     }
     if (keys.size === 0) continue;

@@ -24,7 +24,7 @@ import { ident } from './sql.js';
 import { MessageQueue, Wakeup } from './queue.js';
 import { YIELD_EVERY, yieldToIo } from './yield.js';
 import type { Projection, ProjectionEvent, Row } from './types.js';
-import { UnitOfWork, loadTableMeta, type TableMeta } from './unit-of-work.js';
+import { UnitOfWork, keyText, loadTableMeta, type TableMeta } from './unit-of-work.js';
 import { toApi } from './views.js';
 
 export { applyEvents, toProjectionEvent } from './batch.js';
@@ -564,10 +564,10 @@ export class ProjectionRunner {
       const found = new Map<string, Row>();
       for (const row of (results[batch.readsFrom + i]?.rows ?? []) as Row[]) {
         const k = row[read.keyColumn];
-        found.set(typeof k === 'string' ? k : JSON.stringify(k), row);
+        found.set(keyText(k), row);
       }
       views[read.view] = read.keys.map((key) => {
-        const row = found.get(typeof key === 'string' ? key : JSON.stringify(key));
+        const row = found.get(keyText(key));
         return row ? { key: key as string | number, op: 'upsert' as const, row: toApi(spec, row) } : { key: key as string | number, op: 'delete' as const };
       });
     });

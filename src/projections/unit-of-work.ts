@@ -66,8 +66,8 @@ interface Pending {
   incr: Record<string, number> | null;
 }
 
-/** Key values as one string: values PostgreSQL would store as the same key give the same string. */
-function keyText(v: unknown): string {
+/** A key value as a string: values PostgreSQL would store as the same key give the same string. */
+export function keyText(v: unknown): string {
   if (typeof v === 'string') return v;
   if (v instanceof Date) return v.toISOString();
   return typeof v === 'object' ? JSON.stringify(v) : String(v);
