@@ -14,6 +14,7 @@ import { startEmbeddedPostgres } from '../src/postgres/embedded.js';
 import { defineProjection, on } from '../src/projections/define.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
+import { LiveClient } from './support/live.js';
 import { alive, childPids } from './support/process.js';
 import { CommandClient, eventually, startStrand, startStrandWithDb } from './support/strand.js';
 
@@ -451,6 +452,35 @@ describe('projections', { timeout: 120_000 }, () => {
       const parked = await s.readSide!.deadLetters('sql_orders');
       expect(parked.map((d) => d.event.aggregateId)).toEqual(['sqlo-77']);
       expect(parked[0]!.error).toMatch(/division by zero/);
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('apply at once, however long a batch may wait to fill, when a reader waits (minSeq) or a live client watches', async () => {
+    // Batches of an unwatched projection wait up to a minute here: only the rules under test
+    // can make these changes visible within the tests' waits.
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_BATCH_MS: '60000', STRAND_MIN_SEQ_WAIT_MS: '20000' });
+    try {
+      const created = (await client.send('cmd.task.urgent-1.CreateTask', { title: 'Now', memberId: 'M1', assignedTo: 'URG1' })) as CommandAccepted;
+      // A reader waits for the command's sequence: the runner stops lingering until it is applied.
+      const page = await s.views!.page('task_list_view', { assignedTo: 'URG1' }, 10);
+      expect(page.rows).toEqual([]); // not yet: nobody waited so far
+      expect((await s.readSide!.waitFor('task_list_view', created.seq, 20_000)).reached).toBe(true);
+      expect((await s.views!.row('task_list_view', 'urgent-1')).row).toMatchObject({ assignedTo: 'URG1' });
+
+      // A live client watches the view: each change is applied and pushed at once.
+      const url = `${(await s.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+      const w = await LiveClient.connect(url);
+      try {
+        w.send({ type: 'subscribe', id: 'urgent', view: 'task_list_view', filter: { assignedTo: 'URG1' } });
+        await w.until((c) => c.of('snapshot').length === 1, 'the snapshot');
+        await client.send('cmd.task.urgent-2.CreateTask', { title: 'Also now', memberId: 'M1', assignedTo: 'URG1' });
+        await w.until((c) => c.copies.get('urgent')?.has('urgent-2') === true, 'the change, long before a minute', 20_000);
+      } finally {
+        await w.close();
+      }
     } finally {
       await s.stop();
     }
