@@ -6,7 +6,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pg from 'pg';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { z } from 'zod';
 import { order, projections as exampleProjections, taskListView } from '../actors/index.js';
+import { defineAggregate } from '../src/aggregate/index.js';
 import type { Strand } from '../src/app.js';
 import type { CommandAccepted } from '../src/commands/types.js';
 import type { EventEnvelope } from '../src/eventstore/types.js';
@@ -481,6 +483,43 @@ describe('projections', { timeout: 120_000 }, () => {
       } finally {
         await w.close();
       }
+    } finally {
+      await s.stop();
+    }
+  });
+
+  it('park a message on an event subject that is not an envelope, as it came, and go on', async () => {
+    // Any NATS client may publish on evt.>: an aggregate of this test's own, so no other
+    // projection here ever reads these messages.
+    const probe = defineAggregate<{ n: number }>()({
+      name: 'probe',
+      commands: { Probe: z.object({ note: z.string() }) },
+      events: { Probed: z.object({ note: z.string() }) },
+      initialState: () => ({ n: 0 }),
+      decide: { Probe: (c) => [{ type: 'Probed', data: { note: c.note } }] },
+      evolve: { Probed: (s) => ({ n: s.n + 1 }) },
+    });
+    const rows = defineProjection({
+      name: 'probe_rows',
+      version: 1,
+      migrations: ['CREATE TABLE probe_rows (id text PRIMARY KEY, note text NOT NULL)'],
+      tables: { probe_rows: { key: ['id'] } },
+      views: { probe_rows: { relation: 'probe_rows', key: 'id', columns: { id: 'id', note: 'note' }, filters: [] } },
+      handlers: [on(probe, { Probed: (e, db) => db.upsert('probe_rows', { id: e.aggregateId, note: e.data.note }) })],
+    });
+    const js = jetstream(client.nc);
+    const garbage = await js.publish('evt.probe.p-1.Probed', 'not json {');
+    const envelope: EventEnvelope = { id: 'probe-event-2', type: 'Probed', aggregate: 'probe', aggregateId: 'p-2', version: 1, schemaVersion: 1, time: new Date().toISOString(), data: { note: 'fine' }, metadata: {} };
+    const good = await js.publish('evt.probe.p-2.Probed', JSON.stringify(envelope));
+    const db = await database();
+    const s = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_MAX_ATTEMPTS: '1' }, [rows], [probe]);
+    try {
+      expect((await s.readSide!.waitFor('probe_rows', good.seq, 20_000)).reached).toBe(true);
+      expect((await s.views!.row('probe_rows', 'p-2')).row).toEqual({ id: 'p-2', note: 'fine' });
+      const parked = await s.readSide!.deadLetters('probe_rows');
+      expect(parked).toHaveLength(1);
+      expect(parked[0]).toMatchObject({ seq: garbage.seq, subject: 'evt.probe.p-1.Probed', event: { aggregate: 'probe', aggregateId: 'p-1', type: 'Probed', data: 'not json {' } });
+      expect(parked[0]!.error).toMatch(/JSON/);
     } finally {
       await s.stop();
     }
