@@ -708,11 +708,16 @@ async function latencyRun(ctx: Ctx, kind: 'raw' | 'strand'): Promise<LatencyResu
       const sentMsgs = d('strand_live_messages_sent_total');
       // prom-client resets its event-loop histogram at every scrape: these cover the window.
       const lag = (q: string): string => fmt1(metric(m1, `strand_nodejs_eventloop_lag_${q}_seconds`) * 1000);
+      const gcN = d('strand_nodejs_gc_duration_seconds_count', 'kind="minor"');
+      const gcSum = d('strand_nodejs_gc_duration_seconds_sum', 'kind="minor"');
+      const gcMajorN = d('strand_nodejs_gc_duration_seconds_count', 'kind="major"');
+      const gcMajorSum = d('strand_nodejs_gc_duration_seconds_sum', 'kind="major"');
       metricsNote =
         `    Strand's /metrics over the window: task_list_view applied ${fmtInt(applied)} events in ${fmtInt(batches)} batches (${fmt1(applied / batches)} per batch), ` +
         `mean batch transaction ${fmt1((batchSum / batches) * 1000)} ms; ${fmtInt(sentMsgs)} WebSocket messages sent; ` +
         `strand_live_push_latency (event time -> sent) mean ${fmt1((pushSum / pushN) * 1000)} ms over ${fmtInt(pushN)}; ` +
-        `event-loop delay of the Strand child p50 ${lag('p50')} ms, p99 ${lag('p99')} ms, max ${lag('max')} ms`;
+        `event-loop delay of the Strand child p50 ${lag('p50')} ms, p99 ${lag('p99')} ms, max ${lag('max')} ms; ` +
+        `garbage collection: ${fmtInt(gcN)} young-generation (mean ${fmt2((gcSum / gcN) * 1000)} ms), ${fmtInt(gcMajorN || 0)} full (${fmt1((gcMajorSum || 0) * 1000)} ms in all)`;
     }
     let sqlNote = '';
     if (strand && SQL_TIMING) {

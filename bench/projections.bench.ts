@@ -25,13 +25,14 @@
  *
  *   npx tsx bench/projections.bench.ts [--sync always|default] [--events 60000] [--pairs 2]
  *       [--rate 2000] [--seconds 20] [--warmup-seconds 2] [--projections all|task_list_view]
- *       [--batch-ms 20] [--commit async|sync] [--requests 5000] [--concurrency 32] [--parts 1,2,3]
+ *       [--batch-ms 20] [--commit async|sync] [--raw parameters|literals] [--requests 5000] [--concurrency 32] [--parts 1,2,3]
  *       [--profile] [--sql-timing] [--time-limit 290]
  *
  * With --sync always, --events defaults to 20,000 and --rate to 500 (each append waits for an
  * fsync; on this machine's disk an open loop of 1,000/s already overloads the command path).
  * --batch-ms is STRAND_PROJECTION_BATCH_MS of both read sides (Strand's default 20); --commit
- * their STRAND_PROJECTION_COMMIT (Strand's default async).
+ * their STRAND_PROJECTION_COMMIT (Strand's default async). --raw literals builds part 1's raw
+ * upsert with SQL literals, as Strand does, instead of parameters (the default baseline).
  * --profile: CPU profile of part 1's first Strand run (in-process, node:inspector, only while
  * it applies) and of part 2's read side and command service (node --cpu-prof, whole life),
  * each summarised by bench/cpuprofile.ts; implies --sql-timing.
@@ -55,6 +56,7 @@ import { Strand } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { ensureEventStream } from '../src/eventstore/jetstream.js';
 import { startEmbeddedPostgres, type RunningPostgres } from '../src/postgres/embedded.js';
+import { literal } from '../src/projections/sql.js';
 import { ViewReader } from '../src/projections/views.js';
 import { watchCheckpoints } from './checkpoints.js';
 import { formatStatements, timeStatements, type StatementStat } from './pg-timing.js';
@@ -96,6 +98,9 @@ const LAG_PROJECTIONS = args.get('projections') ?? 'all';
 if (LAG_PROJECTIONS !== 'all' && LAG_PROJECTIONS !== 'task_list_view') throw new Error('--projections must be "all" or "task_list_view"');
 const BATCH_MS = intArg(args, 'batch-ms', 20, 0);
 const COMMIT = commitArg(args);
+/** `--raw literals`: the raw upsert carries its values as SQL literals (as Strand does) instead of parameters. */
+const RAW_LITERALS = (args.get('raw') ?? 'parameters') === 'literals';
+if (!['parameters', 'literals'].includes(args.get('raw') ?? 'parameters')) throw new Error('--raw must be "parameters" or "literals"');
 const REQUESTS = intArg(args, 'requests', 5_000);
 const CONCURRENCY = intArg(args, 'concurrency', 32);
 const PARTS = new Set((args.get('parts') ?? '1,2,3').split(',').map((s) => s.trim()));
@@ -290,6 +295,11 @@ async function rawUpsert(ctx: Ctx, url: string, rows: readonly OrderRow[]): Prom
     const t0 = performance.now();
     for (let start = 0; start < rows.length; start += UPSERT_ROWS) {
       const chunk = rows.slice(start, start + UPSERT_ROWS);
+      if (RAW_LITERALS) {
+        const tuples = chunk.map((r) => `(${cols.map((col) => literal(r[col])).join(', ')})`);
+        await c.query(`INSERT INTO raw_baseline.order_list (${cols.join(', ')}) VALUES ${tuples.join(', ')} ON CONFLICT (order_id) DO UPDATE SET ${update}`);
+        continue;
+      }
       const params: unknown[] = [];
       const tuples = chunk.map((r) => `(${cols.map((col) => (params.push(r[col]), `$${params.length}`)).join(', ')})`);
       await c.query(`INSERT INTO raw_baseline.order_list (${cols.join(', ')}) VALUES ${tuples.join(', ')} ON CONFLICT (order_id) DO UPDATE SET ${update}`, params);
@@ -311,6 +321,8 @@ interface StrandApplyResult extends RateResult {
   readonly batches: number;
   readonly meanBatchMs: number;
   readonly watch: string;
+  /** CPU of this process (the read side, in it) from Strand.start to the last checkpoint, per event. */
+  readonly cpuMicrosPerEvent: number;
 }
 
 let liveApp: Strand | undefined;
@@ -339,6 +351,7 @@ async function strandApply(ctx: Ctx, url: string, rows: readonly OrderRow[], las
   let onReached: () => void = () => undefined;
   const reached = new Promise<void>((r) => (onReached = r));
   const t0 = performance.now();
+  const cpu0 = process.cpuUsage();
   const app = await Strand.start({ config, aggregates, projections: [orderList], natsUrl: ctx.bench.url, databaseUrl: url, log: quiet, defaultMetrics: false });
   liveApp = app;
   const tStarted = performance.now();
@@ -352,6 +365,7 @@ async function strandApply(ctx: Ctx, url: string, rows: readonly OrderRow[], las
   });
   const timeout = setTimeout(() => onReached(), 120_000);
   await reached;
+  const cpu = process.cpuUsage(cpu0);
   clearTimeout(timeout);
   watch.stop();
   const statements = timer?.stop();
@@ -389,6 +403,7 @@ async function strandApply(ctx: Ctx, url: string, rows: readonly OrderRow[], las
     batches: count,
     meanBatchMs: count > 0 ? (sum / count) * 1000 : Number.NaN,
     watch: Object.values(watch.modes).join(','),
+    cpuMicrosPerEvent: (cpu.user + cpu.system) / rows.length,
   };
 }
 
@@ -412,14 +427,16 @@ async function part1(ctx: Ctx): Promise<void> {
     const r = await rawUpsert(ctx, rawUrl, w.rows);
     raws.push(r);
     console.log(
-      `  run ${p} raw   : ${fmtInt(r.perSecond).padStart(7)} rows/s   (${fmtInt(EVENTS)} rows as ${Math.ceil(EVENTS / UPSERT_ROWS)} x ${UPSERT_ROWS}-row INSERT … ON CONFLICT DO UPDATE in ${fmt2(r.seconds)} s; synchronous_commit ${COMMIT === 'async' ? 'off' : 'on'}, as Strand's)`,
+      `  run ${p} raw   : ${fmtInt(r.perSecond).padStart(7)} rows/s   (${fmtInt(EVENTS)} rows as ${Math.ceil(EVENTS / UPSERT_ROWS)} x ${UPSERT_ROWS}-row INSERT … ON CONFLICT DO UPDATE in ${fmt2(r.seconds)} s; ` +
+        `values as ${RAW_LITERALS ? 'literals' : 'parameters'}; synchronous_commit ${COMMIT === 'async' ? 'off' : 'on'}, as Strand's)`,
     );
     const url = await createDatabase(ctx, `bench_orders_${p}`);
     const s = await strandApply(ctx, url, w.rows, w.lastSeq, PROFILE && p === 1);
     strands.push(s);
     console.log(
       `  run ${p} strand: ${fmtInt(s.perSecond).padStart(7)} events/s (${fmt2(s.seconds)} s from Strand.start to checkpoint ${w.lastSeq}; Strand.start ${fmt2(s.startSeconds)} s; ` +
-        `after start ${fmtInt(s.afterStart.perSecond)} events/s; ${s.batches} batches, mean ${fmt1(s.meanBatchMs)} ms each; checkpoint watched by ${s.watch})`,
+        `after start ${fmtInt(s.afterStart.perSecond)} events/s; ${s.batches} batches, mean ${fmt1(s.meanBatchMs)} ms each; ` +
+        `CPU of the read side ${fmt1(s.cpuMicrosPerEvent)} us per event; checkpoint watched by ${s.watch})`,
     );
   }
   const raw = median(raws.map((r) => r.perSecond));
