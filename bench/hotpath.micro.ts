@@ -33,7 +33,6 @@ const createBody = (i: number): Uint8Array => encoder.encode(`{"title":"Benchmar
 const assignBody = (i: number): Uint8Array => encoder.encode(`{"assignedTo":"user-1-${i % 100}"}`);
 const bodies = Array.from({ length: 1000 }, (_, i) => assignBody(i));
 const createBodies = Array.from({ length: 1000 }, (_, i) => createBody(i));
-const time = new Date().toISOString();
 const eventType = task.events.get('TaskAssigned')!;
 
 console.log(`hotpath.micro: ${N.toLocaleString('en-US')} iterations per step (us per call)`);

@@ -69,7 +69,7 @@ import { WebSocket } from 'ws';
 import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { startEmbeddedPostgres, type RunningPostgres } from '../src/postgres/embedded.js';
+import type { RunningPostgres } from '../src/postgres/embedded.js';
 import { liveChanges } from '../subjects/index.js';
 import { summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
 import { formatStatements, type StatementStat } from './pg-timing.js';

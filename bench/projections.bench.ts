@@ -55,7 +55,7 @@ import { EventHeader, JetStreamHeader, eventSubject, instanceEvents } from '../s
 import { Strand } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { ensureEventStream } from '../src/eventstore/jetstream.js';
-import { startEmbeddedPostgres, type RunningPostgres } from '../src/postgres/embedded.js';
+import type { RunningPostgres } from '../src/postgres/embedded.js';
 import { literal } from '../src/projections/sql.js';
 import { ViewReader } from '../src/projections/views.js';
 import { watchCheckpoints } from './checkpoints.js';

@@ -1,7 +1,6 @@
 import { Kvm } from '@nats-io/kv';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { order, task } from '../actors/index.js';
-import type { Strand } from '../src/app.js';
 import type { CommandAccepted } from '../src/commands/types.js';
 import type { Snapshot } from '../src/eventstore/snapshots.js';
 import { startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
