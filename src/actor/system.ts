@@ -206,6 +206,8 @@ export class ActorSystem {
 
   private async handle(actor: Actor, req: CommandRequest): Promise<CommandReply> {
     const agg = actor.aggregate;
+    /** Times the state was found behind the stream's head before an answer no append checks. */
+    let refreshes = 0;
     for (let attempt = 0; ; attempt++) {
       // The first command an instance gets in this process usually creates it. Rather than read
       // its (empty) history first, decide on the initial state and let the append's expectation
@@ -228,6 +230,10 @@ export class ActorSystem {
       if (seen) return acceptedReply(actor, seen, req.commandId, true);
 
       if (req.expectedVersion !== undefined && req.expectedVersion !== actor.version) {
+        if (await this.behindHead(actor, ++refreshes)) {
+          attempt--;
+          continue;
+        }
         return failed(ErrorCode.WRONG_VERSION, `expected version ${req.expectedVersion}, ${agg.name}/${actor.id} is at version ${actor.version}`, {
           details: { expected: req.expectedVersion, actual: actor.version },
         });
@@ -250,10 +256,16 @@ export class ActorSystem {
         attempt--; // not a conflict: load it and decide again
         continue;
       }
-      if (decision instanceof Rejection) {
-        return failed(ErrorCode.REJECTED, decision.message, { reason: decision.reason, ...(decision.details !== undefined ? { details: decision.details } : {}) });
-      }
-      if (decision.length === 0) {
+      if (decision instanceof Rejection || decision.length === 0) {
+        // No append checks this answer: another instance (or a process before a restart) may
+        // have appended since this actor last looked. Only an answer given on the latest state leaves.
+        if (await this.behindHead(actor, ++refreshes)) {
+          attempt--;
+          continue;
+        }
+        if (decision instanceof Rejection) {
+          return failed(ErrorCode.REJECTED, decision.message, { reason: decision.reason, ...(decision.details !== undefined ? { details: decision.details } : {}) });
+        }
         return { ok: true, aggregate: agg.name, id: actor.id, version: actor.version, seq: actor.seq, events: [], commandId: req.commandId, duplicate: false };
       }
 
@@ -380,15 +392,48 @@ export class ActorSystem {
     }
   }
 
-  /** Folds in events appended by others since the actor's last one (after a conflict). */
+  /**
+   * Folds in events appended by others since the actor's last one (after a conflict), through
+   * the stream's head as its leader has it: a read answered by a lagging replica would leave the
+   * actor behind and make the next attempt conflict again.
+   */
   private async catchUp(actor: Actor): Promise<void> {
     try {
-      const { events } = await this.store.load(actor.aggregate.name, actor.id, actor.seq);
-      for (const s of events) this.foldStored(actor, s);
+      const head = await this.store.headSeq(actor.aggregate.name, actor.id);
+      if (head > actor.seq) for (const s of await this.store.loadThrough(actor.aggregate.name, actor.id, actor.seq, head)) this.foldStored(actor, s);
     } catch (err) {
       this.reset(actor);
       throw err;
     }
+  }
+
+  /**
+   * Whether the actor was behind the stream's head (it is caught up when this returns true, and
+   * the caller decides again). Asked before an answer that no append checks: a rejection, a
+   * no-op, a wrong expected version. Bounded: an instance that keeps moving under it gets
+   * UNAVAILABLE rather than an answer on a state already gone.
+   */
+  private async behindHead(actor: Actor, refreshes: number): Promise<boolean> {
+    const agg = actor.aggregate;
+    let head: number;
+    try {
+      head = await this.store.headSeq(agg.name, actor.id);
+    } catch (err) {
+      this.reset(actor);
+      throw err;
+    }
+    if (head <= actor.seq) return false;
+    if (refreshes > this.o.conflictRetries + 1) {
+      throw new StrandError(ErrorCode.UNAVAILABLE, `${agg.name}/${actor.id} kept changing under ${refreshes} decisions; try again`);
+    }
+    this.metrics.staleDecisions.labels(agg.name).inc();
+    try {
+      for (const s of await this.store.loadThrough(agg.name, actor.id, actor.seq, head)) this.foldStored(actor, s);
+    } catch (err) {
+      this.reset(actor);
+      throw err;
+    }
+    return true;
   }
 
   private foldStored(actor: Actor, s: StoredEvent): void {

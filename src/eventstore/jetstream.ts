@@ -20,6 +20,8 @@ const CONFLICT_CODES = new Set([10071, 10164]);
 const UNAVAILABLE_CODES = new Set([10008, 10009, 10023, 10029, 10076, 10077]);
 
 const DIRECT_GET_PAGE = 1000;
+/** JetStream's "no message found" (a message get that matched nothing). */
+const NO_MESSAGE_FOUND = 10037;
 /** Sends of one commit whose ack did not come before giving up with an unknown outcome. */
 const PUBLISH_ATTEMPTS = 3;
 
@@ -84,6 +86,7 @@ async function streamInfo(jsm: JetStreamManager, name: string): Promise<StreamCo
 export class JetStreamEventStore implements EventStore {
   private readonly wire: JetStreamWire;
   private readonly directGet: string;
+  private readonly msgGet: string;
 
   constructor(
     nc: NatsConnection,
@@ -91,6 +94,8 @@ export class JetStreamEventStore implements EventStore {
   ) {
     this.wire = new JetStreamWire(nc, o.timeoutMs);
     this.directGet = `$JS.API.DIRECT.GET.${o.name}`;
+    // Answered by the stream leader only (direct get is answered by any replica that is roughly current).
+    this.msgGet = `$JS.API.STREAM.MSG.GET.${o.name}`;
   }
 
   close(): void {
@@ -176,6 +181,48 @@ export class JetStreamEventStore implements EventStore {
       return true;
     });
     return found;
+  }
+
+  async headSeq(aggregate: string, id: string): Promise<number> {
+    const m = await this.leaderGet({ last_by_subj: instanceEvents(aggregate, id) }, `the last sequence of ${aggregate}/${id}`);
+    return m?.seq ?? 0;
+  }
+
+  async loadThrough(aggregate: string, id: string, afterSeq: number, throughSeq: number): Promise<StoredEvent[]> {
+    const { events } = await this.load(aggregate, id, afterSeq);
+    let last = events.length > 0 ? events[events.length - 1]!.seq : afterSeq;
+    // The replica that answered lags the leader: the few events it has not applied yet, one by one from the leader.
+    while (last < throughSeq) {
+      const m = await this.leaderGet({ seq: last + 1, next_by_subj: instanceEvents(aggregate, id) }, `events of ${aggregate}/${id}`);
+      if (!m?.seq || !m.data) break;
+      events.push({ seq: m.seq, envelope: JSON.parse(Buffer.from(m.data, 'base64').toString('utf8')) as EventEnvelope });
+      last = m.seq;
+    }
+    if (last < throughSeq) throw new StoreUnavailable(`events of ${aggregate}/${id} through ${throughSeq} could not be read (got through ${last})`);
+    return events;
+  }
+
+  /** A message get answered by the stream leader; undefined when nothing matches. */
+  private async leaderGet(request: Record<string, unknown>, what: string): Promise<{ seq?: number; data?: string } | undefined> {
+    let reply: Msg;
+    try {
+      reply = await this.wire.request(this.msgGet, JSON.stringify(request));
+    } catch (err) {
+      if (err instanceof WireTimeout || err instanceof WireClosed) throw new StoreUnavailable(`reading ${what}: ${err.message}`);
+      if (err instanceof WireNoResponders) throw new StoreUnavailable(`event stream ${this.o.name} is not reachable (no responders)`);
+      throw err;
+    }
+    let r: { message?: { seq?: number; data?: string }; error?: { code?: number; err_code?: number; description?: string } };
+    try {
+      r = JSON.parse(decoder.decode(reply.data)) as typeof r;
+    } catch {
+      throw new StoreUnavailable(`reading ${what}: unreadable reply`);
+    }
+    if (r.error) {
+      if (r.error.err_code === NO_MESSAGE_FOUND) return undefined;
+      throw new StoreUnavailable(`reading ${what}: ${r.error.description ?? 'error'} (${r.error.err_code ?? r.error.code ?? '?'})`);
+    }
+    return r.message;
   }
 
   private async read(request: string, onReply: (m: Msg) => boolean): Promise<void> {

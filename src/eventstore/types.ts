@@ -41,6 +41,19 @@ export interface EventStore {
   append(aggregate: string, id: string, expectedSeq: number, events: readonly EventEnvelope[]): Promise<AppendResult>;
   /** Events of one instance with sequence greater than `afterSeq`, in order, at most `limit`. */
   load(aggregate: string, id: string, afterSeq: number, limit?: number): Promise<{ events: StoredEvent[]; more: boolean }>;
-  /** The instance's last event, if any. */
+  /** The instance's last event, if any (read from any replica: it may lag the leader on a cluster). */
   last(aggregate: string, id: string): Promise<StoredEvent | undefined>;
+  /**
+   * The stream sequence of the instance's last event (0: none) as the stream's leader has it:
+   * every append acknowledged before the call is counted. Reads above may be answered by a
+   * replica that lags; this one may not. For confirming that a decision not checked by an
+   * append (a rejection, a no-op, a wrong expected version) was made on the latest state.
+   */
+  headSeq(aggregate: string, id: string): Promise<number>;
+  /**
+   * Events of one instance after `afterSeq`, complete at least through `throughSeq` (a sequence
+   * {@link headSeq} returned): where the replica that answers a read lags, the rest comes from
+   * the leader.
+   */
+  loadThrough(aggregate: string, id: string, afterSeq: number, throughSeq: number): Promise<StoredEvent[]>;
 }

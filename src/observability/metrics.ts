@@ -18,6 +18,12 @@ export class StrandMetrics {
   /** Commands taken and not yet replied to; read at scrape time. */
   commandsInFlight = 0;
   readonly conflicts = new Counter({ name: 'strand_concurrency_conflicts_total', help: 'Appends refused because another writer appended first', labelNames: ['aggregate'], registers: [this.registry] });
+  readonly staleDecisions = new Counter({
+    name: 'strand_stale_decisions_total',
+    help: 'Rejections, no-ops and wrong-version answers decided again because the actor was behind the stream (another writer appended), by aggregate',
+    labelNames: ['aggregate'],
+    registers: [this.registry],
+  });
   readonly liveActors = new Gauge({ name: 'strand_live_actors', help: 'Actors in memory', registers: [this.registry] });
   readonly activations = new Counter({ name: 'strand_actor_activations_total', help: 'Actors activated, by aggregate and source (empty, events, snapshot)', labelNames: ['aggregate', 'source'], registers: [this.registry] });
   readonly passivations = new Counter({ name: 'strand_actor_passivations_total', help: 'Actors passivated, by aggregate and reason (idle, capacity, manual; failure: state dropped for a reload)', labelNames: ['aggregate', 'reason'], registers: [this.registry] });
