@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { badNatsServer, natsServers } from './nats/connect.js';
 
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
@@ -8,7 +9,18 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().in
  * lists them; a bad value stops the program with a message naming the variable.
  */
 export const ConfigSchema = z.object({
-  NATS_URL: z.string().min(1).optional(),
+  NATS_URL: z
+    .string()
+    .min(1)
+    .superRefine((v, ctx) => {
+      const servers = natsServers(v);
+      if (servers.length === 0) ctx.addIssue({ code: 'custom', message: 'names no server' });
+      for (const s of servers) {
+        const bad = badNatsServer(s);
+        if (bad) ctx.addIssue({ code: 'custom', message: bad });
+      }
+    })
+    .optional(),
   DATABASE_URL: z.string().min(1).optional(),
   PORT: int(0, 65535).default(3000),
   HOST: z.string().min(1).default('127.0.0.1'),

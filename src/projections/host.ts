@@ -91,9 +91,9 @@ export class ReadSide {
     return this.byName.get(name);
   }
 
+  /** Prepares the bookkeeping tables and starts the runners this instance can take; safe to call again after it failed. */
   async start(): Promise<void> {
-    this.started = true;
-    this.interest = this.nc.subscribe(LIVE_INTEREST, {
+    this.interest ??= this.nc.subscribe(LIVE_INTEREST, {
       callback: (err, msg) => {
         if (err) return;
         try {
@@ -104,8 +104,12 @@ export class ReadSide {
       },
     });
     await ensureBookkeeping(this.pool);
-    for (const p of this.projections) await this.supervise(p);
-    this.timer = setInterval(() => {
+    this.started = true;
+    for (const p of this.projections) {
+      // A consumer that cannot be created yet (a cluster electing its leaders) is tried again by supervision.
+      await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'projection not started yet; supervision retries'));
+    }
+    this.timer ??= setInterval(() => {
       this.supervising ??= this.superviseAll().finally(() => (this.supervising = undefined));
     }, this.o.standbyCheckMs);
     this.timer.unref();
