@@ -1,4 +1,4 @@
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamManager, type JsMsg, type MsgRequest } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
 import type { Pool, PoolClient, QueryResult } from 'pg';
 import type { Logger } from 'pino';
@@ -702,6 +702,28 @@ export class ProjectionRunner {
   }
 
   /**
+   * The checkpoint may move past events of other projections, with nothing to apply, up to the
+   * first event of this one after it: found by asking the stream's leader, after reading the
+   * stream's end from it, for the next message on each filter subject. Only the leader's answer
+   * counts. The consumer's own view (its pending count) comes from the consumer's leader, whose
+   * copy of the stream may lag the stream's: on a cluster it reported nothing pending while
+   * events of ours were stored and not yet delivered, and the checkpoint moved past them.
+   */
+  private async findWatermark(jsm: JetStreamManager, end: number): Promise<void> {
+    const from = this.planned;
+    if (end <= from || end <= this.watermark) return;
+    let w = end;
+    for (const filter of this.projection.filterSubjects) {
+      // Every event at or before `end` is stored on the leader already: what it does not find there does not exist.
+      const next = await jsm.streams.getMessage(this.o.stream, { seq: from + 1, next_by_subj: filter } as unknown as MsgRequest);
+      if (next) w = Math.min(w, next.seq - 1);
+      if (w <= from) return;
+    }
+    this.watermark = Math.max(this.watermark, w);
+    this.wakeup.wake();
+  }
+
+  /**
    * Once a second (and when a reader waits for a sequence): lag metrics, the watermark, the
    * progress of a rebuild, and its switch-over once it has caught up.
    */
@@ -710,17 +732,11 @@ export class ProjectionRunner {
     const name = this.projection.name;
     try {
       const jsm = await jetstreamManager(this.nc);
-      // The stream's end first, then the consumer: if the consumer then has nothing pending and
-      // everything it delivered is applied, no event of ours at or below that end is missing.
       const end = (await jsm.streams.info(this.o.stream)).state.last_seq;
       const info = await jsm.consumers.info(this.o.stream, this.consumerName);
       this.streamLastSeq = end;
       this.pending = info.num_pending + this.queue.length;
-      if (info.num_pending === 0 && this.queue.length === 0 && info.delivered.stream_seq <= this.planned && end > this.planned) {
-        // Events of other projections only: the checkpoint moves past them (through the loop, in order).
-        this.watermark = Math.max(this.watermark, end);
-        this.wakeup.wake();
-      }
+      await this.findWatermark(jsm, end);
     } catch (err) {
       this.log.debug({ err, projection: name }, 'consumer info unavailable');
       return;
