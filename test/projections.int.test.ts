@@ -465,9 +465,9 @@ describe('projections on one server', { timeout: 120_000 }, () => {
         expect((await s.views!.row('poison_orders', 'poison-2')).row).toEqual({ orderId: 'poison-2', customerId: 'C2' });
         expect((await s.views!.row('poison_orders', 'poison-1')).row).toBeUndefined();
 
-        expect(await s.readSide!.retryDeadLetter('poison_orders', parked[0]!.seq)).toMatchObject({ found: true, ok: false });
+        expect(await s.readSide!.retryDeadLetter('poison_orders', parked[0]!.seq, 10_000)).toMatchObject({ found: true, ok: false });
         broken = false;
-        expect(await s.readSide!.retryDeadLetter('poison_orders', parked[0]!.seq)).toEqual({ found: true, ok: true });
+        expect(await s.readSide!.retryDeadLetter('poison_orders', parked[0]!.seq, 10_000)).toEqual({ found: true, ok: true });
         expect(await s.readSide!.deadLetters('poison_orders')).toEqual([]);
         expect((await s.views!.row('poison_orders', 'poison-1')).row).toEqual({ orderId: 'poison-1', customerId: 'POISON' });
       } finally {
