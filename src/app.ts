@@ -86,6 +86,7 @@ export class Strand {
         snapshots,
         {
           maxActors: config.STRAND_MAX_ACTORS,
+          memoryBytes: config.STRAND_ACTOR_MEMORY_MB * 1024 * 1024,
           idleMs: config.STRAND_ACTOR_IDLE_MS,
           conflictRetries: config.STRAND_CONFLICT_RETRIES,
           mailboxLimit: config.STRAND_MAILBOX_LIMIT,

@@ -34,6 +34,7 @@ export const ConfigSchema = z.object({
   STRAND_DUPLICATE_WINDOW_MS: int(1000).default(120_000),
   STRAND_SNAPSHOT_EVERY: int(0).default(100),
   STRAND_MAX_ACTORS: int(1).default(100_000),
+  STRAND_ACTOR_MEMORY_MB: int(0, 1_048_576).default(512),
   STRAND_ACTOR_IDLE_MS: int(100).default(600_000),
   STRAND_MAILBOX_LIMIT: int(1).default(1024),
   STRAND_CONFLICT_RETRIES: int(0, 100).default(5),
