@@ -1,21 +1,23 @@
 /**
- * Crash points for tests of recovery. `STRAND_FAILPOINT=<name>[:<n>[:throw]]` makes the process
- * kill itself with SIGKILL the n-th time (default first) it passes the named point: a real
- * crash, at an exact place, with nothing flushed or acknowledged afterwards. With `:throw` the
- * point throws an Error instead (a bug in Strand's own code, for tests of what survives one).
+ * Crash points for tests of recovery. `STRAND_FAILPOINT=<name>[:<n>[:throw|:pause]]` makes the
+ * process kill itself with SIGKILL the n-th time (default first) it passes the named point: a
+ * real crash, at an exact place, with nothing flushed or acknowledged afterwards. With `:throw`
+ * the point throws an Error instead (a bug in Strand's own code, for tests of what survives
+ * one); with `:pause` the process stops itself with SIGSTOP there (a stall, as in a long GC or a
+ * frozen VM) and goes on from that very point when sent SIGCONT.
  * Tests in one process arm a point with {@link armFailpoint}. Unset in production; a check of
  * one string on the paths it guards costs nothing.
  */
 let armed = '';
 let remaining = 0;
-let throws = false;
+let mode = '';
 
 /** Arms a point as STRAND_FAILPOINT would (`''` disarms). */
 export function armFailpoint(spec: string): void {
-  const [name = '', countText = '1', mode = ''] = spec.split(':');
+  const [name = '', countText = '1', how = ''] = spec.split(':');
   armed = name;
   remaining = Number(countText) || 1;
-  throws = mode === 'throw';
+  mode = how;
 }
 
 armFailpoint(process.env['STRAND_FAILPOINT'] ?? '');
@@ -25,7 +27,12 @@ export function failpoint(name: string): void {
   if (armed === '' || armed !== name) return;
   if (--remaining > 0) return;
   armed = '';
-  if (throws) throw new Error(`failpoint ${name} reached`);
+  if (mode === 'throw') throw new Error(`failpoint ${name} reached`);
+  if (mode === 'pause') {
+    process.stderr.write(`strand: failpoint ${name} reached; pausing the process (SIGSTOP)\n`);
+    process.kill(process.pid, 'SIGSTOP');
+    return;
+  }
   process.stderr.write(`strand: failpoint ${name} reached; killing the process\n`);
   process.kill(process.pid, 'SIGKILL');
 }

@@ -23,7 +23,7 @@ describe('assignment', () => {
   const P = 64;
   const items = Array.from({ length: P }, (_, i) => i);
   const none = new Map<number, string | undefined>();
-  const members = (n: number) => Array.from({ length: n }, () => randomUUID());
+  const members = (n: number): string[] => Array.from({ length: n }, () => randomUUID() as string);
   const counts = (a: Map<number, string | undefined>, m: readonly string[]) => m.map((x) => [...a.values()].filter((y) => y === x).length);
   const moved = (a: Map<number, string | undefined>, b: Map<number, string | undefined>) => items.filter((p) => a.get(p) !== b.get(p));
 
@@ -52,7 +52,7 @@ describe('assignment', () => {
     for (let n = 1; n <= 7; n++) {
       const m = members(n);
       const before = plan(m, items, none);
-      const joiner = randomUUID();
+      const joiner: string = randomUUID();
       const after = plan([...m, joiner], items, before);
       const changed = moved(before, after);
       expect(changed.every((p) => after.get(p) === joiner)).toBe(true);
