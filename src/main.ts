@@ -105,7 +105,7 @@ async function main(): Promise<void> {
     try {
       lock = await lockDataDir(config.STRAND_DATA_DIR);
     } catch (err) {
-      log.fatal(err instanceof DataDirBusy ? { dataDir: err.dir, pid: err.pid } : { err }, (err as Error).message);
+      log.fatal(err instanceof DataDirBusy ? { dataDir: err.dir, holderPid: err.pid } : { err }, (err as Error).message);
       process.exit(1);
     }
   }
@@ -175,7 +175,7 @@ async function main(): Promise<void> {
       await fail(err, 'embedded nats-server did not start: ');
     }
     natsUrl = embedded!.url;
-    log.info({ url: natsUrl, storeDir, sync: config.NATS_SYNC, pid: embedded!.pid }, `embedded nats-server listening on ${natsUrl}`);
+    log.info({ url: natsUrl, storeDir, sync: config.NATS_SYNC, serverPid: embedded!.pid }, `embedded nats-server listening on ${natsUrl}`);
   }
   await stopIfSignalled();
 
@@ -188,7 +188,7 @@ async function main(): Promise<void> {
       await fail(err, 'embedded PostgreSQL did not start: ');
     }
     databaseUrl = embeddedPg!.url;
-    log.info({ url: redact(databaseUrl), dataDir, pid: embeddedPg!.pid }, `embedded PostgreSQL listening on 127.0.0.1:${embeddedPg!.port}`);
+    log.info({ url: redact(databaseUrl), dataDir, serverPid: embeddedPg!.pid }, `embedded PostgreSQL listening on 127.0.0.1:${embeddedPg!.port}`);
   }
   await stopIfSignalled();
 

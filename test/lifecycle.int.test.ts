@@ -174,8 +174,8 @@ describe('npm start on its embedded servers', { timeout: 180_000 }, () => {
     let third: ReturnType<typeof runMain> | undefined;
     try {
       await ready(first);
-      const natsPid = logField(first.output(), 'embedded nats-server listening', 'pid') as number;
-      const pgPid = logField(first.output(), 'embedded PostgreSQL listening', 'pid') as number;
+      const natsPid = logField(first.output(), 'embedded nats-server listening', 'serverPid') as number;
+      const pgPid = logField(first.output(), 'embedded PostgreSQL listening', 'serverPid') as number;
       const client = await CommandClient.connect(logField(first.output(), 'embedded nats-server listening', 'url') as string);
       expect(await client.send('cmd.order.lock-1.PlaceOrder', order('C1'), { 'Strand-Command-Id': 'lock-1' })).toMatchObject({ ok: true });
 
@@ -239,7 +239,7 @@ describe('npm start on its embedded servers', { timeout: 180_000 }, () => {
     const run = runMain(embeddedEnv(data.dir));
     try {
       await ready(run);
-      process.kill(logField(run.output(), 'embedded nats-server listening', 'pid') as number, 'SIGKILL');
+      process.kill(logField(run.output(), 'embedded nats-server listening', 'serverPid') as number, 'SIGKILL');
       await eventually(() => run.output().includes('NATS disconnected'), 'Strand to notice', 10_000);
       run.child.kill('SIGTERM');
       expect(await run.exit).toBe(0);
