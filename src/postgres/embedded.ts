@@ -17,6 +17,8 @@
  *    are 0700), elsewhere (e.g. /root) it is a clear error;
  *  - stale state: a postmaster.pid left by a killed server is handled (see clearStaleLock);
  *    a server orphaned by a killed owner process is shut down before starting again;
+ *  - the postmaster is spawned here (see startPostmaster) in a process group of its own, so a
+ *    terminal's Ctrl-C reaches only the owner, and optionally with a parent-death signal;
  *  - errors carry the tail of the server's log;
  *  - process exit: the package registers async-exit-hook handlers for exit, beforeExit, SIGINT,
  *    SIGTERM, SIGHUP, SIGBREAK and IPC 'message'. Those would call process.exit(0) on
