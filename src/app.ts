@@ -147,6 +147,7 @@ export class Strand {
           acceptingCommands: () =>
             !config.STRAND_ROLES.includes('commands') ? 'this instance does not take commands (STRAND_ROLES)' : app.stopping ? 'this instance is shutting down' : true,
           stream: config.STRAND_STREAM,
+          natsUrl: deps.natsUrl,
         },
       });
       let live: LiveGateway | undefined;

@@ -37,6 +37,8 @@ export interface ApiDeps {
   /** true, or why new commands are refused with UNAVAILABLE (draining, or no commands role). */
   acceptingCommands(): true | string;
   readonly stream: string;
+  /** The NATS URL(s) this instance uses, named in /asyncapi.json (credentials left out). */
+  readonly natsUrl?: string;
 }
 
 /** What the HTTP server is assembled from. */
