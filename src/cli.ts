@@ -53,7 +53,7 @@ function baseUrl(values: Values): string {
   return url.replace(/\/$/, '');
 }
 
-async function call<T>(values: Values, method: 'GET' | 'POST', path: string): Promise<T> {
+async function call<T>(values: Values, method: 'GET' | 'POST' | 'DELETE', path: string): Promise<T> {
   const base = baseUrl(values);
   const token = process.env['STRAND_TOKEN'];
   let res: Response;
@@ -128,12 +128,12 @@ async function rebuild(values: Values, name: string): Promise<void> {
       return;
     }
     if (s.rebuild?.generation !== generation) throw new Refused(`rebuild of ${name} into generation ${generation} was superseded`);
-    const { checkpoint, pending } = s.rebuild;
-    const fraction = pending >= 0 && checkpoint + pending > 0 ? checkpoint / (checkpoint + pending) : 0;
-    if (tty) err.write(`\r${progressBar(fraction)}  checkpoint ${checkpoint}, ${pending >= 0 ? pending : '?'} pending   `);
+    // The server's own figure, the same as strand_projection_rebuild_progress: the checkpoint over the stream's end.
+    const { checkpoint, pending, progress } = s.rebuild;
+    if (tty) err.write(`\r${progressBar(progress)}  checkpoint ${checkpoint}, ${pending >= 0 ? pending : '?'} pending   `);
     else if (Date.now() - lastLog > 5000) {
       lastLog = Date.now();
-      err.write(`${name}: checkpoint ${checkpoint}, ${pending >= 0 ? pending : '?'} pending\n`);
+      err.write(`${name}: ${(progress * 100).toFixed(1)}%, checkpoint ${checkpoint}, ${pending >= 0 ? pending : '?'} pending\n`);
     }
     await new Promise((r) => setTimeout(r, 250));
   }
@@ -146,6 +146,12 @@ async function deadLetters(values: Values, projection: string): Promise<void> {
     `/projections/${enc(projection)}/dead-letters`,
   );
   out.write(table(list.map((d) => ({ seq: d.seq, subject: d.subject, attempts: d.attempts, parkedAt: d.parkedAt, error: d.error.slice(0, 80) }))));
+}
+
+async function discard(values: Values, projection: string, seq: string): Promise<void> {
+  if (!/^\d+$/.test(seq)) throw new Unusable(`seq must be a number, got ${seq}`);
+  await call(values, 'DELETE', `/projections/${enc(projection)}/dead-letters/${seq}`);
+  out.write(`${projection}: event ${seq} discarded from the dead letters; it will not be applied\n`);
 }
 
 async function retry(values: Values, projection: string, seq: string): Promise<void> {
@@ -463,6 +469,15 @@ const commands: readonly Command[] = [
     options: httpOption,
     positionals: [2, 2],
     run: ([projection, seq], v) => retry(v, projection!, seq!),
+  },
+  {
+    name: 'dead-letters discard',
+    args: '<projection> <seq>',
+    summary: 'remove a parked event for good (it is never applied)',
+    details: ['Exit 1 with DEAD_LETTER_NOT_FOUND when the projection has no parked event with that sequence.', '', HTTP_HELP].join('\n'),
+    options: httpOption,
+    positionals: [2, 2],
+    run: ([projection, seq], v) => discard(v, projection!, seq!),
   },
 ];
 

@@ -103,6 +103,18 @@ describe('the strand CLI', { timeout: 60_000 }, () => {
     expect(retried.code, retried.stderr).toBe(0);
     expect((await cli('dead-letters', 'picky_orders')).stdout).toContain('(none)');
     expect((await strand.views!.row('picky_orders', 'cli-1')).row).toEqual({ orderId: 'cli-1', customerId: 'BAD' });
+
+    // A parked event discarded for good.
+    broken = true;
+    const poison = (await client.send('cmd.order.cli-9.PlaceOrder', { customerId: 'BAD', items: [{ sku: 'A', quantity: 1, priceCents: 1 }] })) as CommandAccepted;
+    expect((await strand.readSide!.waitFor('picky_orders', poison.seq, 10_000)).reached).toBe(true);
+    const discarded = await cli('dead-letters', 'discard', 'picky_orders', String(poison.seq));
+    expect(discarded.code, discarded.stderr).toBe(0);
+    expect(discarded.stdout).toContain(`event ${poison.seq} discarded`);
+    expect((await cli('dead-letters', 'picky_orders')).stdout).toContain('(none)');
+    const again = await cli('dead-letters', 'discard', 'picky_orders', String(poison.seq));
+    expect(again.code).toBe(1);
+    expect(again.stderr).toContain('DEAD_LETTER_NOT_FOUND');
   });
 
   it('says what is wrong with bad usage, unknown names and an unreachable server', async () => {
