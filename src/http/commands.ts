@@ -80,7 +80,7 @@ export const commandRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, {
     }
     const body = Buffer.isBuffer(req.body) ? new Uint8Array(req.body.buffer, req.body.byteOffset, req.body.byteLength) : EMPTY;
     const parsed = api.intake.parse(aggregate, id, command, body, commandHeaders(req));
-    const result: CommandReply = 'ok' in parsed ? parsed : await api.actors.execute(parsed);
+    const result: CommandReply = 'ok' in parsed ? parsed : api.submit ? await api.submit(parsed, body) : await api.actors.execute(parsed);
     count(aggregate, command, result.ok ? (result.duplicate ? 'duplicate' : 'ok') : result.error.code, reply.elapsedTime / 1000);
     return send(reply, result);
   });

@@ -4,6 +4,8 @@ import type { Registry } from 'prom-client';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
 import type { CommandIntake } from '../commands/intake.js';
+import type { CommandReply, CommandRequest } from '../commands/types.js';
+import type { RegionStatus } from '../cluster/region.js';
 import type { EventStore } from '../eventstore/types.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { ReadSide } from '../projections/host.js';
@@ -34,6 +36,10 @@ export interface ApiDeps {
   readonly minSeqWaitMs: number;
   /** The configured largest command body (STRAND_MAX_COMMAND_BYTES). */
   readonly maxCommandBytes: number;
+  /** Runs a command where its partition's owner is (here, or forwarded over NATS); absent without the commands role. */
+  readonly submit?: ((req: CommandRequest, body: Uint8Array) => Promise<CommandReply>) | undefined;
+  /** The cluster's routing, for `GET /cluster`. */
+  readonly cluster?: { status(): RegionStatus } | undefined;
   /** true, or why new commands are refused with UNAVAILABLE (draining, or no commands role). */
   acceptingCommands(): true | string;
   readonly stream: string;
