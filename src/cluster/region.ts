@@ -524,7 +524,9 @@ export class Region {
     });
     // Everything in the stream up to now is what this instance must start from.
     this.actors.passivateWhere((a, id) => partitionOf(a, id, this.o.partitions) === s.partition);
-    if (!waitForPrevious || s.handoffDone || from === undefined || !this.view.isLive(from)) return this.activate(s, 'taken');
+    if (!waitForPrevious) return this.activate(s, 'taken');
+    if (s.handoffDone) return this.activate(s, 'handed over');
+    if (from === undefined || !this.view.isLive(from)) return this.activate(s, 'previous owner gone');
     s.timer = setTimeout(() => {
       this.log.warn({ partition: s.partition, from, waitedMs: this.o.handoffWaitMs }, 'previous owner did not finish the handoff in time; taking the partition as it is');
       this.activate(s, 'handoff timed out');
