@@ -7,6 +7,7 @@ import { ErrorCode, StrandError } from '../errors.js';
 import { ConcurrencyConflict, StoreUnavailable } from '../eventstore/errors.js';
 import type { RememberedCommand, Snapshot, SnapshotStore } from '../eventstore/snapshots.js';
 import type { EventEnvelope, EventStore, StoredEvent } from '../eventstore/types.js';
+import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 
 /** Tuning of the actor system; every field has a documented default in the configuration. */
@@ -390,6 +391,7 @@ export class ActorSystem {
       const t0 = performance.now();
       let lastSeq: number;
       try {
+        failpoint('actor.beforeAppend');
         ({ lastSeq } = await this.store.append(agg.name, actor.id, actor.seq, envelopes));
       } catch (err) {
         if (err instanceof ConcurrencyConflict && assumedNew) {

@@ -62,6 +62,16 @@ export interface RegionOptions {
 
 type State = 'remote' | 'acquiring' | 'active' | 'releasing';
 
+/**
+ * Told when a partition starts and stops running here: other work owned per partition (the
+ * durable command intake) follows the partition's commands. `releasing` is awaited before the
+ * partition is handed over, so that work can finish what it started first.
+ */
+export interface PartitionListener {
+  activated(partition: number): void;
+  releasing(partition: number): Promise<void>;
+}
+
 /** A command on its way through the region. */
 interface Entry {
   readonly msg: Msg;
@@ -132,6 +142,7 @@ export class Region {
   private readyNow = false;
   /** When a mapping that disagrees with STRAND_PARTITIONS was last logged. */
   private mappingWarned = 0;
+  private readonly listeners: PartitionListener[] = [];
 
   constructor(
     private readonly nc: NatsConnection,
@@ -168,6 +179,21 @@ export class Region {
   /** Commands running on this instance. */
   get pending(): number {
     return this.running;
+  }
+
+  /** Follows partitions starting and stopping here (add before start). */
+  addPartitionListener(l: PartitionListener): void {
+    this.listeners.push(l);
+  }
+
+  /** Whether a partition's commands run here now. */
+  isActive(partition: number): boolean {
+    return this.slots[partition]?.state === 'active';
+  }
+
+  /** For a refused append: whether the bucket's leader still names this instance as the partition's owner (false also gives it up here). */
+  owns(partition: number): Promise<boolean> {
+    return this.stillOwns(this.slots[partition]!);
   }
 
   /** Subscribes to its doors and takes its share of the partitions. */
@@ -458,13 +484,6 @@ export class Region {
   private async reconcileOnce(): Promise<void> {
     if (this.stopping) return;
     const me = this.view.self;
-    if (!this.view.selfLive) {
-      // Cut off from NATS (or paused) past the membership TTL: the others will take over.
-      for (const s of this.slots) if (s.state === 'active' || s.state === 'acquiring') this.lost(s, 'its own heartbeats are not acknowledged');
-      this.readyNow = false;
-      this.updateGauges();
-      return;
-    }
     const members = this.view.live('commands').filter((m) => !this.view.member(m)?.leaving);
     const target = plan(members, this.partitionList(), this.heldMap());
     const work: Promise<unknown>[] = [];
@@ -483,7 +502,8 @@ export class Region {
           this.acquire(s, true, claim?.from);
         } else if (wanted === me) {
           if (!claim) work.push(this.take(s, undefined, undefined));
-          else if (!this.view.isLive(claim.owner)) work.push(this.take(s, claim.revision, claim.owner));
+          // Only a healthy observer acts on another looking dead (during a bucket election, everyone does).
+          else if (!this.view.isLive(claim.owner) && this.view.trusted) work.push(this.take(s, claim.revision, claim.owner));
           // else: its live owner hands it over when it sees the same plan
         }
       }
@@ -553,6 +573,13 @@ export class Region {
     this.log.debug({ partition: s.partition, how, held: held.length }, 'partition active here');
     if (how === 'handed over') this.metrics.clusterHandoffs.labels('in').inc();
     for (const e of held) this.run(s, e);
+    for (const l of this.listeners) {
+      try {
+        l.activated(s.partition);
+      } catch (err) {
+        this.log.error({ err, partition: s.partition }, 'partition listener failed');
+      }
+    }
     void this.reconcile(); // readiness, and anything that changed meanwhile
   }
 
@@ -566,6 +593,7 @@ export class Region {
     clearTimeout(s.timer);
     s.timer = undefined;
     s.state = 'releasing';
+    await Promise.all(this.listeners.map((l) => l.releasing(s.partition).catch((err: unknown) => this.log.error({ err, partition: s.partition }, 'partition listener failed'))));
     const finished = await this.drained(s, this.o.drainTimeoutMs);
     if (!finished) this.log.warn({ partition: s.partition, running: s.running }, 'handoff goes on with commands still running (their appends are checked by the log)');
     const claim = this.view.claim(s.partition);
@@ -600,6 +628,7 @@ export class Region {
   private lost(s: Slot, why: string): void {
     if (s.state === 'remote') return;
     this.log.warn({ partition: s.partition, why }, 'partition lost: another instance owns it now');
+    for (const l of this.listeners) void l.releasing(s.partition).catch((err: unknown) => this.log.error({ err, partition: s.partition }, 'partition listener failed'));
     this.metrics.clusterLost.inc();
     clearTimeout(s.timer);
     s.timer = undefined;

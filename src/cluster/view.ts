@@ -7,9 +7,11 @@
  * instance's own monotonic clock sees it, so no two clocks are compared and a server's TTL is not
  * relied on (it is not honoured on every replica of an R3 bucket, nats-server #3653, #4754). A
  * member that stops heartbeating (killed, paused, cut off) is dead to the others after
- * `memberTtlMs`; one that leaves deletes its key and is gone at once. An instance also judges
- * itself: it counts as live only while its own heartbeats are acknowledged, so one cut off from
- * NATS stops acting as an owner about when the others stop counting it.
+ * `memberTtlMs`; one that leaves deletes its key and is gone at once. An instance trusts its
+ * own judgement of the others only while it is itself healthy: its heartbeats acknowledged for
+ * a whole TTL, and its own key seen coming back through its watcher. While the bucket elects a
+ * leader nobody can heartbeat, and everyone looks dead to everyone: then nobody takes anything
+ * over, and the owners go on (the log still checks every append).
  *
  * A partition is owned only through its claim; a claim is valid only while its owner is live.
  * Claims change hands by compare-and-swap, so two instances can never both take the same free
@@ -82,6 +84,10 @@ export class ClusterView {
   private readonly listeners = new Set<() => void>();
   /** performance.now() of the last heartbeat the server acknowledged. */
   private lastBeat = 0;
+  /** performance.now() of the last heartbeat that failed. */
+  private lastFailure = -Infinity;
+  /** performance.now() when this instance's own member key last came back through the watcher. */
+  private seenSelf = 0;
   private beating: Promise<void> | undefined;
   private stopped = false;
   /** Resolves once the watcher has delivered everything the bucket held when it started. */
@@ -141,18 +147,27 @@ export class ClusterView {
     return [...this.members.keys()].sort();
   }
 
-  /** Whether this instance counts itself live: its heartbeats are being acknowledged. */
+  /** Whether this instance's heartbeats are being acknowledged (what the others see of it). */
   get selfLive(): boolean {
     return !this.stopped && performance.now() - this.lastBeat < this.o.memberTtlMs - this.o.heartbeatMs;
   }
 
-  /** The live members (sorted), optionally only those with a role. Includes this instance while it is live. */
+  /**
+   * Whether this instance may act on the others looking dead: its own heartbeats have been
+   * acknowledged for a whole TTL, and its watcher is current (its own key came back recently).
+   */
+  get trusted(): boolean {
+    const now = performance.now();
+    return !this.stopped && now - this.lastFailure > this.o.memberTtlMs && now - this.lastBeat < 2 * this.o.heartbeatMs && now - this.seenSelf < 2 * this.o.heartbeatMs + 500;
+  }
+
+  /** The live members (sorted), optionally only those with a role. This instance is one until it stops. */
   live(role?: string): string[] {
     const now = performance.now();
     const out: string[] = [];
     for (const [id, s] of this.members) {
       if (id === this.me.instance) {
-        if (!this.selfLive) continue;
+        if (this.stopped) continue;
       } else if (now - s.at > this.o.memberTtlMs) continue;
       if (role !== undefined && !s.info.roles.includes(role)) continue;
       out.push(id);
@@ -167,7 +182,7 @@ export class ClusterView {
 
   /** Whether a member is live now. */
   isLive(id: string): boolean {
-    if (id === this.me.instance) return this.selfLive;
+    if (id === this.me.instance) return !this.stopped;
     const s = this.members.get(id);
     return s !== undefined && performance.now() - s.at <= this.o.memberTtlMs;
   }
@@ -262,6 +277,7 @@ export class ClusterView {
         this.lastBeat = performance.now();
         this.onBeat?.(true);
       } catch (err) {
+        this.lastFailure = performance.now();
         this.onBeat?.(false);
         this.log.warn({ err }, 'cluster heartbeat not acknowledged');
       }
@@ -298,6 +314,7 @@ export class ClusterView {
       else {
         try {
           this.members.set(id, { info: m.json<MemberInfo>(), at: performance.now() });
+          if (id === this.me.instance) this.seenSelf = performance.now();
         } catch {
           return; // not a member record
         }

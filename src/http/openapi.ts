@@ -316,6 +316,12 @@ function routes(api: ApiDeps): RouteDoc[] {
       errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VIEW, ErrorCode.ROW_NOT_FOUND, ErrorCode.NOT_CAUGHT_UP, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
+      method: 'get', path: '/cluster', operationId: 'cluster', tag: 'operations',
+      summary: 'The members of the cluster and the owner of each partition, as this instance sees them',
+      responses: { 200: { description: 'Membership and partition owners', content: json({ type: 'object', required: ['instance', 'partitions', 'members', 'owners', 'local', 'waiting', 'ready'] }) } },
+      errors: [ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+    },
+    {
       method: 'get', path: '/projections', operationId: 'listProjections', tag: 'projections',
       summary: 'Where every projection stands',
       responses: { 200: { description: 'Status of every projection', content: json(ref('ProjectionList')) } },

@@ -13,6 +13,7 @@ import type { ViewReader } from '../projections/views.js';
 import { aggregateRoutes } from './aggregates.js';
 import { asyncApiRoute } from './asyncapi.js';
 import { catalogRoute } from './catalog.js';
+import { clusterRoute } from './cluster.js';
 import { commandRoutes } from './commands.js';
 import { errorHandling } from './errors.js';
 import { dashboardRoutes } from '../live/dashboard.js';
@@ -76,6 +77,7 @@ export function buildHttpServer(deps: HttpDeps): FastifyInstance {
   void app.register(commandRoutes, { api: deps.api });
   void app.register(viewRoutes, { api: deps.api });
   void app.register(projectionRoutes, { api: deps.api });
+  void app.register(clusterRoute, { api: deps.api });
   void app.register(catalogRoute, { api: deps.api });
   void app.register(asyncApiRoute, { api: deps.api });
   void app.register(openApiRoute, { api: deps.api });

@@ -16,8 +16,10 @@ export interface LoadResult {
   readonly sent: ReadonlyMap<string, readonly string[]>;
   /** Failed attempts by error (resent each time). */
   readonly failures: ReadonlyMap<string, number>;
-  /** The longest time no sender had a command acknowledged, in ms (the service gap). */
+  /** The longest time no sender had a command acknowledged, in ms. */
   readonly maxGapMs: number;
+  /** The longest a command took from its first send to its acknowledgement, resends included, in ms: the service gap its aggregate saw. */
+  readonly maxCommandMs: number;
   readonly commands: number;
 }
 
@@ -28,6 +30,7 @@ export class Load {
   private readonly failures = new Map<string, number>();
   private lastAck = performance.now();
   private maxGap = 0;
+  private maxCommand = 0;
   private gapTimer: NodeJS.Timeout | undefined;
   private runs: Promise<void>[] = [];
   private conns: NatsConnection[] = [];
@@ -62,7 +65,7 @@ export class Load {
     await Promise.all(this.runs);
     clearInterval(this.gapTimer);
     await Promise.all(this.conns.map((c) => c.close()));
-    return { acknowledged: this.acknowledged, sent: this.sent, failures: this.failures, maxGapMs: Math.round(this.maxGap), commands: this.acknowledged.size };
+    return { acknowledged: this.acknowledged, sent: this.sent, failures: this.failures, maxGapMs: Math.round(this.maxGap), maxCommandMs: Math.round(this.maxCommand), commands: this.acknowledged.size };
   }
 
   private async sender(nc: NatsConnection, s: number): Promise<void> {
@@ -84,14 +87,16 @@ export class Load {
     const h = headers();
     h.set('Strand-Command-Id', commandId);
     const payload = JSON.stringify(body);
+    const first = performance.now();
     for (;;) {
       let why: string;
       try {
-        const m = await nc.request(subject, payload, { headers: h, timeout: 3000 });
+        const m = await nc.request(subject, payload, { headers: h, timeout: 2000 });
         const r = JSON.parse(new TextDecoder().decode(m.data)) as CommandReply;
         if (r.ok) {
           this.acknowledged.set(commandId, { aggregateId, version: r.version, seq: r.seq });
           this.lastAck = performance.now();
+          this.maxCommand = Math.max(this.maxCommand, this.lastAck - first);
           return;
         }
         why = r.error.code;
