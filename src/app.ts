@@ -111,7 +111,8 @@ export class Strand {
           ClusterView.open(
             nc,
             { bucket: clusterBucketName(config.STRAND_STREAM), replicas: config.STRAND_STREAM_REPLICAS, heartbeatMs: config.STRAND_HEARTBEAT_MS, memberTtlMs: config.STRAND_MEMBER_TTL_MS },
-            { instance, roles: config.STRAND_ROLES, startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, leaving: false },
+            // Without a database an instance applies no projection: it must not be planned for one.
+            { instance, roles: config.STRAND_ROLES.filter((r) => r !== 'projections' || deps.databaseUrl !== undefined), startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, leaving: false },
             log.child({ component: 'cluster' }),
             (ok) => metrics.clusterHeartbeats.labels(ok ? 'ok' : 'failed').inc(),
           ),
@@ -159,6 +160,7 @@ export class Strand {
           },
           metrics,
           log.child({ component: 'projections' }),
+          cluster,
         );
         views = new ViewReader(pool, projections);
       }

@@ -580,14 +580,41 @@ describe('projections on one server', { timeout: 120_000 }, () => {
         await s.stop();
       }
     });
+    it('spread the projections over the instances that apply them, and move them when one leaves', async () => {
+      const db = await database();
+      const env = { ...ctx.env, STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '300' };
+      const all = [await startStrandWithDb(ctx.url, db.url, env), await startStrandWithDb(ctx.url, db.url, env), await startStrandWithDb(ctx.url, db.url, env)];
+      const local = async (s: Strand) => (await s.readSide!.status()).filter((x) => x.local).map((x) => x.name);
+      try {
+        // 5 projections over 3 instances: 2, 2 and 1, each applied once.
+        await eventually(async () => {
+          const counts = await Promise.all(all.map(async (s) => (await local(s)).length));
+          return counts.sort().join(',') === '1,2,2';
+        }, 'the projections to spread 2, 2, 1', 20_000);
+        const names = (await Promise.all(all.map(local))).flat().sort();
+        expect(names).toEqual(exampleProjections.map((p) => p.name).sort());
+        // One leaves: the other two apply everything, 3 and 2, and go on applying.
+        await all[0]!.stop();
+        const rest = all.slice(1);
+        await eventually(async () => {
+          const counts = await Promise.all(rest.map(async (s) => (await local(s)).length));
+          return counts.sort().join(',') === '2,3';
+        }, 'the projections to move to the others', 20_000);
+        const r = (await ctx.client.send('cmd.order.spread-1.PlaceOrder', { customerId: 'C9', items: [{ sku: 'A', quantity: 1, priceCents: 1 }] })) as CommandAccepted;
+        const task = (await ctx.client.send('cmd.task.spread-1.CreateTask', { title: 't', memberId: 'M1', assignedTo: 'CC1' })) as CommandAccepted;
+        for (const p of exampleProjections) expect((await rest[0]!.readSide!.waitFor(p.name, Math.max(r.seq, task.seq), 15_000)).reached, p.name).toBe(true);
+      } finally {
+        await Promise.all(all.map((s) => s.stop()));
+      }
+    });
+
     it('run each projection on one instance at a time, and hand over when it stops', async () => {
       const db = await database();
       const a = await startStrandWithDb(ctx.url, db.url, { ...ctx.env,  STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '200' });
       const b = await startStrandWithDb(ctx.url, db.url, { ...ctx.env,  STRAND_ROLES: 'projections', STRAND_PROJECTION_STANDBY_MS: '200' });
       try {
         const local = async (s: Strand) => (await s.readSide!.status()).filter((x) => x.local).map((x) => x.name);
-        const both = [...(await local(a)), ...(await local(b))].sort();
-        expect(both).toEqual(exampleProjections.map((p) => p.name).sort());
+        await eventually(async () => [...(await local(a)), ...(await local(b))].sort().join() === exampleProjections.map((p) => p.name).sort().join(), 'the two to apply every projection between them', 20_000);
         await a.stop();
         await eventually(async () => (await local(b)).length === exampleProjections.length, 'b to take over every projection', 10_000);
         const r = (await ctx.client.send('cmd.order.handover-1.PlaceOrder', { customerId: 'C9', items: [{ sku: 'A', quantity: 1, priceCents: 1 }] })) as CommandAccepted;

@@ -80,3 +80,28 @@ export function plan<T extends string | number>(members: readonly string[], item
   // Keep the items' own order in the result.
   return new Map(items.map((item) => [item, out.get(item)]));
 }
+
+/**
+ * A plan from the members alone (no holdings): each item, in the given order, goes to the
+ * member that ranks it highest among those below their share (⌊items/members⌋, and one more
+ * for as many members as the division leaves over). Every instance computes the
+ * same answer as soon as it sees the same members, whatever each holds meanwhile, so it suits
+ * a few items whose holdings are only announced (the projections): there, plans that depend
+ * on holdings seen at different moments would disagree, and hand items back and forth.
+ * Balanced to one item; a member joining or leaving moves its share and a few more.
+ */
+export function spread<T extends string | number>(members: readonly string[], items: readonly T[]): Map<T, string | undefined> {
+  const live = [...new Set(members)].sort();
+  const out = new Map<T, string | undefined>();
+  const base = live.length === 0 ? 0 : Math.floor(items.length / live.length);
+  let extra = live.length === 0 ? 0 : items.length % live.length;
+  const load = new Map(live.map((m) => [m, 0]));
+  for (const item of items) {
+    const m = live.filter((x) => load.get(x)! < base || (extra > 0 && load.get(x)! === base)).sort(byWeight(item))[0];
+    out.set(item, m);
+    if (m === undefined) continue;
+    if (load.get(m) === base) extra--;
+    load.set(m, load.get(m)! + 1);
+  }
+  return out;
+}

@@ -1,6 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { describe, expect, it } from 'vitest';
-import { plan } from './assignment.js';
+import { plan, spread } from './assignment.js';
 import { fnv1a32, partitionOf } from './partition.js';
 
 describe('partitions', () => {
@@ -81,5 +81,20 @@ describe('assignment', () => {
     const m = members(3);
     const a = plan(m, names, new Map());
     expect(counts(a as unknown as Map<number, string | undefined>, m).sort()).toEqual([1, 2, 2]);
+  });
+});
+
+describe('spread (from the members alone)', () => {
+  it('is the same for the same members, balanced to one, and every item placed', () => {
+    const names = ['task_list_view', 'member_task_history', 'task_analytics', 'order_list', 'eligibility_metrics'];
+    for (let n = 1; n <= 6; n++) {
+      const m = Array.from({ length: n }, () => randomUUID() as string);
+      const a = spread(m, names);
+      expect(spread([...m].reverse(), names)).toEqual(a);
+      expect([...a.values()].every((x) => x !== undefined && m.includes(x))).toBe(true);
+      const counts = m.map((x) => [...a.values()].filter((y) => y === x).length);
+      expect(Math.max(...counts) - Math.min(...counts)).toBeLessThanOrEqual(1);
+    }
+    expect([...spread([], names).values()].every((x) => x === undefined)).toBe(true);
   });
 });

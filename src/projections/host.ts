@@ -3,11 +3,15 @@ import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import { LIVE_INTEREST } from '../../subjects/index.js';
 import type { Pool } from 'pg';
 import type { Logger } from 'pino';
+import { spread } from '../cluster/assignment.js';
 import { ErrorCode, StrandError } from '../errors.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import { dropRetiredGenerations, ensureBookkeeping, listProjectionRows, plan, requestRebuild, type ProjectionRow } from './catalog.js';
 import { ProjectionRunner, rebuildProgress, type LiveFeedMessage, type RunnerOptions } from './runner.js';
 import type { Projection, ProjectionEvent } from './types.js';
+
+/** How long the instance a projection is planned for has to take it before any instance may. */
+const PLACEMENT_GRACE_MS = 10_000;
 
 /** Gateways announce every second; an announcement counts for this long. */
 const WATCH_TTL_MS = 3000;
@@ -53,6 +57,19 @@ export interface ReadSideOptions extends RunnerOptions {
 }
 
 /**
+ * What the read side needs of the cluster to spread projections over the instances that apply
+ * them: the live members with the `projections` role, what each says it runs, and a way to say
+ * what this one runs (src/cluster/view.ts).
+ */
+export interface ProjectionPeers {
+  readonly self: string;
+  live(role?: string): string[];
+  member(id: string): { readonly projections: readonly string[]; readonly leaving: boolean } | undefined;
+  announce(update: { projections: readonly string[] }): void;
+  onChange(fn: () => void): () => void;
+}
+
+/**
  * Runs every projection: one runner per generation being applied (the serving one and, during
  * a rebuild, the new one), each only where its advisory lock is held, so several instances
  * share the work and take over from each other.
@@ -77,6 +94,8 @@ export class ReadSide {
     private readonly o: ReadSideOptions,
     private readonly metrics: StrandMetrics,
     private readonly log: Logger,
+    /** Other instances applying projections: each projection goes to one, balanced; without, this instance takes every lock it can. */
+    private readonly peers?: ProjectionPeers,
   ) {
     const m = new Map<string, Projection>();
     for (const p of projections) {
@@ -115,10 +134,10 @@ export class ReadSide {
       // A consumer that cannot be created yet (a cluster electing its leaders) is tried again by supervision.
       await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'projection not started yet; supervision retries'));
     }
-    this.timer ??= setInterval(() => {
-      this.supervising ??= this.superviseAll().finally(() => (this.supervising = undefined));
-    }, this.o.standbyCheckMs);
+    this.timer ??= setInterval(() => this.superviseSoon(), this.o.standbyCheckMs);
     this.timer.unref();
+    // Instances coming and going move projections at once, not at the next standby check.
+    this.offPeers ??= this.peers?.onChange(() => this.superviseSoon());
   }
 
   /** This instance's gateway, fed in-process (see RunnerOptions.localFeed). */
@@ -134,8 +153,17 @@ export class ReadSide {
     return Date.now() - (this.watchedAt.get(name) ?? 0) < WATCH_TTL_MS;
   }
 
+  /** Runs a supervision pass unless one is under way. */
+  private superviseSoon(): void {
+    if (!this.started || this.stopping) return;
+    this.supervising ??= this.superviseAll().finally(() => (this.supervising = undefined));
+  }
+
+  private offPeers: (() => void) | undefined;
+
   async stop(): Promise<void> {
     this.stopping = true;
+    this.offPeers?.();
     this.interest?.unsubscribe();
     clearInterval(this.timer);
     await this.supervising;
@@ -316,6 +344,11 @@ export class ReadSide {
     return true;
   }
 
+  /** Tells the other instances which projections this one applies. */
+  private announceRunning(): void {
+    this.peers?.announce({ projections: [...new Set([...this.runners.values()].filter((r) => r.running).map((r) => r.projection.name))].sort() });
+  }
+
   private activeRunner(name: string): ProjectionRunner | undefined {
     for (const r of this.runners.values()) if (r.projection.name === name && r.target.role === 'active') return r;
     return undefined;
@@ -328,23 +361,60 @@ export class ReadSide {
     }
   }
 
+  /**
+   * Whether this instance should apply a projection: 'here' when the plan over the live
+   * instances with the projections role gives it this one; 'there' when it gives it another,
+   * which has it (or has had less than a grace period to take it); 'anyone' when that one has
+   * not taken it in time (it has no database, or is stuck), so whoever gets the lock first applies it.
+   */
+  private placement(name: string): 'here' | 'there' | 'anyone' {
+    const peers = this.peers;
+    if (!peers) return 'anyone';
+    const members = peers.live('projections').filter((m) => !peers.member(m)?.leaving);
+    const held = new Map<string, string | undefined>();
+    for (const m of members) for (const x of peers.member(m)?.projections ?? []) if (!held.has(x)) held.set(x, m);
+    const target = spread(members, this.projections.map((p) => p.name)).get(name);
+    if (target === undefined || target === peers.self) {
+      this.placedAt.delete(name);
+      return target === undefined ? 'anyone' : 'here';
+    }
+    if (held.get(name) === target) return 'there';
+    const since = this.placedAt.get(name);
+    if (!since || since.target !== target) {
+      this.placedAt.set(name, { target, at: Date.now() });
+      return 'there';
+    }
+    return Date.now() - since.at > PLACEMENT_GRACE_MS ? 'anyone' : 'there';
+  }
+
+  /** When each projection was last planned for another instance that did not run it yet. */
+  private readonly placedAt = new Map<string, { target: string; at: number }>();
+
   private async supervise(p: Projection): Promise<void> {
     const targets = await plan(this.pool, p);
     const wanted = new Set(targets.map((t) => `${p.name}/${t.generation}`));
+    const placement = this.placement(p.name);
     for (const [key, r] of this.runners) {
-      // Retired generations, and runners that stopped themselves (lost their lock connection).
-      if (r.projection.name === p.name && (!wanted.has(key) || !r.running)) {
+      // Retired generations, runners that stopped themselves (lost their lock connection), and
+      // projections the plan gives another instance (it takes the lock once this one lets go).
+      if (r.projection.name === p.name && (!wanted.has(key) || !r.running || placement === 'there')) {
+        if (placement === 'there' && r.running) this.log.info({ projection: p.name, generation: r.target.generation }, 'projection handed to the instance the plan gives it');
         this.runners.delete(key);
         await r.stop();
       }
     }
+    this.announceRunning();
+    if (placement === 'there') return;
     for (const t of targets) {
       const key = `${p.name}/${t.generation}`;
       if (this.runners.has(key) || this.stopping) continue;
       const runner = new ProjectionRunner(p, t, this.pool, this.nc, { ...this.o, watched: (n) => this.watched(n), localFeed: (m) => this.localFeed?.(m) }, this.metrics, this.log.child({ projection: p.name }), () => {
         void this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'supervision after switch-over failed'));
       });
-      if (await runner.tryStart()) this.runners.set(key, runner);
+      if (await runner.tryStart()) {
+        this.runners.set(key, runner);
+        this.announceRunning();
+      }
     }
     const dropped = await dropRetiredGenerations(this.pool, p.name);
     if (dropped.length > 0) {
