@@ -16,6 +16,7 @@ import { DeliverPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
 import { NoRespondersError, RequestError, TimeoutError, headers as natsHeaders, type NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import { CommandHeader, EVENT_PREFIX, commandSubject, isAggregateId, isAggregateName, isMessageName } from '../subjects/index.js';
+import type { RegionStatus } from './cluster/region.js';
 import type { ProjectionStatus } from './projections/host.js';
 
 const out = process.stdout;
@@ -96,6 +97,45 @@ function progressBar(fraction: number, width = 30): string {
 }
 
 const enc = encodeURIComponent;
+
+/** Compresses sorted partition numbers into ranges: 0-3,7,9-11. */
+function ranges(ps: readonly number[]): string {
+  const out: string[] = [];
+  for (let i = 0; i < ps.length; ) {
+    let j = i;
+    while (j + 1 < ps.length && ps[j + 1] === ps[j]! + 1) j++;
+    out.push(j === i ? String(ps[i]) : `${ps[i]}-${ps[j]}`);
+    i = j + 1;
+  }
+  return out.join(',') || '-';
+}
+
+async function showCluster(values: Values): Promise<void> {
+  const s = await call<RegionStatus>(values, 'GET', '/cluster');
+  out.write(`${s.partitions} partitions; asked: ${s.instance}${s.ready ? '' : ' (not holding its share yet)'}${s.waiting > 0 ? `; ${s.waiting} commands waiting for an owner` : ''}\n`);
+  const owned = new Map<string, number[]>();
+  s.owners.forEach((o, p) => {
+    const k = o ?? '(none)';
+    let list = owned.get(k);
+    if (!list) owned.set(k, (list = []));
+    list.push(p);
+  });
+  out.write(
+    table(
+      s.members.map((m) => ({
+        instance: m.instance,
+        host: m.host,
+        pid: m.pid || null,
+        roles: m.roles.join(','),
+        state: m.leaving ? 'leaving' : !m.live ? 'dead' : m.ready ? 'ready' : 'joining',
+        owns: m.owned,
+        partitions: ranges(owned.get(m.instance) ?? []),
+      })),
+    ),
+  );
+  const none = owned.get('(none)');
+  if (none) out.write(`no owner: ${ranges(none)}\n`);
+}
 
 async function showProjections(values: Values): Promise<void> {
   const { projections } = await call<{ projections: ProjectionStatus[] }>(values, 'GET', '/projections');
@@ -423,6 +463,20 @@ const commands: readonly Command[] = [
     options: { ...httpOption, version: { type: 'string' }, at: { type: 'string' }, json: { type: 'boolean' } },
     positionals: [2, 2],
     run: ([aggregate, id], v) => inspect(v, aggregate!, id!),
+  },
+  {
+    name: 'cluster',
+    args: '',
+    summary: 'the instances and the partitions each owns',
+    details: [
+      'A table of the members the asked instance sees: instance, host, pid, roles, state (ready, joining,',
+      'leaving, dead), how many partitions it owns and which; then the partitions with no owner, if any.',
+      '',
+      HTTP_HELP,
+    ].join('\n'),
+    options: httpOption,
+    positionals: [0, 0],
+    run: (_, v) => showCluster(v),
   },
   {
     name: 'projections',

@@ -117,6 +117,14 @@ describe('the strand CLI', { timeout: 60_000 }, () => {
     expect(again.stderr).toContain('DEAD_LETTER_NOT_FOUND');
   });
 
+  it('shows the cluster: the instances, their state, and the partitions each owns', async () => {
+    await eventually(() => strand.region!.ready, 'the instance to hold its share', 10_000);
+    const r = await cli('cluster');
+    expect(r.code, r.stderr).toBe(0);
+    expect(r.stdout).toContain(`64 partitions; asked: ${strand.region!.instance}`);
+    expect(r.stdout).toMatch(new RegExp(`${strand.region!.instance}\\s+\\S+\\s+\\d+\\s+commands,projections\\s+ready\\s+64\\s+0-63`));
+  });
+
   it('says what is wrong with bad usage, unknown names and an unreachable server', async () => {
     expect((await cli('frobnicate')).code).toBe(2);
     const unknown = await cli('projections', 'rebuild', 'no_such');
