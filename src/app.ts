@@ -15,7 +15,8 @@ import { createPool } from './postgres/connect.js';
 import { ReadSide } from './projections/host.js';
 import type { Projection } from './projections/types.js';
 import { ViewReader } from './projections/views.js';
-import { allowAll, createAuthenticator, type AccessPolicy, type Authenticator } from './live/auth.js';
+import { allowAll, type AccessPolicy } from './auth/access.js';
+import { createAuthenticator, type Authenticator } from './auth/tokens.js';
 import { LiveGateway } from './live/gateway.js';
 import type { Pool } from 'pg';
 import { requireServerVersion } from './nats/version.js';
@@ -29,9 +30,9 @@ export interface StrandDeps {
   /** PostgreSQL for the read side; without it no projection runs and no view is served. */
   readonly databaseUrl?: string;
   readonly projections?: readonly Projection[];
-  /** Who may subscribe to what over WebSocket (default: everyone to everything). */
+  /** Who may read, send and operate what, over HTTP and WebSocket (default: `allowAll`). */
   readonly access?: AccessPolicy;
-  /** How WebSocket clients authenticate (default: from the configuration). */
+  /** How HTTP and WebSocket clients authenticate (default: from the configuration). */
   readonly auth?: Authenticator;
   readonly log: Logger;
   /** Register Node's default process metrics (off in tests that start several instances). */
@@ -124,9 +125,12 @@ export class Strand {
         );
         views = new ViewReader(pool, projections);
       }
+      const auth = deps.auth ?? (await createAuthenticator(config));
+      const access = deps.access ?? allowAll;
       let app!: Strand;
       const http = buildHttpServer({
         log,
+        auth,
         registry: metrics.registry,
         checks: [
           { name: 'nats', ready: () => app.connected },
@@ -146,12 +150,13 @@ export class Strand {
           acceptingCommands: () =>
             !config.STRAND_ROLES.includes('commands') ? 'this instance does not take commands (STRAND_ROLES)' : app.stopping ? 'this instance is shutting down' : true,
           stream: config.STRAND_STREAM,
+          access,
         },
       });
       let live: LiveGateway | undefined;
       if (views) {
         live = new LiveGateway(
-          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: deps.auth ?? (await createAuthenticator(config)), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }), instance },
+          { nc, views, readSide, actors, store, aggregates: intake.registry, auth, access, metrics, log: log.child({ component: 'live' }), instance },
           {
             stream: config.STRAND_STREAM,
             maxSubscriptions: config.STRAND_WS_MAX_SUBSCRIPTIONS,

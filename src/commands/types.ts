@@ -16,6 +16,12 @@ export interface CommandRequest {
   readonly issuer?: Issuer;
   /** `Strand-Expected-Version`, when given. */
   readonly expectedVersion?: number;
+  /**
+   * An authorization check on the state the command is about to be decided on: the actor calls
+   * it right before `decide` (after the duplicate check), and again on the fresh state after a
+   * conflict. true lets the command through; a string refuses it with `FORBIDDEN`. Must not throw.
+   */
+  readonly authorize?: (state: unknown) => true | string;
 }
 
 /** One event of a successful reply. */
