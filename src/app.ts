@@ -68,6 +68,7 @@ export class Strand {
     const { config, log } = deps;
     const nc = await connect({
       servers: deps.natsUrl,
+      ...(config.NATS_USER !== undefined ? { user: config.NATS_USER, pass: config.NATS_PASSWORD } : {}),
       name: 'strand',
       noAsyncTraces: true,
       maxReconnectAttempts: -1,

@@ -9,6 +9,8 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().in
  */
 export const ConfigSchema = z.object({
   NATS_URL: z.string().min(1).optional(),
+  NATS_USER: z.string().min(1).optional(),
+  NATS_PASSWORD: z.string().min(1).optional(),
   DATABASE_URL: z.string().min(1).optional(),
   PORT: int(0, 65535).default(3000),
   HOST: z.string().min(1).default('127.0.0.1'),
@@ -76,6 +78,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     if (v !== undefined && v !== '') input[key] = v;
   }
   const r = ConfigSchema.safeParse(input);
+  if (r.success && (r.data.NATS_USER === undefined) !== (r.data.NATS_PASSWORD === undefined)) {
+    throw new ConfigError(`invalid configuration:\n  ${r.data.NATS_USER === undefined ? 'NATS_PASSWORD' : 'NATS_USER'}: set NATS_USER and NATS_PASSWORD together`);
+  }
   if (!r.success) {
     const lines = r.error.issues.map((i) => `  ${i.path.join('.')}=${JSON.stringify(input[String(i.path[0])] ?? '')}: ${i.message}`);
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);
