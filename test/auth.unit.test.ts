@@ -4,6 +4,7 @@ import { taskAccess } from '../actors/access.js';
 import { task, type TaskState } from '../actors/task/task.js';
 import { allowAll, checkCommand, checkOperate, decideCheck, issuerOf, type AccessPolicy, type CommandAccessRequest } from '../src/auth/access.js';
 import { DEV_PRINCIPAL, authorizationBearer, type Principal } from '../src/auth/tokens.js';
+import { ConfigError, loadConfig } from '../src/config.js';
 
 const principal = (sub: string, roles: string[] = [], claims: Record<string, unknown> = {}): Principal => ({ sub, roles, claims: { sub, ...claims } });
 const admin = principal('ops', ['admin']);
@@ -90,5 +91,13 @@ describe('taskAccess: commands and operations', () => {
     expect(check(assignedTo(null))).toBe('coordinators may complete only tasks assigned to them');
     expect(decideCheck(taskAccess, cc1, { aggregate: 'task', id: 't', command: 'CancelTask', data: {} })!(assignedTo('CC2'))).toBe(true);
     expect(decideCheck(taskAccess, admin, complete())!(assignedTo('CC2'))).toBe(true);
+  });
+});
+
+describe('NATS_USER and NATS_PASSWORD', () => {
+  it('go together', () => {
+    expect(loadConfig({ NATS_USER: 'strand', NATS_PASSWORD: 'x' })).toMatchObject({ NATS_USER: 'strand', NATS_PASSWORD: 'x' });
+    expect(() => loadConfig({ NATS_USER: 'strand' })).toThrow(ConfigError);
+    expect(() => loadConfig({ NATS_PASSWORD: 'x' })).toThrow(/NATS_PASSWORD: set NATS_USER and NATS_PASSWORD together/);
   });
 });
