@@ -1,5 +1,4 @@
 import { randomUUID } from 'node:crypto';
-import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
@@ -19,13 +18,16 @@ import { allowAll, type AccessPolicy } from './auth/access.js';
 import { createAuthenticator, type Authenticator } from './auth/tokens.js';
 import { LiveGateway } from './live/gateway.js';
 import type { Pool } from 'pg';
+import { connectNats, isTransientJetStream, natsServers, untilReady } from './nats/connect.js';
 import { requireServerVersion } from './nats/version.js';
+import { isTransient as isTransientPg } from './projections/runner.js';
 import { StrandMetrics } from './observability/metrics.js';
 
 /** Everything a running Strand needs from outside. */
 export interface StrandDeps {
   readonly config: Config;
   readonly aggregates: readonly Aggregate[];
+  /** One NATS server URL, or several separated by commas (a cluster: any of them will do). */
   readonly natsUrl: string;
   /** PostgreSQL for the read side; without it no projection runs and no view is served. */
   readonly databaseUrl?: string;
@@ -37,6 +39,8 @@ export interface StrandDeps {
   readonly log: Logger;
   /** Register Node's default process metrics (off in tests that start several instances). */
   readonly defaultMetrics?: boolean;
+  /** Aborted when the process is asked to stop while start still waits for NATS or PostgreSQL. */
+  readonly signal?: AbortSignal;
 }
 
 /**
@@ -66,21 +70,17 @@ export class Strand {
   /** Connects, checks the server, prepares the stream and starts taking commands. */
   static async start(deps: StrandDeps): Promise<Strand> {
     const { config, log } = deps;
-    const nc = await connect({
-      servers: deps.natsUrl,
-      ...(config.NATS_USER !== undefined ? { user: config.NATS_USER, pass: config.NATS_PASSWORD } : {}),
-      name: 'strand',
-      noAsyncTraces: true,
-      maxReconnectAttempts: -1,
-      reconnectTimeWait: 250,
-    });
+    const wait = { log, signal: deps.signal };
+    const credentials = config.NATS_USER !== undefined && config.NATS_PASSWORD !== undefined ? { user: config.NATS_USER, pass: config.NATS_PASSWORD } : undefined;
+    const nc = await connectNats(natsServers(deps.natsUrl), 'strand', wait, credentials);
     try {
       requireServerVersion(nc.info?.version, deps.natsUrl);
       const stream = { name: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, duplicateWindowMs: config.STRAND_DUPLICATE_WINDOW_MS };
-      await ensureEventStream(nc, stream, log);
+      // On a cluster that is restarting, JetStream answers only once its leaders are elected.
+      await untilReady('event stream', () => ensureEventStream(nc, stream, log), isTransientJetStream, wait);
       const store = new JetStreamEventStore(nc, { ...stream, timeoutMs: config.STRAND_STORE_TIMEOUT_MS });
       const snapshots = config.STRAND_SNAPSHOT_EVERY > 0 || deps.aggregates.some((a) => (a.snapshotEvery ?? 0) > 0)
-        ? await KvSnapshotStore.open(nc, config.STRAND_STREAM, config.STRAND_STREAM_REPLICAS)
+        ? await untilReady('snapshot bucket', () => KvSnapshotStore.open(nc, config.STRAND_STREAM, config.STRAND_STREAM_REPLICAS), isTransientJetStream, wait)
         : undefined;
       const metrics = new StrandMetrics({ defaultMetrics: deps.defaultMetrics ?? true });
       const actors = new ActorSystem(
@@ -88,6 +88,7 @@ export class Strand {
         snapshots,
         {
           maxActors: config.STRAND_MAX_ACTORS,
+          memoryBytes: config.STRAND_ACTOR_MEMORY_MB * 1024 * 1024,
           idleMs: config.STRAND_ACTOR_IDLE_MS,
           conflictRetries: config.STRAND_CONFLICT_RETRIES,
           mailboxLimit: config.STRAND_MAILBOX_LIMIT,
@@ -176,7 +177,7 @@ export class Strand {
       }
       app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config, pool, readSide, views, live);
       app.watchConnection();
-      if (readSide && config.STRAND_ROLES.includes('projections')) await readSide.start();
+      if (readSide && config.STRAND_ROLES.includes('projections')) await untilReady('read model database', () => readSide.start(), isTransientPg, wait);
       if (config.STRAND_ROLES.includes('commands')) await commands.start();
       log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;

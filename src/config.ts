@@ -1,4 +1,5 @@
 import { z } from 'zod';
+import { badNatsServer, natsServers } from './nats/connect.js';
 
 const bool = z.enum(['true', 'false', '1', '0']).transform((v) => v === 'true' || v === '1');
 const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().int().min(min).max(max);
@@ -8,7 +9,18 @@ const int = (min: number, max = Number.MAX_SAFE_INTEGER) => z.coerce.number().in
  * lists them; a bad value stops the program with a message naming the variable.
  */
 export const ConfigSchema = z.object({
-  NATS_URL: z.string().min(1).optional(),
+  NATS_URL: z
+    .string()
+    .min(1)
+    .superRefine((v, ctx) => {
+      const servers = natsServers(v);
+      if (servers.length === 0) ctx.addIssue({ code: 'custom', message: 'names no server' });
+      for (const s of servers) {
+        const bad = badNatsServer(s);
+        if (bad) ctx.addIssue({ code: 'custom', message: bad });
+      }
+    })
+    .optional(),
   NATS_USER: z.string().min(1).optional(),
   NATS_PASSWORD: z.string().min(1).optional(),
   DATABASE_URL: z.string().min(1).optional(),
@@ -24,6 +36,7 @@ export const ConfigSchema = z.object({
   STRAND_DUPLICATE_WINDOW_MS: int(1000).default(120_000),
   STRAND_SNAPSHOT_EVERY: int(0).default(100),
   STRAND_MAX_ACTORS: int(1).default(100_000),
+  STRAND_ACTOR_MEMORY_MB: int(0, 1_048_576).default(512),
   STRAND_ACTOR_IDLE_MS: int(100).default(600_000),
   STRAND_MAILBOX_LIMIT: int(1).default(1024),
   STRAND_CONFLICT_RETRIES: int(0, 100).default(5),

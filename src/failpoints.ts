@@ -1,17 +1,38 @@
 /**
- * Crash points for tests of recovery. `STRAND_FAILPOINT=<name>[:<n>]` makes the process kill
- * itself with SIGKILL the n-th time (default first) it passes the named point: a real crash,
- * at an exact place, with nothing flushed or acknowledged afterwards. Unset in production; a
- * check of one environment variable read once at start costs nothing on the paths it guards.
+ * Crash points for tests of recovery. `STRAND_FAILPOINT=<name>[:<n>[:throw|:pause]]` makes the
+ * process kill itself with SIGKILL the n-th time (default first) it passes the named point: a
+ * real crash, at an exact place, with nothing flushed or acknowledged afterwards. With `:throw`
+ * the point throws an Error instead (a bug in Strand's own code, for tests of what survives
+ * one); with `:pause` the process stops itself with SIGSTOP there (a stall, as in a long GC or a
+ * frozen VM) and goes on from that very point when sent SIGCONT.
+ * Tests in one process arm a point with {@link armFailpoint}. Unset in production; a check of
+ * one string on the paths it guards costs nothing.
  */
-const spec = process.env['STRAND_FAILPOINT'] ?? '';
-const [armed = '', countText = '1'] = spec.split(':');
-let remaining = Number(countText) || 1;
+let armed = '';
+let remaining = 0;
+let mode = '';
 
-/** Passing a named point; dies here when that point is armed and its count is reached. */
+/** Arms a point as STRAND_FAILPOINT would (`''` disarms). */
+export function armFailpoint(spec: string): void {
+  const [name = '', countText = '1', how = ''] = spec.split(':');
+  armed = name;
+  remaining = Number(countText) || 1;
+  mode = how;
+}
+
+armFailpoint(process.env['STRAND_FAILPOINT'] ?? '');
+
+/** Passing a named point; dies (or throws) here when that point is armed and its count is reached. */
 export function failpoint(name: string): void {
   if (armed === '' || armed !== name) return;
   if (--remaining > 0) return;
+  armed = '';
+  if (mode === 'throw') throw new Error(`failpoint ${name} reached`);
+  if (mode === 'pause') {
+    process.stderr.write(`strand: failpoint ${name} reached; pausing the process (SIGSTOP)\n`);
+    process.kill(process.pid, 'SIGSTOP');
+    return;
+  }
   process.stderr.write(`strand: failpoint ${name} reached; killing the process\n`);
   process.kill(process.pid, 'SIGKILL');
 }

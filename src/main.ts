@@ -4,6 +4,7 @@ import { aggregates, projections } from '../actors/index.js';
 import { Strand } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
 import { createAuthenticator, type Authenticator } from './live/auth.js';
+import { StartAborted } from './nats/connect.js';
 import { startNatsServer, type RunningNatsServer } from './nats/server.js';
 import { createLogger } from './observability/logger.js';
 import { redact } from './postgres/connect.js';
@@ -14,7 +15,12 @@ async function main(): Promise<void> {
   // Signals are ours from the first moment: one arriving while servers are still starting
   // must stop them too, not leave them orphaned.
   let signalled: string | undefined;
-  let onSignal: (signal: string) => void = (signal) => (signalled ??= signal);
+  // Ends the waits of a start that cannot reach NATS or PostgreSQL yet.
+  const starting = new AbortController();
+  let onSignal: (signal: string) => void = (signal) => {
+    signalled ??= signal;
+    starting.abort();
+  };
   process.on('SIGTERM', () => onSignal('SIGTERM'));
   process.on('SIGINT', () => onSignal('SIGINT'));
 
@@ -81,9 +87,10 @@ async function main(): Promise<void> {
   await stopIfSignalled();
 
   try {
-    app = await Strand.start({ config, aggregates, projections, access: taskAccess, auth, natsUrl, databaseUrl, log });
+    app = await Strand.start({ config, aggregates, projections, access: taskAccess, auth, natsUrl, databaseUrl, log, signal: starting.signal });
     await app.http.listen({ port: config.PORT, host: config.HOST });
   } catch (err) {
+    if (err instanceof StartAborted) await stopIfSignalled();
     await fail(err, '');
   }
   const address = app!.http.server.address();

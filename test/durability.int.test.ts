@@ -130,4 +130,37 @@ describe('durability', () => {
       await strand.stop();
     }
   });
+
+  it('passivates least recently used actors past the memory budget, counting their states and remembered command IDs', async () => {
+    const strand = await startStrand(nats.url, { STRAND_ACTOR_MEMORY_MB: '1' });
+    const client = await CommandClient.connect(nats.url);
+    const budget = 1024 * 1024;
+    try {
+      // Each task holds about 4 KB of text, and remembers its commands' IDs of 100 characters.
+      const text = 'x'.repeat(1990);
+      for (let i = 0; i < 400; i += 50) {
+        const replies = await Promise.all(
+          Array.from({ length: 50 }, (_, j) =>
+            client.send(`cmd.task.mem-${i + j}.CreateTask`, { title: 'Memory', description: text, memberId: 'M1', assignedTo: 'CC1' }, { 'Strand-Command-Id': `${'c'.repeat(90)}-${i + j}` }),
+          ),
+        );
+        for (const r of replies) expect(r.ok).toBe(true);
+      }
+      const passivated = (await strand.metrics.passivations.get()).values.filter((v) => v.labels.reason === 'memory').reduce((n, v) => n + v.value, 0);
+      expect(passivated).toBeGreaterThan(0);
+      expect(strand.actors.size).toBeLessThan(400);
+      expect(strand.actors.memoryBytes).toBeLessThanOrEqual(budget);
+      expect(strand.actors.memoryBytes).toBeGreaterThan(budget / 2);
+      // A passivated task comes back with its history and remembered command IDs.
+      expect(await client.send('cmd.task.mem-0.CreateTask', { title: 'Memory', description: text, memberId: 'M1', assignedTo: 'CC1' }, { 'Strand-Command-Id': `${'c'.repeat(90)}-0` })).toMatchObject({
+        ok: true,
+        version: 1,
+        duplicate: true,
+      });
+      expect(await client.send('cmd.task.mem-0.AssignTask', { assignedTo: 'CC2' })).toMatchObject({ ok: true, version: 2 });
+    } finally {
+      await client.close();
+      await strand.stop();
+    }
+  });
 });

@@ -13,6 +13,11 @@ import type { StrandMetrics } from '../observability/metrics.js';
 export interface ActorSystemOptions {
   /** Most actors kept in memory; past it the least recently used idle one is passivated. */
   readonly maxActors: number;
+  /**
+   * Most bytes the actors' states and remembered command IDs may take, as estimated (0: no
+   * limit); past it the least recently used idle actors are passivated until a tenth is free.
+   */
+  readonly memoryBytes: number;
   /** An actor unused this long is passivated. */
   readonly idleMs: number;
   /** Re-decides after a concurrency conflict before replying `CONFLICT`. */
@@ -57,6 +62,10 @@ class Actor {
   /** Not loaded in this process yet: its first command may assume it has no events (see handle). */
   fresh = true;
   lastUsed = 0;
+  /** Estimated bytes of its state and remembered commands (see estimateBytes), counted in the system's total. */
+  bytes = 0;
+  /** The version at which `bytes` was last estimated. */
+  sizedAt = -1;
 
   constructor(
     readonly aggregate: Aggregate,
@@ -83,6 +92,8 @@ function issuerHeader(issuer: Issuer | undefined): string | undefined {
 export class ActorSystem {
   private readonly actors = new Map<string, Actor>();
   private readonly sweeper: NodeJS.Timeout;
+  /** Sum of the actors' estimated bytes. */
+  private bytes = 0;
 
   constructor(
     private readonly store: EventStore,
@@ -98,6 +109,11 @@ export class ActorSystem {
   /** Actors in memory. */
   get size(): number {
     return this.actors.size;
+  }
+
+  /** Estimated bytes the actors in memory hold (states and remembered command IDs). */
+  get memoryBytes(): number {
+    return this.bytes;
   }
 
   /** Runs a command on its instance's actor; never throws. */
@@ -170,7 +186,41 @@ export class ActorSystem {
   stop(): void {
     clearInterval(this.sweeper);
     this.actors.clear();
+    this.bytes = 0;
     this.metrics.liveActors.set(0);
+    this.metrics.actorBytes.set(0);
+  }
+
+  /**
+   * Re-estimates an actor's size when its version moved on since the last estimate (every
+   * command at first, then less often as it grows: serialising a large state after every command
+   * would cost more than it saves), and passivates least recently used actors when the total is
+   * over the budget.
+   */
+  private resize(actor: Actor): void {
+    if (!actor.ready) {
+      this.account(actor, 0);
+    } else if (actor.sizedAt < 0 || actor.version - actor.sizedAt >= Math.min(64, Math.max(1, actor.sizedAt >> 3))) {
+      this.account(actor, estimateBytes(actor));
+      actor.sizedAt = actor.version;
+    }
+    if (this.o.memoryBytes > 0 && this.bytes > this.o.memoryBytes) this.shed();
+  }
+
+  private account(actor: Actor, bytes: number): void {
+    this.bytes += bytes - actor.bytes;
+    actor.bytes = bytes;
+    this.metrics.actorBytes.set(this.bytes);
+  }
+
+  /** Over the byte budget: passivates idle actors, least recently used first, until a tenth of it is free. */
+  private shed(): void {
+    const target = this.o.memoryBytes * 0.9;
+    for (const [key, a] of this.actors) {
+      if (this.bytes <= target) break;
+      if (a.busy || a.mailbox) continue;
+      this.remove(key, a, 'memory');
+    }
   }
 
   private async run(actor: Actor): Promise<void> {
@@ -184,6 +234,7 @@ export class ActorSystem {
         } catch (err) {
           reply = this.failure(err, actor, job.req);
         }
+        this.resize(actor);
         job.resolve(reply);
       }
       actor.mailbox = null;
@@ -492,6 +543,8 @@ export class ActorSystem {
     actor.ready = false;
     actor.state = undefined;
     actor.recent = null;
+    actor.sizedAt = -1;
+    this.account(actor, 0);
     this.metrics.passivations.labels(actor.aggregate.name, 'failure').inc();
   }
 
@@ -514,9 +567,37 @@ export class ActorSystem {
 
   private remove(key: string, a: Actor, reason: string): void {
     this.actors.delete(key);
+    this.account(a, 0);
     this.metrics.passivations.labels(a.aggregate.name, reason).inc();
     this.metrics.liveActors.set(this.actors.size);
   }
+}
+
+/** Bytes per remembered command beyond its strings (object, array, numbers). */
+const REMEMBERED_OVERHEAD = 96;
+/** Bytes of an actor beyond its state and remembered commands (the object, its map entry and key). */
+const ACTOR_OVERHEAD = 160;
+
+/**
+ * An actor's size as JSON, doubled: V8 keeps a JSON-shaped object in roughly one to three times
+ * its JSON length (property names shared by hidden classes, numbers unboxed or not), so twice the
+ * length is a middle estimate that costs one serialisation. Remembered command IDs are counted
+ * from their strings.
+ */
+function estimateBytes(actor: Actor): number {
+  let n = ACTOR_OVERHEAD + actor.id.length;
+  try {
+    n += 2 * (JSON.stringify(actor.state) ?? '').length;
+  } catch {
+    // not serialisable (a cycle): the aggregate's own test kit refuses such states; count nothing
+  }
+  if (actor.recent) {
+    for (const r of actor.recent) {
+      n += REMEMBERED_OVERHEAD + r.id.length;
+      for (const t of r.types) n += 16 + t.length;
+    }
+  }
+  return n;
 }
 
 function findRemembered(recent: readonly RememberedCommand[], commandId: string): RememberedCommand | undefined {

@@ -27,7 +27,7 @@ const json = (schema: Obj): Obj => ({ 'application/json': { schema } });
 
 /** One operation of the document, before it is laid out as OpenAPI. */
 interface RouteDoc {
-  readonly method: 'get' | 'post';
+  readonly method: 'get' | 'post' | 'delete';
   /** OpenAPI form: `{param}`. */
   readonly path: string;
   readonly operationId: string;
@@ -345,10 +345,17 @@ function routes(api: ApiDeps): RouteDoc[] {
     },
     {
       method: 'post', path: '/projections/{name}/dead-letters/{seq}/retry', operationId: 'retryDeadLetter', tag: 'projections',
-      summary: 'Applies a parked event again; on success it leaves the dead-letter table',
+      summary: 'Applies a parked event again, through the instance that applies the projection; on success it leaves the dead-letter table and live clients get fresh snapshots',
       parameters: [projection, pathParameter('seq', (DeadLetterParams.properties['seq']!['description'] as string), { type: 'integer', minimum: 1 })],
       responses: { 200: { description: 'Applied', content: json({ type: 'object', required: ['retried'], properties: { retried: { type: 'integer' } } }) } },
       errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.RETRY_FAILED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+    },
+    {
+      method: 'delete', path: '/projections/{name}/dead-letters/{seq}', operationId: 'discardDeadLetter', tag: 'projections',
+      summary: 'Removes a parked event for good: it will not be applied',
+      parameters: [projection, pathParameter('seq', (DeadLetterParams.properties['seq']!['description'] as string), { type: 'integer', minimum: 1 })],
+      responses: { 200: { description: 'Discarded', content: json({ type: 'object', required: ['discarded'], properties: { discarded: { type: 'integer' } } }) } },
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/catalog', operationId: 'catalog', tag: 'contract',

@@ -7,6 +7,9 @@ import { DeadLetterParams, DeadLettersQuery } from './schemas.js';
 import type { ApiDeps } from './server.js';
 import { readModel } from './views.js';
 
+/** How long a dead-letter retry waits for the runner that holds the projection's lock to carry it out. */
+export const RETRY_WAIT_MS = 10_000;
+
 /** Largest body the admin routes read (they take none; a body is read and ignored). */
 const ADMIN_BODY_CAP = 1024;
 
@@ -69,9 +72,17 @@ export const projectionRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app
     mayOperate(api, req, { action: 'dead-letters.retry', projection: name, seq });
     const { readSide } = readModel(api);
     known(readSide, name);
-    const r = await readSide.retryDeadLetter(name, seq);
+    const r = await readSide.retryDeadLetter(name, seq, RETRY_WAIT_MS);
     if (!r.found) throw new StrandError(ErrorCode.DEAD_LETTER_NOT_FOUND, `projection ${name} has no parked event with sequence ${seq}`);
     if (!r.ok) throw new StrandError(ErrorCode.RETRY_FAILED, `event ${seq} failed again: ${r.error ?? 'unknown error'}`);
     return { retried: seq };
+  });
+
+  app.delete<{ Params: DeadLetterParams }>('/projections/:name/dead-letters/:seq', { schema: { params: DeadLetterParams } }, async (req) => {
+    const { readSide } = readModel(api);
+    const { name, seq } = req.params;
+    known(readSide, name);
+    if (!(await readSide.discardDeadLetter(name, seq))) throw new StrandError(ErrorCode.DEAD_LETTER_NOT_FOUND, `projection ${name} has no parked event with sequence ${seq}`);
+    return { discarded: seq };
   });
 };

@@ -25,6 +25,7 @@ export class StrandMetrics {
     registers: [this.registry],
   });
   readonly liveActors = new Gauge({ name: 'strand_live_actors', help: 'Actors in memory', registers: [this.registry] });
+  readonly actorBytes = new Gauge({ name: 'strand_actor_memory_bytes', help: "Estimated bytes of the actors' states and remembered command IDs (the budget STRAND_ACTOR_MEMORY_MB bounds)", registers: [this.registry] });
   readonly activations = new Counter({ name: 'strand_actor_activations_total', help: 'Actors activated, by aggregate and source (empty, events, snapshot)', labelNames: ['aggregate', 'source'], registers: [this.registry] });
   readonly passivations = new Counter({ name: 'strand_actor_passivations_total', help: 'Actors passivated, by aggregate and reason (idle, capacity, manual; failure: state dropped for a reload)', labelNames: ['aggregate', 'reason'], registers: [this.registry] });
   readonly rehydration = new Histogram({ name: 'strand_rehydration_duration_seconds', help: 'Time to activate an actor (snapshot plus events)', labelNames: ['aggregate'], buckets: LATENCY_BUCKETS, registers: [this.registry] });

@@ -37,6 +37,8 @@ CREATE TABLE IF NOT EXISTS public.strand_dead_letters (
   parked_at   timestamptz NOT NULL DEFAULT now(),
   PRIMARY KEY (projection, seq)
 );
+-- Set by a retry request (any instance); the runner that holds the generation's lock applies it.
+ALTER TABLE public.strand_dead_letters ADD COLUMN IF NOT EXISTS retry_requested_at timestamptz;
 -- Every batch moves its generation's checkpoint through this, in the batch's own transaction:
 -- from the sequence the batch was planned after (so a batch whose predecessor did not commit
 -- can never commit), and only while the generation is served or built.

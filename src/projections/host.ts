@@ -5,9 +5,8 @@ import type { Pool } from 'pg';
 import type { Logger } from 'pino';
 import { ErrorCode, StrandError } from '../errors.js';
 import type { StrandMetrics } from '../observability/metrics.js';
-import { dropRetiredGenerations, ensureBookkeeping, inTransaction, listProjectionRows, plan, readProjection, requestRebuild, type ProjectionRow } from './catalog.js';
-import { applyEvents } from './batch.js';
-import { ProjectionRunner, type LiveFeedMessage, type RunnerOptions } from './runner.js';
+import { dropRetiredGenerations, ensureBookkeeping, listProjectionRows, plan, requestRebuild, type ProjectionRow } from './catalog.js';
+import { ProjectionRunner, rebuildProgress, type LiveFeedMessage, type RunnerOptions } from './runner.js';
 import type { Projection, ProjectionEvent } from './types.js';
 
 /** Gateways announce every second; an announcement counts for this long. */
@@ -25,7 +24,14 @@ export interface ProjectionStatus {
   readonly local: boolean;
   readonly pending: number | null;
   readonly caughtUp: boolean | null;
-  readonly rebuild: { readonly generation: number; readonly checkpoint: number; readonly pending: number } | null;
+  readonly rebuild: {
+    readonly generation: number;
+    readonly checkpoint: number;
+    /** Events the new generation has been given and not applied (-1: applied on another instance). */
+    readonly pending: number;
+    /** 0..1: its checkpoint over the stream's last sequence; the same figure as `strand_projection_rebuild_progress`. */
+    readonly progress: number;
+  } | null;
   readonly deadLetters: number;
 }
 
@@ -91,9 +97,9 @@ export class ReadSide {
     return this.byName.get(name);
   }
 
+  /** Prepares the bookkeeping tables and starts the runners this instance can take; safe to call again after it failed. */
   async start(): Promise<void> {
-    this.started = true;
-    this.interest = this.nc.subscribe(LIVE_INTEREST, {
+    this.interest ??= this.nc.subscribe(LIVE_INTEREST, {
       callback: (err, msg) => {
         if (err) return;
         try {
@@ -104,8 +110,12 @@ export class ReadSide {
       },
     });
     await ensureBookkeeping(this.pool);
-    for (const p of this.projections) await this.supervise(p);
-    this.timer = setInterval(() => {
+    this.started = true;
+    for (const p of this.projections) {
+      // A consumer that cannot be created yet (a cluster electing its leaders) is tried again by supervision.
+      await this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'projection not started yet; supervision retries'));
+    }
+    this.timer ??= setInterval(() => {
       this.supervising ??= this.superviseAll().finally(() => (this.supervising = undefined));
     }, this.o.standbyCheckMs);
     this.timer.unref();
@@ -194,6 +204,8 @@ export class ReadSide {
     const rows = new Map((await listProjectionRows(this.pool)).map((r) => [r.name, r]));
     const dl = await this.pool.query('SELECT projection, count(*)::int AS n FROM strand_dead_letters GROUP BY projection');
     const dead = new Map((dl.rows as { projection: string; n: number }[]).map((r) => [r.projection, r.n]));
+    let streamEnd: number | undefined;
+    const end = async (): Promise<number> => (streamEnd ??= await this.streamEnd());
     const out: ProjectionStatus[] = [];
     for (const p of this.projections) {
       const row: ProjectionRow | undefined = rows.get(p.name);
@@ -204,6 +216,7 @@ export class ReadSide {
         const r = await this.pool.query('SELECT seq FROM strand_checkpoints WHERE projection = $1 AND generation = $2', [p.name, row.buildingGeneration]);
         buildCheckpoint = Number((r.rows[0] as { seq: string } | undefined)?.seq ?? 0);
       }
+      const rebuildCheckpoint = building ? building.checkpoint : buildCheckpoint;
       out.push({
         name: p.name,
         version: p.version,
@@ -214,12 +227,26 @@ export class ReadSide {
         pending: active ? active.pending : null,
         caughtUp: active ? active.caughtUp : null,
         rebuild: row?.buildingGeneration
-          ? { generation: row.buildingGeneration, checkpoint: building ? building.checkpoint : buildCheckpoint, pending: building ? building.pending : -1 }
+          ? {
+              generation: row.buildingGeneration,
+              checkpoint: rebuildCheckpoint,
+              pending: building ? building.pending : -1,
+              progress: Number(rebuildProgress(rebuildCheckpoint, await end()).toFixed(4)),
+            }
           : null,
         deadLetters: dead.get(p.name) ?? 0,
       });
     }
     return out;
+  }
+
+  /** The stream's last sequence, from its leader. */
+  private async streamEnd(): Promise<number> {
+    try {
+      return (await (await jetstreamManager(this.nc)).streams.info(this.o.stream)).state.last_seq;
+    } catch (err) {
+      throw new StrandError(ErrorCode.UNAVAILABLE, `event stream unavailable: ${(err as Error).message}`);
+    }
   }
 
   /** Rebuilds a projection from the start of the stream into a new generation; undefined when one is already in progress. */
@@ -249,26 +276,44 @@ export class ReadSide {
   }
 
   /**
-   * Applies a parked event to the serving generation again. On success it leaves the
-   * dead-letter table; on failure its error and attempts are updated and the error returned.
+   * Applies a parked event to the serving generation again, through the runner that holds the
+   * generation's lock (on this instance or another: the request is recorded in PostgreSQL, and
+   * that runner takes it between two batches). On success the event leaves the dead letters and
+   * live clients take fresh snapshots; on failure its error and attempts are updated and the
+   * error returned. Throws UNAVAILABLE when no runner took it within `waitMs` (the request
+   * stays, and is carried out when the projection runs again).
    */
-  async retryDeadLetter(name: string, seq: number): Promise<{ found: boolean; ok: boolean; error?: string }> {
+  async retryDeadLetter(name: string, seq: number, waitMs: number): Promise<{ found: boolean; ok: boolean; error?: string }> {
     const p = this.byName.get(name);
     if (!p) return { found: false, ok: false };
-    try {
-      return await inTransaction(this.pool, async (c) => {
-        const r = await c.query('SELECT event FROM strand_dead_letters WHERE projection = $1 AND seq = $2 FOR UPDATE', [name, seq]);
-        if (r.rowCount === 0) return { found: false, ok: false };
-        const row = await readProjection(c, name);
-        await applyEvents(c, p, row!.activeGeneration, [(r.rows[0] as { event: ProjectionEvent }).event]);
-        await c.query('DELETE FROM strand_dead_letters WHERE projection = $1 AND seq = $2', [name, seq]);
-        return { found: true, ok: true };
-      });
-    } catch (err) {
-      const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
-      const u = await unavailableOnFailure(this.pool.query('UPDATE strand_dead_letters SET error = $3, attempts = attempts + 1 WHERE projection = $1 AND seq = $2', [name, seq, error]));
-      return { found: (u.rowCount ?? 0) > 0, ok: false, error };
+    const asked = await unavailableOnFailure(
+      this.pool.query('UPDATE strand_dead_letters SET retry_requested_at = now() WHERE projection = $1 AND seq = $2 RETURNING attempts', [name, seq]),
+    );
+    if (asked.rowCount === 0) return { found: false, ok: false };
+    const attempts = (asked.rows[0] as { attempts: number }).attempts;
+    this.activeRunner(name)?.requestRetries();
+    const deadline = Date.now() + waitMs;
+    for (;;) {
+      const r = await unavailableOnFailure(this.pool.query('SELECT attempts, error, retry_requested_at FROM strand_dead_letters WHERE projection = $1 AND seq = $2', [name, seq]));
+      const row = r.rows[0] as { attempts: number; error: string; retry_requested_at: Date | null } | undefined;
+      if (!row) return { found: true, ok: true };
+      if (row.retry_requested_at === null && row.attempts > attempts) return { found: true, ok: false, error: row.error };
+      if (Date.now() >= deadline) {
+        throw new StrandError(
+          ErrorCode.UNAVAILABLE,
+          `no instance applied the retry of ${name} event ${seq} within ${waitMs} ms (is the projection running?); the request stays and is carried out when it runs`,
+        );
+      }
+      await new Promise((resolve) => setTimeout(resolve, 50));
     }
+  }
+
+  /** Removes a parked event for good (it will not be applied); false when there is none with that sequence. */
+  async discardDeadLetter(name: string, seq: number): Promise<boolean> {
+    const r = await unavailableOnFailure(this.pool.query('DELETE FROM strand_dead_letters WHERE projection = $1 AND seq = $2 RETURNING subject', [name, seq]));
+    if (r.rowCount === 0) return false;
+    this.log.info({ projection: name, seq, subject: (r.rows[0] as { subject: string }).subject }, 'dead letter discarded');
+    return true;
   }
 
   private activeRunner(name: string): ProjectionRunner | undefined {

@@ -45,6 +45,11 @@ export class MessageQueue {
     return this.items.length - this.head;
   }
 
+  /** The oldest waiting message. */
+  get first(): JsMsg | undefined {
+    return this.items[this.head];
+  }
+
   /** When the oldest waiting message arrived (undefined when none waits). */
   get oldest(): number | undefined {
     return this.arrivals[this.head];

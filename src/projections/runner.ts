@@ -1,4 +1,4 @@
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamManager, type JsMsg, type MsgRequest } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
 import type { Pool, PoolClient, QueryResult } from 'pg';
 import type { Logger } from 'pino';
@@ -10,6 +10,7 @@ import {
   CHECKPOINT_MOVED,
   GENERATION_RETIRED,
   advanceStatement,
+  applyEvents,
   executeOn,
   parkStatement,
   readBacks,
@@ -168,7 +169,6 @@ function undecodable(m: JsMsg): ProjectionEvent {
 export class ProjectionRunner {
   checkpoint = 0;
   pending = 0;
-  private lastEventTime: string | undefined;
   private client: PoolClient | undefined;
   private tables: Map<string, TableMeta> | undefined;
   private messages: ConsumerMessages | undefined;
@@ -178,6 +178,10 @@ export class ProjectionRunner {
   private done: Promise<void> | undefined;
   private ticker: NodeJS.Timeout | undefined;
   private streamLastSeq = 0;
+  /** Whether `streamLastSeq` was read from the stream at least once. */
+  private streamEndSeen = false;
+  /** An operator asked for parked events to be retried: done between batches. */
+  private retryWanted = false;
   private ticking: Promise<void> | undefined;
   private readonly listeners = new Set<() => void>();
   /** The checkpoint the last batch sent will leave (≥ checkpoint). */
@@ -259,7 +263,11 @@ export class ProjectionRunner {
     }
     this.metrics.projectionCheckpoint.labels(this.projection.name, String(this.target.generation)).set(this.checkpoint);
     this.published = this.checkpoint;
-    this.done = this.applyLoop().catch((err: unknown) => this.log.error({ err, projection: this.projection.name }, 'projection runner stopped on an error'));
+    this.done = this.applyLoop().catch((err: unknown) => {
+      // Not running any more: give the lock back, so supervision (here or on another instance) starts a new runner.
+      this.log.error({ err, projection: this.projection.name, generation: this.target.generation }, 'projection runner stopped on an error; releasing its lock');
+      void this.stop();
+    });
     this.ticker = setInterval(() => void this.refresh(), 1000);
     this.ticker.unref();
     void this.refresh();
@@ -326,6 +334,7 @@ export class ProjectionRunner {
   private async applyLoop(): Promise<void> {
     let failures = 0;
     while (!this.stopped) {
+      failpoint('projection.loop');
       if (this.broken) {
         // Let every batch sent after the failed one settle (they fail too: their checkpoint
         // expectation cannot hold), then apply their messages again.
@@ -334,6 +343,20 @@ export class ProjectionRunner {
           continue;
         }
         failures = await this.recover(failures);
+        continue;
+      }
+      if (this.retryWanted) {
+        // Between batches: nothing else may be in flight on the lock connection meanwhile.
+        if (this.inFlight.length > 0) {
+          await this.wakeup.wait();
+          continue;
+        }
+        this.retryWanted = false;
+        try {
+          await this.retryParked();
+        } catch (err) {
+          this.log.warn({ err, projection: this.projection.name }, 'dead letters not retried now; the request stays');
+        }
         continue;
       }
       const last = this.inFlight[this.inFlight.length - 1];
@@ -521,7 +544,6 @@ export class ProjectionRunner {
       this.pending = last.info.pending;
     }
     if (batch.to > this.checkpoint) {
-      if (batch.eventTime) this.lastEventTime = batch.eventTime;
       this.advance(batch.to);
     }
     const name = this.projection.name;
@@ -702,47 +724,145 @@ export class ProjectionRunner {
   }
 
   /**
+   * The checkpoint may move past events of other projections, with nothing to apply, up to the
+   * first event of this one after it: found by asking the stream's leader, after reading the
+   * stream's end from it, for the next message on each filter subject. Only the leader's answer
+   * counts. The consumer's own view (its pending count) comes from the consumer's leader, whose
+   * copy of the stream may lag the stream's: on a cluster it reported nothing pending while
+   * events of ours were stored and not yet delivered, and the checkpoint moved past them.
+   */
+  private async findWatermark(jsm: JetStreamManager, end: number): Promise<void> {
+    const from = this.planned;
+    if (end <= from || end <= this.watermark) return;
+    let w = end;
+    for (const filter of this.projection.filterSubjects) {
+      // Every event at or before `end` is stored on the leader already: what it does not find there does not exist.
+      const next = await jsm.streams.getMessage(this.o.stream, { seq: from + 1, next_by_subj: filter } as unknown as MsgRequest);
+      if (next) w = Math.min(w, next.seq - 1);
+      if (w <= from) return;
+    }
+    this.watermark = Math.max(this.watermark, w);
+    this.wakeup.wake();
+  }
+
+  /**
    * Once a second (and when a reader waits for a sequence): lag metrics, the watermark, the
    * progress of a rebuild, and its switch-over once it has caught up.
    */
   private async tick(): Promise<void> {
     if (this.stopped) return;
     const name = this.projection.name;
+    const previousEnd = this.streamEndSeen ? this.streamLastSeq : undefined;
     try {
       const jsm = await jetstreamManager(this.nc);
-      // The stream's end first, then the consumer: if the consumer then has nothing pending and
-      // everything it delivered is applied, no event of ours at or below that end is missing.
       const end = (await jsm.streams.info(this.o.stream)).state.last_seq;
       const info = await jsm.consumers.info(this.o.stream, this.consumerName);
       this.streamLastSeq = end;
+      this.streamEndSeen = true;
       this.pending = info.num_pending + this.queue.length;
-      if (info.num_pending === 0 && this.queue.length === 0 && info.delivered.stream_seq <= this.planned && end > this.planned) {
-        // Events of other projections only: the checkpoint moves past them (through the loop, in order).
-        this.watermark = Math.max(this.watermark, end);
-        this.wakeup.wake();
+      await this.findWatermark(jsm, end);
+      if (this.target.role === 'active') {
+        this.metrics.projectionPending.labels(name).set(this.pending);
+        this.metrics.projectionLag.labels(name).set(await this.lagSeconds(jsm));
+        if (await this.retriesRequested()) this.requestRetries();
+        return;
       }
     } catch (err) {
       this.log.debug({ err, projection: name }, 'consumer info unavailable');
       return;
     }
-    const lag = this.pending > 0 && this.lastEventTime ? Math.max(0, (Date.now() - Date.parse(this.lastEventTime)) / 1000) : 0;
-    if (this.target.role === 'active') {
-      this.metrics.projectionPending.labels(name).set(this.pending);
-      this.metrics.projectionLag.labels(name).set(lag);
-      return;
-    }
-    const progress = this.streamLastSeq === 0 ? 1 : Math.min(1, this.checkpoint / this.streamLastSeq);
-    this.metrics.rebuildProgress.labels(name, String(this.target.generation)).set(this.pending === 0 ? 1 : progress);
-    if (!this.caughtUp) {
+    const progress = rebuildProgress(this.checkpoint, this.streamLastSeq);
+    this.metrics.rebuildProgress.labels(name, String(this.target.generation)).set(progress);
+    // Caught up with what it was given, and with where the stream's leader said the stream ended a tick ago.
+    if (!this.caughtUp || previousEnd === undefined || this.checkpoint < previousEnd) {
       this.log.info({ projection: name, generation: this.target.generation, checkpoint: this.checkpoint, pending: this.pending, progress: Number(progress.toFixed(3)) }, 'rebuilding');
       return;
     }
     if (await switchOver(this.pool, this.projection, this.target.generation)) {
       this.log.info({ projection: name, generation: this.target.generation, checkpoint: this.checkpoint }, 'rebuild caught up; now serving');
+      this.metrics.rebuildProgress.labels(name, String(this.target.generation)).set(1);
       (this as { target: Target }).target = { generation: this.target.generation, role: 'active' };
       // Every row may have changed: listeners take fresh snapshots.
       this.announce({ projection: name, checkpoint: this.checkpoint, prev: this.checkpoint, reset: true, views: {} });
       this.onSwitched();
     }
   }
+
+  /**
+   * How long the oldest event not yet applied has been in the stream (0 when none is pending):
+   * an idle projection that gets one new event reports that event's age, not the time since the
+   * last one it applied.
+   */
+  private async lagSeconds(jsm: JetStreamManager): Promise<number> {
+    if (this.pending === 0) return 0;
+    let oldest: number | undefined;
+    const held = this.inFlight[0]?.msgs[0] ?? this.queue.first;
+    if (held) oldest = held.time.getTime();
+    else {
+      // Pending but not delivered yet: the first event of ours after the checkpoint, as the stream has it.
+      for (const filter of this.projection.filterSubjects) {
+        const m = await jsm.direct.getMessage(this.o.stream, { seq: this.planned + 1, next_by_subj: filter });
+        if (m) oldest = Math.min(oldest ?? Infinity, m.time.getTime());
+      }
+    }
+    return oldest === undefined ? 0 : Math.max(0, (Date.now() - oldest) / 1000);
+  }
+
+  /** Whether an operator asked (from any instance) to retry a parked event of this generation. */
+  private async retriesRequested(): Promise<boolean> {
+    const r = await this.pool.query('SELECT EXISTS (SELECT 1 FROM public.strand_dead_letters WHERE projection = $1 AND generation = $2 AND retry_requested_at IS NOT NULL) AS wanted', [
+      this.projection.name,
+      this.target.generation,
+    ]);
+    return (r.rows[0] as { wanted: boolean }).wanted;
+  }
+
+  /** Applies the parked events whose retry was asked for, between batches, on the lock connection. */
+  requestRetries(): void {
+    if (this.target.role !== 'active') return;
+    this.retryWanted = true;
+    this.wakeup.wake();
+  }
+
+  /**
+   * Each parked event whose retry was asked for, applied alone in a transaction on the lock
+   * connection (so only the lock holder writes), checked by `strand_advance` from the checkpoint
+   * to itself (the generation still serves, nobody moved the checkpoint), and removed from the
+   * dead letters in the same transaction. A failure is recorded on the dead letter and its
+   * request cleared; a database away leaves the request for later. Live clients take fresh
+   * snapshots afterwards: a retried event changes rows out of stream order.
+   */
+  private async retryParked(): Promise<void> {
+    const c = this.client!;
+    const name = this.projection.name;
+    const g = this.target.generation;
+    const wanted = await c.query('SELECT seq, event FROM public.strand_dead_letters WHERE projection = $1 AND generation = $2 AND retry_requested_at IS NOT NULL ORDER BY seq', [name, g]);
+    let applied = 0;
+    for (const row of wanted.rows as { seq: string; event: ProjectionEvent }[]) {
+      const seq = Number(row.seq);
+      try {
+        await c.query('BEGIN');
+        await applyEvents(c, this.projection, g, [row.event]);
+        await c.query(advanceStatement(name, g, this.checkpoint, this.checkpoint, undefined));
+        await c.query('DELETE FROM public.strand_dead_letters WHERE projection = $1 AND seq = $2', [name, seq]);
+        await c.query('COMMIT');
+        applied++;
+        this.log.info({ projection: name, seq }, 'dead letter retried: applied and removed');
+      } catch (err) {
+        await c.query('ROLLBACK').catch(() => undefined);
+        if (isTransient(err)) throw err;
+        const state = sqlState(err);
+        if (state === GENERATION_RETIRED || state === CHECKPOINT_MOVED) throw err;
+        const error = err instanceof Error ? `${err.name}: ${err.message}` : String(err);
+        await c.query('UPDATE public.strand_dead_letters SET error = $3, attempts = attempts + 1, retry_requested_at = NULL WHERE projection = $1 AND seq = $2', [name, seq, error]);
+        this.log.warn({ projection: name, seq, error }, 'dead letter retried: failed again');
+      }
+    }
+    if (applied > 0) this.announce({ projection: name, checkpoint: this.checkpoint, prev: this.checkpoint, reset: true, views: {} });
+  }
+}
+
+/** A rebuild's progress: the share of the stream (as its leader last reported its end) the new generation's checkpoint has passed. */
+export function rebuildProgress(checkpoint: number, streamEnd: number): number {
+  return streamEnd <= 0 ? 1 : Math.min(1, checkpoint / streamEnd);
 }
