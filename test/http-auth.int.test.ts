@@ -83,7 +83,7 @@ interface Res<T = any> {
   headers: Record<string, unknown>;
 }
 
-async function request(method: 'GET' | 'POST', url: string, opts: { token?: string; headers?: Record<string, string>; payload?: unknown; on?: Strand } = {}): Promise<Res> {
+async function request(method: 'GET' | 'POST' | 'DELETE', url: string, opts: { token?: string; headers?: Record<string, string>; payload?: unknown; on?: Strand } = {}): Promise<Res> {
   const headers: Record<string, string> = { ...(opts.headers ?? {}) };
   if (opts.token !== undefined) headers['authorization'] = `Bearer ${opts.token}`;
   if (opts.payload !== undefined) headers['content-type'] = 'application/json';
@@ -126,6 +126,7 @@ const PROTECTED: [string, string][] = [
   ['POST', '/projections/task_list_view/rebuild'],
   ['GET', '/projections/task_list_view/dead-letters'],
   ['POST', '/projections/task_list_view/dead-letters/1/retry'],
+  ['DELETE', '/projections/task_list_view/dead-letters/1'],
   ['GET', '/catalog'],
   ['GET', '/asyncapi.json'],
   ['GET', '/openapi.json'],
@@ -135,7 +136,7 @@ const PROTECTED: [string, string][] = [
 describe('authentication (STRAND_AUTH=jwt)', () => {
   it('no token: 401 UNAUTHORIZED in the documented shape with a Bearer challenge, on every route but the open ones', async () => {
     for (const [method, url] of PROTECTED) {
-      const r = await request(method as 'GET' | 'POST', url);
+      const r = await request(method as 'GET' | 'POST' | 'DELETE', url);
       expectError(r, 401, ErrorCode.UNAUTHORIZED, 'no bearer token');
       expect(r.headers['www-authenticate'], url).toBe('Bearer realm="strand"');
     }
@@ -293,11 +294,13 @@ describe('operator routes: the admin role', () => {
       ['POST', '/projections/task_list_view/rebuild'],
       ['GET', '/projections/task_list_view/dead-letters'],
       ['POST', '/projections/task_list_view/dead-letters/1/retry'],
+      ['DELETE', '/projections/task_list_view/dead-letters/1'],
     ];
     for (const [method, url] of routes) {
-      expectError(await request(method as 'GET' | 'POST', url, { token: tokens.cc1 }), 403, ErrorCode.FORBIDDEN);
-      expectError(await request(method as 'GET' | 'POST', url, { token: tokens.nobody }), 403, ErrorCode.FORBIDDEN);
+      expectError(await request(method as 'GET' | 'POST' | 'DELETE', url, { token: tokens.cc1 }), 403, ErrorCode.FORBIDDEN);
+      expectError(await request(method as 'GET' | 'POST' | 'DELETE', url, { token: tokens.nobody }), 403, ErrorCode.FORBIDDEN);
     }
+    expectError(await request('DELETE', '/projections/task_list_view/dead-letters/1', { token: tokens.admin }), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
     expect((await get('/projections', tokens.admin)).status).toBe(200);
     expect((await get('/projections/task_list_view', tokens.admin)).status).toBe(200);
     expect((await get('/projections/task_list_view/dead-letters', tokens.admin)).body).toEqual({ deadLetters: [] });

@@ -35,7 +35,9 @@ export type Operation =
   /** `GET /projections/:name/dead-letters` (their events are in it) */
   | { readonly action: 'dead-letters.list'; readonly projection: string }
   /** `POST /projections/:name/dead-letters/:seq/retry` */
-  | { readonly action: 'dead-letters.retry'; readonly projection: string; readonly seq: number };
+  | { readonly action: 'dead-letters.retry'; readonly projection: string; readonly seq: number }
+  /** `DELETE /projections/:name/dead-letters/:seq` */
+  | { readonly action: 'dead-letters.discard'; readonly projection: string; readonly seq: number };
 
 /** The role operator routes need when the policy has no `canOperate`. */
 export const ADMIN_ROLE = 'admin';

@@ -355,7 +355,7 @@ function routes(api: ApiDeps): RouteDoc[] {
       summary: 'Removes a parked event for good: it will not be applied',
       parameters: [projection, pathParameter('seq', (DeadLetterParams.properties['seq']!['description'] as string), { type: 'integer', minimum: 1 })],
       responses: { 200: { description: 'Discarded', content: json({ type: 'object', required: ['discarded'], properties: { discarded: { type: 'integer' } } }) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/catalog', operationId: 'catalog', tag: 'contract',

@@ -79,8 +79,9 @@ export const projectionRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app
   });
 
   app.delete<{ Params: DeadLetterParams }>('/projections/:name/dead-letters/:seq', { schema: { params: DeadLetterParams } }, async (req) => {
-    const { readSide } = readModel(api);
     const { name, seq } = req.params;
+    mayOperate(api, req, { action: 'dead-letters.discard', projection: name, seq });
+    const { readSide } = readModel(api);
     known(readSide, name);
     if (!(await readSide.discardDeadLetter(name, seq))) throw new StrandError(ErrorCode.DEAD_LETTER_NOT_FOUND, `projection ${name} has no parked event with sequence ${seq}`);
     return { discarded: seq };
