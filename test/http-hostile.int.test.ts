@@ -396,7 +396,9 @@ describe('generated hostile requests', () => {
       // Bad or missing credentials.
       () => ({ bytes: request('GET', pick(['/views', '/catalog', '/projections', '/aggregates/task/t-1']), pick(['', 'Authorization: Basic abc\r\n', 'Authorization: Bearer x.y.z\r\n', `Authorization: Bearer ${junk(30).replace(/[\s]/g, '')}z\r\n`, 'Authorization: Bearer\r\n'])), command: false }),
       // Projection routes with bad names and sequences.
-      () => ({ bytes: request(pick(['GET', 'POST']), `/projections/${pick(['nosuch', junk(5).replace(/[/?#]/g, '') || 'q'])}/${pick(['rebuild', 'dead-letters', `dead-letters/${pick(badNumbers)}/retry`, 'x'])}`, auth()), command: false }),
+      () => ({ bytes: request(pick(['GET', 'POST', 'DELETE']), `/projections/${pick(['nosuch', junk(5).replace(/[/?#]/g, '') || 'q'])}/${pick(['rebuild', 'dead-letters', `dead-letters/${pick(badNumbers)}/retry`, `dead-letters/${pick(badNumbers)}`, 'x'])}`, auth()), command: false }),
+      // Bad sequences on the real projection's dead-letter routes.
+      () => ({ bytes: request(pick(['POST', 'DELETE']), `/projections/task_list_view/dead-letters/${pick(badNumbers)}${rnd() < 0.5 ? '/retry' : ''}`, auth()), command: false }),
       // Malformed at the HTTP level.
       () => ({
         bytes: pick([
