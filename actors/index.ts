@@ -1,4 +1,8 @@
-/** The example aggregates that ship with Strand (DESIGN.md, "The example domains"). */
+/**
+ * The aggregates and projections `npm start` runs: the three examples that ship with Strand.
+ * Their rejections are listed in docs/errors.md ("Reasons of the example aggregates"), their
+ * projections in docs/projections.md ("The example projections"); README.md shows them at work.
+ */
 import { eligibilityCheck } from './eligibility-check/eligibility-check.js';
 import { order } from './order/order.js';
 import { task } from './task/task.js';

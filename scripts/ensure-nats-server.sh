@@ -28,11 +28,20 @@ SRC
 opts=(-o Dir::Etc::SourceList="$work/sources.list" -o Dir::Etc::SourceParts=/dev/null
       -o Dir::State::Lists="$work/lists" -o Dir::Cache::Archives="$work/archives"
       -o Dir::State::Status=/dev/null -o APT::Sandbox::User=root -o Debug::NoLocking=1)
-echo "ensure-nats-server: fetching nats-server from Debian sid ($uri)" >&2
-apt-get "${opts[@]}" -qq update >&2
-( cd "$work" && apt-get "${opts[@]}" -qq download nats-server >&2 )
+# Progress on stderr, step by step: the first fetch takes 10-20 s, and a silent wait that long
+# looks like a hang. apt's -q keeps its "Get:" lines (what is downloaded, and its size) but drops
+# the progress bars, which make no sense in a log.
+say() { echo "ensure-nats-server: $*" >&2; }
+started=$SECONDS
+say "no nats-server >= 2.12 on PATH or in .cache/nats-server; fetching Debian sid's package once (10-20 s)"
+say "[1/3] package lists of Debian sid from $uri"
+apt-get "${opts[@]}" -q update >&2
+say "[2/3] downloading the nats-server package"
+( cd "$work" && apt-get "${opts[@]}" -q download nats-server >&2 )
 deb="$(ls -t "$work"/nats-server_*.deb | head -1)"
+say "[3/3] unpacking $(basename "$deb") into .cache/nats-server"
 dpkg -x "$deb" "$root/.cache/nats-server"
 bin="$root/.cache/nats-server/usr/sbin/nats-server"
-version_ok "$bin" || { echo "ensure-nats-server: $deb does not hold nats-server >= 2.12" >&2; exit 1; }
+version_ok "$bin" || { say "$deb does not hold nats-server >= 2.12"; exit 1; }
+say "$("$bin" --version 2>&1 | head -1) ready in $((SECONDS - started)) s: $bin"
 echo "$bin"

@@ -1,11 +1,14 @@
 import { randomUUID } from 'node:crypto';
+import { hostname } from 'node:os';
+import { clusterBucketName } from '../subjects/index.js';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
 import { ActorSystem } from './actor/system.js';
 import type { Aggregate } from './aggregate/define.js';
 import { CommandIntake } from './commands/intake.js';
-import { NatsCommandTransport } from './commands/nats.js';
+import { ClusterView } from './cluster/view.js';
+import { Region } from './cluster/region.js';
 import type { Config } from './config.js';
 import { JetStreamEventStore, ensureEventStream } from './eventstore/jetstream.js';
 import { KvSnapshotStore } from './eventstore/snapshots.js';
@@ -14,7 +17,7 @@ import { createPool } from './postgres/connect.js';
 import { ReadSide } from './projections/host.js';
 import type { Projection } from './projections/types.js';
 import { ViewReader } from './projections/views.js';
-import { allowAll, type AccessPolicy } from './auth/access.js';
+import { allowAll, decideCheck, type AccessPolicy } from './auth/access.js';
 import { createAuthenticator, type Authenticator } from './auth/tokens.js';
 import { LiveGateway } from './live/gateway.js';
 import type { Pool } from 'pg';
@@ -55,7 +58,10 @@ export class Strand {
     readonly nc: NatsConnection,
     readonly store: JetStreamEventStore,
     readonly actors: ActorSystem,
-    readonly commands: NatsCommandTransport,
+    /** Routes commands to the owners of their partitions; undefined without the `commands` role. */
+    readonly region: Region | undefined,
+    /** Membership and partition claims. */
+    readonly cluster: ClusterView,
     readonly intake: CommandIntake,
     readonly http: FastifyInstance,
     readonly metrics: StrandMetrics,
@@ -98,10 +104,42 @@ export class Strand {
         metrics,
         log.child({ component: 'actors' }),
       );
-      const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES });
-      const commands = new NatsCommandTransport(nc, intake, actors, { queueGroup: config.STRAND_QUEUE_GROUP, maxInFlight: config.STRAND_MAX_IN_FLIGHT }, metrics, log.child({ component: 'commands' }));
-      /** Names this instance in what it publishes for other instances (the live feed). */
+      const access = deps.access ?? allowAll;
+      const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES, decideCheck: (principal, command) => decideCheck(access, principal, command) });
+      /** Names this instance in the cluster, and in what it publishes for other instances (the live feed). */
       const instance = randomUUID();
+      const cluster = await untilReady(
+        'cluster bucket',
+        () =>
+          ClusterView.open(
+            nc,
+            { bucket: clusterBucketName(config.STRAND_STREAM), replicas: config.STRAND_STREAM_REPLICAS, heartbeatMs: config.STRAND_HEARTBEAT_MS, memberTtlMs: config.STRAND_MEMBER_TTL_MS },
+            { instance, roles: config.STRAND_ROLES, startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, leaving: false },
+            log.child({ component: 'cluster' }),
+            (ok) => metrics.clusterHeartbeats.labels(ok ? 'ok' : 'failed').inc(),
+          ),
+        isTransientJetStream,
+        wait,
+      );
+      const region = config.STRAND_ROLES.includes('commands')
+        ? new Region(
+            nc,
+            cluster,
+            intake,
+            actors,
+            {
+              partitions: config.STRAND_PARTITIONS,
+              queueGroup: config.STRAND_QUEUE_GROUP,
+              maxInFlight: config.STRAND_MAX_IN_FLIGHT,
+              ownerWaitMs: config.STRAND_OWNER_WAIT_MS,
+              handoffWaitMs: config.STRAND_HANDOFF_WAIT_MS,
+              bufferLimit: config.STRAND_PARTITION_BUFFER,
+              drainTimeoutMs: config.STRAND_DRAIN_TIMEOUT_MS,
+            },
+            metrics,
+            log.child({ component: 'region' }),
+          )
+        : undefined;
       let pool: Pool | undefined;
       let readSide: ReadSide | undefined;
       let views: ViewReader | undefined;
@@ -128,7 +166,6 @@ export class Strand {
         views = new ViewReader(pool, projections);
       }
       const auth = deps.auth ?? (await createAuthenticator(config));
-      const access = deps.access ?? allowAll;
       let app!: Strand;
       const http = buildHttpServer({
         log,
@@ -137,6 +174,7 @@ export class Strand {
         checks: [
           { name: 'nats', ready: () => app.connected },
           { name: 'commands', ready: () => !app.stopping },
+          ...(region ? [{ name: 'partitions', ready: () => region.ready }] : []),
         ],
         reports: readSide ? [{ name: 'projectionsCaughtUp', value: () => readSide!.caughtUp() }] : [],
         api: {
@@ -149,9 +187,12 @@ export class Strand {
           views,
           minSeqWaitMs: config.STRAND_MIN_SEQ_WAIT_MS,
           maxCommandBytes: config.STRAND_MAX_COMMAND_BYTES,
+          submit: region ? (req, body) => region.submit(req, body) : undefined,
+          cluster: region,
           acceptingCommands: () =>
             !config.STRAND_ROLES.includes('commands') ? 'this instance does not take commands (STRAND_ROLES)' : app.stopping ? 'this instance is shutting down' : true,
           stream: config.STRAND_STREAM,
+          natsUrl: deps.natsUrl,
           access,
         },
       });
@@ -175,10 +216,10 @@ export class Strand {
         const gateway = live;
         readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
-      app = new Strand(nc, store, actors, commands, intake, http, metrics, log, config, pool, readSide, views, live);
+      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live);
       app.watchConnection();
       if (readSide && config.STRAND_ROLES.includes('projections')) await untilReady('read model database', () => readSide.start(), isTransientPg, wait);
-      if (config.STRAND_ROLES.includes('commands')) await commands.start();
+      if (region) await region.start();
       log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;
     } catch (err) {
@@ -194,8 +235,9 @@ export class Strand {
     // Commands stop coming in on both doors; those in progress (NATS and HTTP) are finished.
     // WebSocket clients are told to go elsewhere (1001) and will resume there.
     await this.live?.stop();
-    const [clean] = await Promise.all([this.commands.drain(this.config.STRAND_DRAIN_TIMEOUT_MS), this.http.close()]);
-    if (!clean) this.log.warn({ pending: this.commands.pending }, 'drain timed out with commands in progress');
+    // Partitions go to the other instances (commands in progress finish first, those waiting go with them).
+    const [clean] = await Promise.all([this.region ? this.region.stop() : this.cluster.leave().then(() => true), this.http.close()]);
+    if (!clean) this.log.warn({ pending: this.region?.pending ?? 0 }, 'drain timed out with commands in progress');
     await this.readSide?.stop();
     this.actors.stop();
     this.store.close();

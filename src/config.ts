@@ -66,6 +66,12 @@ export const ConfigSchema = z.object({
   STRAND_WS_MAX_PENDING: int(1).default(10_000),
   STRAND_WS_HEARTBEAT_MS: int(1000).default(30_000),
   STRAND_LIVE_BUFFER: int(0).default(10_000),
+  STRAND_PARTITIONS: int(1, 4096).default(64),
+  STRAND_HEARTBEAT_MS: int(100, 60_000).default(1000),
+  STRAND_MEMBER_TTL_MS: int(300, 600_000).default(3000),
+  STRAND_OWNER_WAIT_MS: int(0, 120_000).default(5000),
+  STRAND_HANDOFF_WAIT_MS: int(0, 120_000).default(2000),
+  STRAND_PARTITION_BUFFER: int(1).default(10_000),
   STRAND_ROLES: z
     .string()
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))
@@ -90,10 +96,15 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     const v = env[key];
     if (v !== undefined && v !== '') input[key] = v;
   }
-  const r = ConfigSchema.safeParse(input);
-  if (r.success && (r.data.NATS_USER === undefined) !== (r.data.NATS_PASSWORD === undefined)) {
-    throw new ConfigError(`invalid configuration:\n  ${r.data.NATS_USER === undefined ? 'NATS_PASSWORD' : 'NATS_USER'}: set NATS_USER and NATS_PASSWORD together`);
-  }
+  const r = ConfigSchema.superRefine((c, ctx) => {
+    // A member must be able to miss a heartbeat without being declared dead.
+    if (c.STRAND_MEMBER_TTL_MS < 2 * c.STRAND_HEARTBEAT_MS) {
+      ctx.addIssue({ code: 'custom', path: ['STRAND_MEMBER_TTL_MS'], message: `must be at least twice STRAND_HEARTBEAT_MS (${c.STRAND_HEARTBEAT_MS})` });
+    }
+    if ((c.NATS_USER === undefined) !== (c.NATS_PASSWORD === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [c.NATS_USER === undefined ? 'NATS_PASSWORD' : 'NATS_USER'], message: 'set NATS_USER and NATS_PASSWORD together' });
+    }
+  }).safeParse(input);
   if (!r.success) {
     const lines = r.error.issues.map((i) => `  ${i.path.join('.')}=${JSON.stringify(input[String(i.path[0])] ?? '')}: ${i.message}`);
     throw new ConfigError(`invalid configuration:\n${lines.join('\n')}`);

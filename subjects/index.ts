@@ -22,5 +22,15 @@ export {
   parseCommandSubject,
   parseEventSubject,
   type ParsedCommandSubject,
+  FORWARD_PREFIX,
+  PARTITION_COMMAND_PREFIX,
+  forwardInbox,
+  forwardSubject,
+  handoffDoneSubject,
+  parseRoutedSubject,
+  partitionCommandSubject,
+  partitionCommands,
+  partitionMapping,
+  type RoutedSubject,
 } from './subjects.js';
-export { compareStreamConfig, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';
+export { clusterBucketName, compareStreamConfig, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';

@@ -68,3 +68,8 @@ export function compareStreamConfig(existing: Partial<StreamConfig>, wanted: Par
 export function snapshotBucketName(streamName: string): string {
   return `${streamName}_snapshots`.replace(/[^A-Za-z0-9_-]/g, '_');
 }
+
+/** The JetStream KV bucket that holds a deployment's membership and partition claims. */
+export function clusterBucketName(streamName: string): string {
+  return `${streamName}_cluster`.replace(/[^A-Za-z0-9_-]/g, '_');
+}

@@ -120,3 +120,75 @@ export const LiveHeader = {
 export function liveChanges(projection: string): string {
   return `${LIVE_PREFIX}.changes.${projection}`;
 }
+
+/**
+ * Commands routed inside a cluster (core NATS, not stored). `strand.cmd.<partition>.<aggregate>.<id>.<Command>`
+ * is what a partition's owner subscribes to: a server-side subject mapping of `cmd.*.*.*` onto it
+ * delivers a client's command straight to the owner, with no hop (docs/operations.md).
+ */
+export const PARTITION_COMMAND_PREFIX = 'strand.cmd';
+/** Forwarded commands and handoff notices for one instance: `strand.fwd.<instance>.…`. */
+export const FORWARD_PREFIX = 'strand.fwd';
+
+/** `strand.cmd.<partition>.>`: every command of one partition. */
+export function partitionCommands(partition: number): string {
+  return `${PARTITION_COMMAND_PREFIX}.${partition}.>`;
+}
+
+/** `strand.cmd.<partition>.<aggregate>.<id>.<Command>` */
+export function partitionCommandSubject(partition: number, aggregate: string, id: string, command: string): string {
+  return `${PARTITION_COMMAND_PREFIX}.${partition}.${aggregate}.${id}.${command}`;
+}
+
+/** `strand.fwd.<instance>.>`: what one instance receives from the others. */
+export function forwardInbox(instance: string): string {
+  return `${FORWARD_PREFIX}.${instance}.>`;
+}
+
+/**
+ * `strand.fwd.<instance>.<tag>.<aggregate>.<id>.<Command>`: a command forwarded to `instance`.
+ * `tag` is the hop count (`1`, `2`, …), or `h` for a command the partition's previous owner held
+ * during a handoff (applied before any other of that partition).
+ */
+export function forwardSubject(instance: string, tag: string, aggregate: string, id: string, command: string): string {
+  return `${FORWARD_PREFIX}.${instance}.${tag}.${aggregate}.${id}.${command}`;
+}
+
+/** `strand.fwd.<instance>.done.<partition>`: the previous owner has forwarded everything it held of the partition. */
+export function handoffDoneSubject(instance: string, partition: number): string {
+  return `${FORWARD_PREFIX}.${instance}.done.${partition}`;
+}
+
+/** A command subject of any of the three doors, taken apart; undefined when it is none of them. */
+export type RoutedSubject =
+  | { readonly kind: 'client'; readonly aggregate: string; readonly id: string; readonly command: string }
+  | { readonly kind: 'partition'; readonly partition: number; readonly aggregate: string; readonly id: string; readonly command: string }
+  | { readonly kind: 'forward'; readonly tag: string; readonly aggregate: string; readonly id: string; readonly command: string }
+  | { readonly kind: 'done'; readonly partition: number };
+
+/** Parses `strand.cmd.<p>.<a>.<id>.<C>`, `strand.fwd.<instance>.<tag>.<a>.<id>.<C>` and `strand.fwd.<instance>.done.<p>`. */
+export function parseRoutedSubject(subject: string): RoutedSubject | undefined {
+  const t = subject.split('.');
+  if (t[0] !== 'strand') return undefined;
+  if (t[1] === 'cmd' && t.length === 6) {
+    const partition = Number(t[2]);
+    if (!Number.isInteger(partition) || partition < 0) return undefined;
+    return { kind: 'partition', partition, aggregate: t[3]!, id: t[4]!, command: t[5]! };
+  }
+  if (t[1] === 'fwd' && t.length === 7) return { kind: 'forward', tag: t[3]!, aggregate: t[4]!, id: t[5]!, command: t[6]! };
+  if (t[1] === 'fwd' && t.length === 5 && t[3] === 'done') {
+    const partition = Number(t[4]);
+    if (!Number.isInteger(partition) || partition < 0) return undefined;
+    return { kind: 'done', partition };
+  }
+  return undefined;
+}
+
+/**
+ * The server-side subject mapping (nats-server `mappings`) that delivers `cmd.<aggregate>.<id>.<Command>`
+ * straight to the owner of its partition: the partition computed by the server with the same
+ * hash as Strand's.
+ */
+export function partitionMapping(partitions: number): { readonly from: string; readonly to: string } {
+  return { from: `${COMMAND_PREFIX}.*.*.*`, to: `${PARTITION_COMMAND_PREFIX}.{{partition(${partitions},1,2)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}` };
+}

@@ -98,6 +98,6 @@ describe('NATS_USER and NATS_PASSWORD', () => {
   it('go together', () => {
     expect(loadConfig({ NATS_USER: 'strand', NATS_PASSWORD: 'x' })).toMatchObject({ NATS_USER: 'strand', NATS_PASSWORD: 'x' });
     expect(() => loadConfig({ NATS_USER: 'strand' })).toThrow(ConfigError);
-    expect(() => loadConfig({ NATS_PASSWORD: 'x' })).toThrow(/NATS_PASSWORD: set NATS_USER and NATS_PASSWORD together/);
+    expect(() => loadConfig({ NATS_PASSWORD: "x" })).toThrow(/NATS_PASSWORD="x": set NATS_USER and NATS_PASSWORD together/);
   });
 });

@@ -95,16 +95,26 @@ describe('concurrency', () => {
   });
 
   it('keeps versions gapless when two instances write to the same aggregate', async () => {
+    // The cluster routes an aggregate's commands to one instance; here both actor systems are
+    // driven directly, as two writers with no ownership (a paused owner and its successor, or
+    // another program) would be: only the log's expected sequence keeps them apart.
     const second = await startStrand(nats.url, { STRAND_CONFLICT_RETRIES: '50' });
     try {
       expect((await client.send('cmd.task.shared-1.CreateTask', newTask)).ok).toBe(true);
-      const replies = await Promise.all(Array.from({ length: 100 }, (_, i) => client.send('cmd.task.shared-1.AssignTask', { assignedTo: `CC${i}` })));
+      const enc = new TextEncoder();
+      const replies = await Promise.all(
+        Array.from({ length: 100 }, (_, i) => {
+          const writer = i % 2 === 0 ? strand : second;
+          const req = writer.intake.parse('task', 'shared-1', 'AssignTask', enc.encode(JSON.stringify({ assignedTo: `CC${i}` })), {}) as CommandRequest;
+          return writer.actors.execute(req);
+        }),
+      );
       expect(replies.filter((r) => !r.ok)).toEqual([]);
       const events = await streamEvents(client.nc, 'EVENTS', 'task', 'shared-1');
       expect(events.map((e) => e.envelope.version)).toEqual(Array.from({ length: 101 }, (_, i) => i + 1));
-      const handled = async (s: Strand) => (await s.metrics.commands.get()).values.filter((v) => v.labels.command === 'AssignTask').reduce((n, v) => n + v.value, 0);
-      // The queue group spread the commands over both instances.
-      expect(await handled(second)).toBeGreaterThan(0);
+      // They did fight: the log refused appends made on a state another writer had moved past.
+      const conflicts = async (s: Strand) => (await s.metrics.conflicts.get()).values.reduce((n, v) => n + v.value, 0);
+      expect((await conflicts(strand)) + (await conflicts(second))).toBeGreaterThan(0);
     } finally {
       await second.stop();
     }

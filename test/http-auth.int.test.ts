@@ -13,12 +13,13 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { taskAccess } from '../actors/access.js';
 import { aggregates, projections } from '../actors/index.js';
 import { Strand } from '../src/app.js';
+import { partitionOf } from '../src/cluster/partition.js';
 import type { CommandReply } from '../src/commands/types.js';
 import { loadConfig } from '../src/config.js';
 import { ErrorCode } from '../src/errors.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
-import { CommandClient, startStrand, streamEvents } from './support/strand.js';
+import { CommandClient, eventually, startStrand, streamEvents } from './support/strand.js';
 
 const SECRET = 'http-auth-test-secret-of-at-least-32-characters';
 const ISSUER = 'https://id.test';
@@ -273,6 +274,37 @@ describe("commands: the access policy (taskAccess)", () => {
       // Sent here, where the cached state still says CC1: the refusal is checked against the
       // stream's head, the actor catches up, and CC2 may complete it.
       expectOk(await command('task/pol-4/CompleteTask', {}, tokens.cc2));
+    } finally {
+      await other.stop();
+    }
+  });
+
+  it("a command forwarded to the instance that owns its partition is checked there, on the owner's state", async () => {
+    // Another instance of the same deployment: same configuration, same policy, no database.
+    const other = await Strand.start({
+      config: loadConfig({ STRAND_AUTH: 'jwt', STRAND_JWT_SECRET: SECRET, STRAND_JWT_ISSUER: ISSUER, STRAND_JWT_AUDIENCE: AUDIENCE, STRAND_ROLES: 'commands', STRAND_ACTOR_IDLE_MS: '600000' }),
+      aggregates,
+      access: taskAccess,
+      natsUrl: nats.url,
+      log: pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' }),
+      defaultMetrics: false,
+    });
+    try {
+      const self = strand.region!.status().instance;
+      const them = other.region!.status().instance;
+      // Wait until the other instance owns partitions, then pick a task ID in one of them.
+      let id = '';
+      await eventually(() => {
+        const owners = strand.region!.status().owners;
+        const partitions = owners.length;
+        for (let i = 0; i < 500 && !id; i++) if (owners[partitionOf('task', `fwd-${i}`, partitions)] === them) id = `fwd-${i}`;
+        return id !== '' && owners.includes(self);
+      }, 'the other instance to own partitions', 20_000);
+      expectOk(await command(`task/${id}/CreateTask`, newTask('CC1'), tokens.admin));
+      // Sent here, decided there: the owner's actor rebuilt the policy's check from the forwarded principal.
+      expectFailed(await command(`task/${id}/CompleteTask`, {}, tokens.cc2), 403, ErrorCode.FORBIDDEN, 'coordinators may complete only tasks assigned to them');
+      expectOk(await command(`task/${id}/CompleteTask`, {}, tokens.cc1));
+      expect((await streamEvents(nc.nc, 'EVENTS', 'task', id)).map((e) => e.envelope.actor)).toEqual(['user:ops-1', 'user:CC1']);
     } finally {
       await other.stop();
     }

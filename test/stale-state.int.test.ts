@@ -11,7 +11,7 @@ import { z } from 'zod';
 import { aggregates as examples } from '../actors/index.js';
 import { defineAggregate } from '../src/aggregate/index.js';
 import type { Strand } from '../src/app.js';
-import type { CommandAccepted, CommandReply } from '../src/commands/types.js';
+import type { CommandAccepted, CommandReply, CommandRequest } from '../src/commands/types.js';
 import type { EventEnvelope } from '../src/eventstore/types.js';
 import { R3, startTestCluster, type TestCluster } from './support/cluster.js';
 import { startTestNats, type TestNats } from './support/nats.js';
@@ -104,25 +104,40 @@ describe('answers no append checks are given on the latest state', () => {
 
 /**
  * Senders loop CreateTask -> AssignTask -> CompleteTask, completing as the assignee the
- * acknowledged AssignTask set, while two instances share the queue group: every command must be
- * accepted. Before the fix about a quarter of the CompleteTask were refused NOT_ASSIGNEE.
+ * acknowledged AssignTask set, with two instances. Through NATS the cluster routes each
+ * aggregate's commands to one owner, so nothing is stale and nothing conflicts; driven straight
+ * into the two actor systems (create and complete on one, assign on the other, as two writers
+ * with no ownership would), the first holds a stale state at every CompleteTask. Either way
+ * every command must be accepted. Before the fix about a quarter of the CompleteTask sent through
+ * NATS to two instances (without ownership), and every direct one here, were refused NOT_ASSIGNEE.
  */
-async function loop(urls: string, prefix: string, senders: number, rounds: number, instances: readonly Strand[]): Promise<void> {
+async function loop(urls: string, prefix: string, senders: number, rounds: number, instances: readonly [Strand, Strand], how: 'nats' | 'direct'): Promise<void> {
   const clients = await Promise.all(Array.from({ length: senders }, (_, i) => CommandClient.connect(urls.split(',')[i % urls.split(',').length]!)));
   const refused: CommandReply[] = [];
-  const staleBefore = (await Promise.all(instances.map(staleCount))).reduce((a, b) => a + b, 0);
+  const sum = async (f: (s: Strand) => Promise<number>) => (await Promise.all(instances.map(f))).reduce((a, b) => a + b, 0);
+  const conflicts = (s: Strand) => s.metrics.conflicts.get().then((m) => m.values.reduce((n, v) => n + v.value, 0));
+  const staleBefore = await sum(staleCount);
+  const conflictsBefore = await sum(conflicts);
+  const enc = new TextEncoder();
   try {
     await Promise.all(
       clients.map(async (c, w) => {
         for (let i = 0; i < rounds; i++) {
           const id = `${prefix}-${w}-${i}`;
           const assignee = `CC${w}x${i}`;
-          for (const [cmd, body, h] of [
-            ['CreateTask', { title: 't', memberId: 'M1', assignedTo: 'CC0' }, {}],
-            ['AssignTask', { assignedTo: assignee }, {}],
-            ['CompleteTask', { notes: 'n' }, { 'Strand-Actor': `user:${assignee}` }],
-          ] as const) {
-            const r = await c.send(`cmd.task.${id}.${cmd}`, body, h);
+          const steps = [
+            ['CreateTask', { title: 't', memberId: 'M1', assignedTo: 'CC0' }, {}, 0],
+            ['AssignTask', { assignedTo: assignee }, {}, 1],
+            ['CompleteTask', { notes: 'n' }, { 'Strand-Actor': `user:${assignee}` }, 0],
+          ] as const;
+          for (const [cmd, body, h, on] of steps) {
+            let r: CommandReply;
+            if (how === 'nats') r = await c.send(`cmd.task.${id}.${cmd}`, body, h);
+            else {
+              const s = instances[on];
+              const req = s.intake.parse('task', id, cmd, enc.encode(JSON.stringify(body)), 'Strand-Actor' in h ? { actor: h['Strand-Actor'] } : {}) as CommandRequest;
+              r = await s.actors.execute(req);
+            }
             if (!r.ok) refused.push(r);
           }
         }
@@ -132,21 +147,27 @@ async function loop(urls: string, prefix: string, senders: number, rounds: numbe
     await Promise.all(clients.map((c) => c.close()));
   }
   expect(refused).toEqual([]);
-  // The race really happened: some answers were decided again after a refresh.
-  const staleAfter = (await Promise.all(instances.map(staleCount))).reduce((a, b) => a + b, 0);
-  expect(staleAfter).toBeGreaterThan(staleBefore);
+  if (how === 'direct') {
+    // The race really happened: answers were decided again after a refresh.
+    expect(await sum(staleCount)).toBeGreaterThan(staleBefore);
+  } else {
+    // Owned partitions: no two instances wrote to one aggregate.
+    expect(await sum(conflicts)).toBe(conflictsBefore);
+  }
 }
 
 describe('two instances', { timeout: 120_000 }, () => {
-  it('on one server: no valid command is refused on stale state', async () => {
-    const a = await startStrand(nats.url);
-    const b = await startStrand(nats.url);
-    try {
-      await loop(nats.url, 'two', 8, 40, [a, b]);
-    } finally {
-      await Promise.all([a.stop(), b.stop()]);
-    }
-  });
+  for (const how of ['nats', 'direct'] as const) {
+    it(`on one server, ${how === 'nats' ? 'through NATS' : 'driven directly'}: no valid command is refused on stale state`, async () => {
+      const a = await startStrand(nats.url);
+      const b = await startStrand(nats.url);
+      try {
+        await loop(nats.url, `two-${how}`, 8, 40, [a, b], how);
+      } finally {
+        await Promise.all([a.stop(), b.stop()]);
+      }
+    });
+  }
 
   describe('on a 3-node cluster (R3)', () => {
     let cluster: TestCluster;
@@ -157,14 +178,16 @@ describe('two instances', { timeout: 120_000 }, () => {
       await cluster?.cleanup();
     });
 
-    it('no valid command is refused on stale state, nor TASK_NOT_FOUND after an acknowledged create', async () => {
-      const a = await startStrand(cluster.urls, R3);
-      const b = await startStrand(cluster.urls, R3);
-      try {
-        await loop(cluster.urls, 'cl', 8, 25, [a, b]);
-      } finally {
-        await Promise.all([a.stop(), b.stop()]);
-      }
-    });
+    for (const how of ['nats', 'direct'] as const) {
+      it(`${how === 'nats' ? 'through NATS' : 'driven directly'}: no valid command is refused on stale state, nor TASK_NOT_FOUND after an acknowledged create`, async () => {
+        const a = await startStrand(cluster.urls, R3);
+        const b = await startStrand(cluster.urls, R3);
+        try {
+          await loop(cluster.urls, `cl-${how}`, 8, 25, [a, b], how);
+        } finally {
+          await Promise.all([a.stop(), b.stop()]);
+        }
+      });
+    }
   });
 });

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { defineAggregate, reject } from '../../src/aggregate/index.js';
 
 /**
- * Eligibility checks — aggregate `eligibility-check` (DESIGN.md, "The example domains").
+ * Eligibility checks — aggregate `eligibility-check` (the rejections it gives: docs/errors.md, "Reasons of the example aggregates").
  *
  * Limits: IDs (accountId, requestId) 1..128 characters; responseCode 1..64; networkStatus
  * 1..64; a failure reason 1..500. latencyMs is a nonnegative number of milliseconds (may be

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { defineAggregate, reject } from '../../src/aggregate/index.js';
 
 /**
- * Orders — aggregate `order` (DESIGN.md, "The example domains").
+ * Orders — aggregate `order` (the rejections it gives: docs/errors.md, "Reasons of the example aggregates").
  *
  * Limits: IDs (customerId, paymentId, trackingNumber, sku) 1..128 characters; quantity a
  * positive integer up to 10 000; priceCents an integer in cents, 0..100 000 000 (one million

@@ -2,7 +2,7 @@ import { z } from 'zod';
 import { defineAggregate, reject } from '../../src/aggregate/index.js';
 
 /**
- * Care tasks — aggregate `task` (DESIGN.md, "The example domains").
+ * Care tasks — aggregate `task` (the rejections it gives: docs/errors.md, "Reasons of the example aggregates").
  *
  * Limits: IDs (memberId, assignedTo) 1..128 characters; title 1..200; description and notes
  * up to 2000; a cancellation reason 1..500.

@@ -2,7 +2,7 @@ import { randomUUID } from 'node:crypto';
 import type { Logger } from 'pino';
 import type { Aggregate } from '../aggregate/define.js';
 import { Rejection, type EventContext, type Issuer } from '../aggregate/types.js';
-import { failed, type CommandAccepted, type CommandReply, type CommandRequest, type ReplyEvent } from '../commands/types.js';
+import { failed, type CommandAccepted, type CommandFailed, type CommandReply, type CommandRequest, type ReplyEvent } from '../commands/types.js';
 import { ErrorCode, StrandError } from '../errors.js';
 import { ConcurrencyConflict, StoreUnavailable } from '../eventstore/errors.js';
 import type { RememberedCommand, Snapshot, SnapshotStore } from '../eventstore/snapshots.js';
@@ -40,9 +40,23 @@ export interface Rehydrated {
   readonly source: string;
 }
 
+/**
+ * Asked when an append is refused because another writer got there first: whether this
+ * instance still owns the instance's partition. False means it was handed to another instance
+ * (this one was paused, or cut off, past its membership): the command is not retried here.
+ */
+export type OwnershipCheck = () => Promise<boolean>;
+
+/** The reply of a command this instance must not run: its partition moved to another owner. */
+export const MOVED: CommandFailed = Object.freeze(failed(ErrorCode.UNAVAILABLE, 'this instance no longer owns the partition of this aggregate instance'));
+
+/** Thrown inside the actor when the ownership check says the partition moved. */
+class PartitionMoved extends Error {}
+
 interface Job {
   readonly req: CommandRequest;
   readonly resolve: (reply: CommandReply) => void;
+  readonly owned: OwnershipCheck | undefined;
 }
 
 /**
@@ -116,8 +130,12 @@ export class ActorSystem {
     return this.bytes;
   }
 
-  /** Runs a command on its instance's actor; never throws. */
-  execute(req: CommandRequest): Promise<CommandReply> {
+  /**
+   * Runs a command on its instance's actor; never throws. With `owned`, a refused append first
+   * asks whether this instance still owns the aggregate's partition, and answers {@link MOVED}
+   * (dropping the actor's state) when it does not.
+   */
+  execute(req: CommandRequest, owned?: OwnershipCheck): Promise<CommandReply> {
     const key = `${req.aggregate.name}/${req.id}`;
     let actor = this.actors.get(key);
     if (actor) {
@@ -136,9 +154,24 @@ export class ActorSystem {
     }
     const a = actor;
     return new Promise<CommandReply>((resolve) => {
-      (a.mailbox ??= []).push({ req, resolve });
+      (a.mailbox ??= []).push({ req, resolve, owned });
       if (!a.busy) void this.run(a);
     });
+  }
+
+  /**
+   * Drops every idle actor `which` selects (a partition handed to another instance): its state
+   * would be stale when the partition comes back. Busy ones are skipped; they finish their
+   * commands, and their appends are checked by the log as always.
+   */
+  passivateWhere(which: (aggregate: string, id: string) => boolean): number {
+    let n = 0;
+    for (const [key, a] of this.actors) {
+      if (a.busy || a.mailbox || !which(a.aggregate.name, a.id)) continue;
+      this.remove(key, a, 'handoff');
+      n++;
+    }
+    return n;
   }
 
   /** Drops an instance from memory now (tests, benchmarks, and after an unknown outcome). */
@@ -230,7 +263,7 @@ export class ActorSystem {
         const job = actor.mailbox.shift()!;
         let reply: CommandReply;
         try {
-          reply = await this.handle(actor, job.req);
+          reply = await this.handle(actor, job.req, job.owned);
         } catch (err) {
           reply = this.failure(err, actor, job.req);
         }
@@ -244,6 +277,10 @@ export class ActorSystem {
   }
 
   private failure(err: unknown, actor: Actor, req: CommandRequest): CommandReply {
+    if (err instanceof PartitionMoved) {
+      this.reset(actor);
+      return MOVED;
+    }
     if (err instanceof StrandError) {
       if (err.code !== ErrorCode.CONFLICT) {
         this.log.warn({ err, aggregate: actor.aggregate.name, id: actor.id, commandId: req.commandId, correlationId: req.correlationId }, 'command failed');
@@ -255,7 +292,7 @@ export class ActorSystem {
     return failed(ErrorCode.INTERNAL, 'internal error; see the log for this command ID');
   }
 
-  private async handle(actor: Actor, req: CommandRequest): Promise<CommandReply> {
+  private async handle(actor: Actor, req: CommandRequest, owned: OwnershipCheck | undefined): Promise<CommandReply> {
     const agg = actor.aggregate;
     /** Times the state was found behind the stream's head before an answer no append checks. */
     let refreshes = 0;
@@ -374,6 +411,8 @@ export class ActorSystem {
         }
         if (err instanceof ConcurrencyConflict) {
           this.metrics.conflicts.labels(agg.name).inc();
+          // The log refused a stale writer: if it is this instance, the partition has another owner now.
+          if (owned && !(await owned())) throw new PartitionMoved();
           if (attempt >= this.o.conflictRetries) {
             throw new StrandError(ErrorCode.CONFLICT, `${agg.name}/${actor.id}: still conflicting after ${attempt + 1} attempts`);
           }

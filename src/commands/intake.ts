@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Aggregate } from '../aggregate/define.js';
 import type { Issuer } from '../aggregate/types.js';
+import type { CommandAccessRequest } from '../auth/access.js';
+import type { Principal } from '../auth/tokens.js';
 import { ErrorCode } from '../errors.js';
 import { isAggregateId, parseCommandSubject } from '../../subjects/index.js';
 import { failed, type CommandFailed, type CommandRequest } from './types.js';
@@ -18,12 +20,19 @@ export interface CommandHeaders {
 export interface IntakeOptions {
   /** Largest command body accepted, in bytes. */
   readonly maxBodyBytes: number;
+  /**
+   * The access policy's in-actor check for an authenticated command (`canDecide`, bound to its
+   * principal and command), or undefined when the policy has none. Absent: no such check.
+   */
+  readonly decideCheck?: (principal: Principal, command: CommandAccessRequest) => ((state: unknown) => true | string) | undefined;
 }
 
-/** What a transport that authenticated the sender vouches for (today: the HTTP API with a token). */
+/** What a transport that authenticated the sender vouches for: the HTTP API, or an instance forwarding its command. */
 export interface Authenticated {
-  /** The issuer the command is recorded under, whatever `Strand-Actor` says. */
-  readonly issuer: Issuer;
+  /** Who sent it: the command gets the policy's in-actor check for this principal. */
+  readonly principal: Principal;
+  /** The issuer the command is recorded under, whatever `Strand-Actor` says (absent: the header's). */
+  readonly issuer?: Issuer;
 }
 
 const TRACE_ID = /^[\x21-\x7e]{1,128}$/;
@@ -90,8 +99,9 @@ export class CommandIntake {
 
   /**
    * Parses a command addressed by its parts (the HTTP route gives them separately). With
-   * `auth`, the issuer is the authenticated one: a `Strand-Actor` header naming anyone else is
-   * refused with FORBIDDEN.
+   * `auth`, the command carries its principal and the policy's in-actor check; with an issuer
+   * there, that is the command's: a `Strand-Actor` header naming anyone else is refused with
+   * FORBIDDEN.
    */
   parse(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders, auth?: Authenticated): CommandRequest | CommandFailed {
     if (!this.aggregates.has(aggregateName)) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName.slice(0, 140))}`);
@@ -130,7 +140,7 @@ export class CommandIntake {
       issuer = parseIssuer(h.actor);
       if (!issuer) return badHeader('Strand-Actor', 'must be <type>:<id>');
     }
-    if (auth) {
+    if (auth?.issuer) {
       // The token says who sends it; a header that says otherwise is an attempt to act as someone else.
       const own = `${auth.issuer.type}:${auth.issuer.id}`;
       if (issuer && (issuer.type !== auth.issuer.type || issuer.id !== auth.issuer.id)) {
@@ -151,6 +161,7 @@ export class CommandIntake {
       });
     }
 
+    const authorize = auth && this.o.decideCheck?.(auth.principal, { aggregate: aggregate.name, id, command, data: parsed.data, ...(issuer ? { issuer } : {}) });
     return {
       aggregate,
       id,
@@ -161,6 +172,8 @@ export class CommandIntake {
       ...(h.causationId !== undefined ? { causationId: h.causationId } : {}),
       ...(issuer ? { issuer } : {}),
       ...(expectedVersion !== undefined ? { expectedVersion } : {}),
+      ...(auth ? { principal: auth.principal } : {}),
+      ...(authorize ? { authorize } : {}),
     };
   }
 }

@@ -50,7 +50,35 @@ function eventHeadersSchema(type: string): Obj {
  * one per event subject (`evt.<aggregate>.{id}.<EventType>`, sent to the JetStream stream).
  * Schemas are JSON Schema draft-07, AsyncAPI's default schema format.
  */
-export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream: string): Obj {
+/**
+ * AsyncAPI `servers` for the NATS URL(s) Strand is connected to (NATS_URL, a comma-separated
+ * list, or the embedded server's), credentials left out. Without one: a `host` variable.
+ */
+export function asyncApiServers(natsUrl: string | undefined): Obj {
+  const description = 'nats-server 2.12 or newer with JetStream (NATS_URL)';
+  const hosts = (natsUrl ?? '')
+    .split(',')
+    .map((u) => u.trim())
+    .filter((u) => u !== '')
+    .map((u) => {
+      try {
+        // A bare host:port is how nats.js also accepts a server.
+        const url = new URL(/^[a-z][a-z0-9+.-]*:\/\//i.test(u) ? u : `nats://${u}`);
+        return url.host ? `${url.hostname}:${url.port || '4222'}` : undefined;
+      } catch {
+        return undefined;
+      }
+    })
+    .filter((h): h is string => h !== undefined);
+  if (hosts.length === 0) {
+    return { nats: { host: '{host}', protocol: 'nats', description, variables: { host: { default: 'localhost:4222', description: 'host:port of the NATS server' } } } };
+  }
+  const servers: Obj = {};
+  hosts.forEach((host, i) => (servers[i === 0 ? 'nats' : `nats-${i + 1}`] = { host, protocol: 'nats', description }));
+  return servers;
+}
+
+export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream: string, natsUrl?: string): Obj {
   const channels: Obj = {};
   const operations: Obj = {};
   const messages: Obj = {};
@@ -130,14 +158,7 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
       description: 'Commands on cmd.<aggregate>.<id>.<Command> (request-reply); events on evt.<aggregate>.<id>.<EventType> in a JetStream stream. See docs/contract.md.',
     },
     defaultContentType: 'application/json',
-    servers: {
-      nats: {
-        host: '{host}',
-        protocol: 'nats',
-        description: 'nats-server 2.12 or newer with JetStream (NATS_URL)',
-        variables: { host: { default: 'localhost:4222', description: 'host:port of the NATS server' } },
-      },
-    },
+    servers: asyncApiServers(natsUrl),
     channels,
     operations,
     components: {
@@ -157,5 +178,5 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
 export const asyncApiRoute: FastifyPluginAsync<{ api: ApiDeps }> = async (app, { api }) => {
   // Built on first use, not at start: converting every schema takes a noticeable fraction of a second.
   let doc: Obj | undefined;
-  app.get('/asyncapi.json', async () => (doc ??= buildAsyncApi(api.aggregates, api.stream)));
+  app.get('/asyncapi.json', async () => (doc ??= buildAsyncApi(api.aggregates, api.stream, api.natsUrl)));
 };

@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import { checkCommand, decideCheck, issuerOf } from '../auth/access.js';
+import { checkCommand, issuerOf } from '../auth/access.js';
 import type { Authenticated, CommandHeaders } from '../commands/intake.js';
-import { failed, type CommandReply, type CommandRequest } from '../commands/types.js';
+import { failed, type CommandReply } from '../commands/types.js';
 import { ErrorCode, HttpStatus } from '../errors.js';
 import { CommandHeader } from '../../subjects/index.js';
 import { principalOf } from './auth.js';
@@ -92,21 +92,23 @@ export const commandRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, {
   });
 };
 
-/** Intake, the access policy, then the actor: the reply to an authenticated HTTP command. */
+/**
+ * Intake, the access policy, then the actor (through the region, which forwards it to the owner
+ * of its partition when that is another instance): the reply to an authenticated HTTP command.
+ * Intake attaches the policy's in-actor check (`canDecide`) and the principal it is rebuilt from
+ * on the owner.
+ */
 async function authorizedExecute(api: ApiDeps, req: FastifyRequest, aggregate: string, id: string, command: string, body: Uint8Array): Promise<CommandReply> {
   const principal = principalOf(req);
-  let auth: Authenticated | undefined;
+  let auth: Authenticated = { principal };
   if (req.tokenAuthenticated) {
     const issuer = issuerOf(principal);
     if (typeof issuer === 'string') return failed(ErrorCode.FORBIDDEN, issuer);
-    auth = { issuer };
+    auth = { principal, issuer };
   }
   const parsed = api.intake.parse(aggregate, id, command, body, commandHeaders(req), auth);
   if ('ok' in parsed) return parsed;
-  const access = { aggregate: parsed.aggregate.name, id: parsed.id, command: parsed.command, data: parsed.data, ...(parsed.issuer ? { issuer: parsed.issuer } : {}) };
-  const allowed = checkCommand(api.access, principal, access);
+  const allowed = checkCommand(api.access, principal, { aggregate: parsed.aggregate.name, id: parsed.id, command: parsed.command, data: parsed.data, ...(parsed.issuer ? { issuer: parsed.issuer } : {}) });
   if (allowed !== true) return failed(ErrorCode.FORBIDDEN, allowed);
-  const authorize = decideCheck(api.access, principal, access);
-  const request: CommandRequest = authorize ? { ...parsed, authorize } : parsed;
-  return api.actors.execute(request);
+  return api.submit ? api.submit(parsed, body) : api.actors.execute(parsed);
 }

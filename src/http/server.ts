@@ -6,6 +6,8 @@ import type { Aggregate } from '../aggregate/define.js';
 import type { AccessPolicy } from '../auth/access.js';
 import type { Authenticator } from '../auth/tokens.js';
 import type { CommandIntake } from '../commands/intake.js';
+import type { CommandReply, CommandRequest } from '../commands/types.js';
+import type { RegionStatus } from '../cluster/region.js';
 import type { EventStore } from '../eventstore/types.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { ReadSide } from '../projections/host.js';
@@ -37,9 +39,15 @@ export interface ApiDeps {
   readonly minSeqWaitMs: number;
   /** The configured largest command body (STRAND_MAX_COMMAND_BYTES). */
   readonly maxCommandBytes: number;
+  /** Runs a command where its partition's owner is (here, or forwarded over NATS); absent without the commands role. */
+  readonly submit?: ((req: CommandRequest, body: Uint8Array) => Promise<CommandReply>) | undefined;
+  /** The cluster's routing, for `GET /cluster`. */
+  readonly cluster?: { status(): RegionStatus } | undefined;
   /** true, or why new commands are refused with UNAVAILABLE (draining, or no commands role). */
   acceptingCommands(): true | string;
   readonly stream: string;
+  /** The NATS URL(s) this instance uses, named in /asyncapi.json (credentials left out). */
+  readonly natsUrl?: string;
   /** Who may read, send and operate what (docs/security.md). */
   readonly access: AccessPolicy;
 }

@@ -7,12 +7,13 @@
  * flushed to disk before it is acknowledged); `sync: 'default'` leaves nats-server's default
  * (flush every 2 minutes: much faster, but acknowledged writes can be lost on power failure).
  */
-import { execFile, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { constants as fsConstants } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { deathSignalPrefix, describeExit } from '../lifetime.js';
 
 export interface NatsServerOptions {
   /** Client port. Default: a free port chosen by the server (`-1`), read back from its ports file. */
@@ -30,6 +31,8 @@ export interface NatsServerOptions {
   monitor?: boolean;
   /** How long to wait for the server to come up. Default 10 s. */
   startTimeoutMs?: number;
+  /** Progress of finding (or fetching) the binary, line by line; see resolveNatsServerBinary(). */
+  onProgress?: (line: string) => void;
 }
 
 export interface RunningNatsServer {
@@ -40,6 +43,8 @@ export interface RunningNatsServer {
   storeDir: string;
   /** http://127.0.0.1:<port> of the monitoring endpoint, when started with `monitor: true`. */
   monitorUrl?: string;
+  /** How the server ended ("exited with code 0", "was killed by SIGINT"), undefined while it runs. */
+  readonly exitStatus: string | undefined;
   /** SIGTERM, wait for exit, SIGKILL after 5 s. Idempotent. */
   stop(): Promise<void>;
   /** SIGKILL and wait for exit (for crash tests). Idempotent. */
@@ -55,18 +60,23 @@ const OUTPUT_TAIL_CHARS = 8_000;
 // Binary resolution and versions
 
 let resolving: Promise<string> | undefined;
+const progressListeners = new Set<(line: string) => void>();
 
 /**
  * The nats-server to run: $NATS_SERVER_BIN when set, else whatever scripts/ensure-nats-server.sh
  * prints (a nats-server >= 2.12 on PATH, or Debian sid's, downloaded once into .cache/).
+ * `onProgress` receives the script's progress lines as they come (the first fetch takes 10-20 s).
  */
-export function resolveNatsServerBinary(): Promise<string> {
+export function resolveNatsServerBinary(onProgress?: (line: string) => void): Promise<string> {
   const fromEnv = process.env['NATS_SERVER_BIN'];
   if (fromEnv) return checkExecutable(fromEnv, 'NATS_SERVER_BIN');
-  resolving ??= runEnsureScript().catch((err: unknown) => {
-    resolving = undefined;
-    throw err;
-  });
+  if (onProgress) progressListeners.add(onProgress);
+  resolving ??= runEnsureScript((line) => progressListeners.forEach((l) => l(line)))
+    .catch((err: unknown) => {
+      resolving = undefined;
+      throw err;
+    })
+    .finally(() => progressListeners.clear());
   return resolving;
 }
 
@@ -79,17 +89,36 @@ async function checkExecutable(file: string, what: string): Promise<string> {
   return file;
 }
 
-function runEnsureScript(): Promise<string> {
+const ENSURE_TIMEOUT_MS = 300_000;
+
+function runEnsureScript(onProgress: (line: string) => void): Promise<string> {
   const script = fileURLToPath(new URL('../../scripts/ensure-nats-server.sh', import.meta.url));
   return new Promise((resolve, reject) => {
-    execFile('bash', [script], { timeout: 300_000, maxBuffer: 4 * 1024 * 1024 }, (err, stdout, stderr) => {
-      const lines = String(stdout).trim().split('\n');
-      const bin = lines[lines.length - 1]?.trim();
-      if (err || !bin) {
-        reject(new Error(`${script} failed to provide a nats-server >= 2.12: ${err?.message ?? 'no output'}\n${tail(String(stderr))}`));
-        return;
-      }
-      resolve(bin);
+    const child = spawn('bash', [script], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    const stderr = new OutputTail();
+    let partial = '';
+    child.stdout.setEncoding('utf8').on('data', (s: string) => (stdout += s));
+    // Line by line as they come, so a first start says what it is waiting for.
+    child.stderr.setEncoding('utf8').on('data', (s: string) => {
+      stderr.push(s);
+      const lines = (partial + s).split('\n');
+      partial = lines.pop()!;
+      for (const line of lines) if (line.trim()) onProgress(line.trimEnd());
+    });
+    const timer = setTimeout(() => child.kill('SIGTERM'), ENSURE_TIMEOUT_MS);
+    const failed = (why: string): Error =>
+      new Error(`${script} failed to provide a nats-server >= 2.12: ${why}\n${tail(stderr.text())}`);
+    child.once('error', (err) => {
+      clearTimeout(timer);
+      reject(failed(err.message));
+    });
+    child.once('close', (code, signal) => {
+      clearTimeout(timer);
+      if (partial.trim()) onProgress(partial.trimEnd());
+      const bin = stdout.trim().split('\n').pop()?.trim();
+      if (code !== 0 || !bin) reject(failed(code === 0 ? 'no output' : signal ? `killed by ${signal} (timeout ${ENSURE_TIMEOUT_MS / 1000} s?)` : `exit code ${code}`));
+      else resolve(bin);
     });
   });
 }
@@ -129,23 +158,6 @@ function track(child: ChildProcess): void {
   }
 }
 
-let pdeathsigPrefix: string[] | undefined;
-
-/**
- * On Linux, util-linux's `setpriv --pdeathsig KILL` makes the kernel SIGKILL the server when
- * this process dies, even if it dies by SIGKILL (when the 'exit' hook cannot run). It then
- * execs nats-server, so the pid stays the server's. Used only when it is present and works.
- */
-function deathSignalPrefix(): string[] {
-  if (pdeathsigPrefix) return pdeathsigPrefix;
-  pdeathsigPrefix = [];
-  if (process.platform === 'linux' && process.env['STRAND_NO_PDEATHSIG'] !== '1') {
-    const r = spawnSync('setpriv', ['--pdeathsig', 'KILL', '--', 'true'], { stdio: 'ignore', timeout: 5_000 });
-    if (!r.error && r.status === 0) pdeathsigPrefix = ['setpriv', '--pdeathsig', 'KILL', '--'];
-  }
-  return pdeathsigPrefix;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Launching
 
@@ -181,7 +193,7 @@ export async function startNatsServer(opts: NatsServerOptions): Promise<RunningN
   await fs.mkdir(storeDir, { recursive: true });
   const configFile = path.join(storeDir, CONFIG_FILE);
   await fs.writeFile(configFile, renderConfig(opts, storeDir));
-  const binary = opts.binary ?? (await resolveNatsServerBinary());
+  const binary = opts.binary ?? (await resolveNatsServerBinary(opts.onProgress));
   return launchNatsServer({
     binary,
     args: ['-c', configFile],
@@ -218,9 +230,11 @@ export async function launchNatsServer(opts: LaunchOptions): Promise<RunningNats
   await checkExecutable(opts.binary, 'nats-server binary');
   await fs.mkdir(opts.runDir, { recursive: true });
   const timeoutMs = opts.startTimeoutMs ?? 10_000;
-  const prefix = deathSignalPrefix();
+  // Its own process group, and SIGKILL from the kernel when this process dies (src/lifetime.ts):
+  // a terminal's Ctrl-C reaches only Strand, which drains before it stops the server.
+  const prefix = deathSignalPrefix('KILL');
   const argv = [...prefix, opts.binary, ...opts.args, '--ports_file_dir', opts.runDir];
-  const child = spawn(argv[0]!, argv.slice(1), { cwd: opts.runDir, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(argv[0]!, argv.slice(1), { cwd: opts.runDir, stdio: ['ignore', 'pipe', 'pipe'], detached: true });
 
   const output = new OutputTail();
   child.stdout!.setEncoding('utf8').on('data', (s: string) => output.push(s));
@@ -290,7 +304,7 @@ export async function launchNatsServer(opts: LaunchOptions): Promise<RunningNats
   let portsFile: string | undefined;
   for (;;) {
     if (exit) {
-      const how = exit.signal ? `was killed by ${exit.signal}` : `exited with code ${exit.code}`;
+      const how = describeExit(exit.code, exit.signal);
       throw await describe(`${how} before it was ready`);
     }
     if (Date.now() > deadline) {
@@ -331,6 +345,9 @@ export async function launchNatsServer(opts: LaunchOptions): Promise<RunningNats
     port: ports.port,
     pid,
     storeDir: opts.storeDir,
+    get exitStatus() {
+      return exit ? describeExit(exit.code, exit.signal) : undefined;
+    },
     ...(ports.monitorUrl ? { monitorUrl: ports.monitorUrl } : {}),
     stop,
     kill9,

@@ -45,6 +45,14 @@ export class StrandMetrics {
   readonly deadLetters = new Counter({ name: 'strand_projection_dead_letters_total', help: 'Events parked after their handler kept failing, by projection', labelNames: ['projection'], registers: [this.registry] });
   readonly rebuildProgress = new Gauge({ name: 'strand_projection_rebuild_progress', help: 'Fraction (0..1) of the stream a rebuilding projection has applied', labelNames: ['projection', 'generation'], registers: [this.registry] });
 
+  readonly clusterOwned = new Gauge({ name: 'strand_cluster_partitions_owned', help: 'Partitions whose commands this instance runs', registers: [this.registry] });
+  readonly clusterMembers = new Gauge({ name: 'strand_cluster_members', help: 'Live instances this instance sees (itself included)', registers: [this.registry] });
+  readonly clusterHeartbeats = new Counter({ name: 'strand_cluster_heartbeats_total', help: "This instance's membership heartbeats (its lease renewals), by result (ok, failed)", labelNames: ['result'], registers: [this.registry] });
+  readonly clusterLost = new Counter({ name: 'strand_cluster_partitions_lost_total', help: 'Partitions this instance found owned by another while it believed it owned them (paused, or cut off past its membership)', registers: [this.registry] });
+  readonly clusterHandoffs = new Counter({ name: 'strand_cluster_handoffs_total', help: 'Partitions that changed hands here, by kind (out: handed over, in: received with a handoff, takeover: taken from an owner that was gone)', labelNames: ['kind'], registers: [this.registry] });
+  readonly clusterForwarded = new Counter({ name: 'strand_cluster_commands_forwarded_total', help: 'Commands this instance forwarded to the owner of their partition', registers: [this.registry] });
+  readonly clusterWaiting = new Gauge({ name: 'strand_cluster_commands_waiting', help: 'Commands held here while their partition has no owner or changes hands', registers: [this.registry] });
+
   readonly liveConnections = new Gauge({ name: 'strand_live_connections', help: 'Open WebSocket connections', registers: [this.registry] });
   readonly liveSubscriptions = new Gauge({ name: 'strand_live_subscriptions', help: 'Active WebSocket subscriptions', registers: [this.registry] });
   readonly liveMessages = new LeanCounter('strand_live_messages_sent_total', 'Messages sent to WebSocket clients', [], this.registry).labels();

