@@ -17,7 +17,8 @@ import { createPool } from './postgres/connect.js';
 import { ReadSide } from './projections/host.js';
 import type { Projection } from './projections/types.js';
 import { ViewReader } from './projections/views.js';
-import { allowAll, createAuthenticator, type AccessPolicy, type Authenticator } from './live/auth.js';
+import { allowAll, decideCheck, type AccessPolicy } from './auth/access.js';
+import { createAuthenticator, type Authenticator } from './auth/tokens.js';
 import { LiveGateway } from './live/gateway.js';
 import type { Pool } from 'pg';
 import { connectNats, isTransientJetStream, natsServers, untilReady } from './nats/connect.js';
@@ -34,9 +35,9 @@ export interface StrandDeps {
   /** PostgreSQL for the read side; without it no projection runs and no view is served. */
   readonly databaseUrl?: string;
   readonly projections?: readonly Projection[];
-  /** Who may subscribe to what over WebSocket (default: everyone to everything). */
+  /** Who may read, send and operate what, over HTTP and WebSocket (default: `allowAll`). */
   readonly access?: AccessPolicy;
-  /** How WebSocket clients authenticate (default: from the configuration). */
+  /** How HTTP and WebSocket clients authenticate (default: from the configuration). */
   readonly auth?: Authenticator;
   readonly log: Logger;
   /** Register Node's default process metrics (off in tests that start several instances). */
@@ -76,7 +77,8 @@ export class Strand {
   static async start(deps: StrandDeps): Promise<Strand> {
     const { config, log } = deps;
     const wait = { log, signal: deps.signal };
-    const nc = await connectNats(natsServers(deps.natsUrl), 'strand', wait);
+    const credentials = config.NATS_USER !== undefined && config.NATS_PASSWORD !== undefined ? { user: config.NATS_USER, pass: config.NATS_PASSWORD } : undefined;
+    const nc = await connectNats(natsServers(deps.natsUrl), 'strand', wait, credentials);
     try {
       requireServerVersion(nc.info?.version, deps.natsUrl);
       const stream = { name: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, duplicateWindowMs: config.STRAND_DUPLICATE_WINDOW_MS };
@@ -102,7 +104,8 @@ export class Strand {
         metrics,
         log.child({ component: 'actors' }),
       );
-      const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES });
+      const access = deps.access ?? allowAll;
+      const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES, decideCheck: (principal, command) => decideCheck(access, principal, command) });
       /** Names this instance in the cluster, and in what it publishes for other instances (the live feed). */
       const instance = randomUUID();
       const cluster = await untilReady(
@@ -164,9 +167,11 @@ export class Strand {
         );
         views = new ViewReader(pool, projections);
       }
+      const auth = deps.auth ?? (await createAuthenticator(config));
       let app!: Strand;
       const http = buildHttpServer({
         log,
+        auth,
         registry: metrics.registry,
         checks: [
           { name: 'nats', ready: () => app.connected },
@@ -190,12 +195,13 @@ export class Strand {
             !config.STRAND_ROLES.includes('commands') ? 'this instance does not take commands (STRAND_ROLES)' : app.stopping ? 'this instance is shutting down' : true,
           stream: config.STRAND_STREAM,
           natsUrl: deps.natsUrl,
+          access,
         },
       });
       let live: LiveGateway | undefined;
       if (views) {
         live = new LiveGateway(
-          { nc, views, readSide, actors, store, aggregates: intake.registry, auth: deps.auth ?? (await createAuthenticator(config)), access: deps.access ?? allowAll, metrics, log: log.child({ component: 'live' }), instance },
+          { nc, views, readSide, actors, store, aggregates: intake.registry, auth, access, metrics, log: log.child({ component: 'live' }), instance },
           {
             stream: config.STRAND_STREAM,
             maxSubscriptions: config.STRAND_WS_MAX_SUBSCRIPTIONS,

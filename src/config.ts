@@ -21,6 +21,8 @@ export const ConfigSchema = z.object({
       }
     })
     .optional(),
+  NATS_USER: z.string().min(1).optional(),
+  NATS_PASSWORD: z.string().min(1).optional(),
   DATABASE_URL: z.string().min(1).optional(),
   PORT: int(0, 65535).default(3000),
   HOST: z.string().min(1).default('127.0.0.1'),
@@ -98,6 +100,9 @@ export function loadConfig(env: Record<string, string | undefined> = process.env
     // A member must be able to miss a heartbeat without being declared dead.
     if (c.STRAND_MEMBER_TTL_MS < 2 * c.STRAND_HEARTBEAT_MS) {
       ctx.addIssue({ code: 'custom', path: ['STRAND_MEMBER_TTL_MS'], message: `must be at least twice STRAND_HEARTBEAT_MS (${c.STRAND_HEARTBEAT_MS})` });
+    }
+    if ((c.NATS_USER === undefined) !== (c.NATS_PASSWORD === undefined)) {
+      ctx.addIssue({ code: 'custom', path: [c.NATS_USER === undefined ? 'NATS_PASSWORD' : 'NATS_USER'], message: 'set NATS_USER and NATS_PASSWORD together' });
     }
   }).safeParse(input);
   if (!r.success) {

@@ -22,6 +22,10 @@ export const ErrorCode = {
   UNAVAILABLE: 'UNAVAILABLE',
   /** A bug or an unexpected failure; logged with the command ID. */
   INTERNAL: 'INTERNAL',
+  /** HTTP: no bearer token where one is required, or one that does not verify. */
+  UNAUTHORIZED: 'UNAUTHORIZED',
+  /** The access policy refused: the principal may not send this command, read this, or operate this. */
+  FORBIDDEN: 'FORBIDDEN',
   /** HTTP: no route for this method and path. */
   NOT_FOUND: 'NOT_FOUND',
   /** HTTP: the aggregate instance has no events (or none at the version or time asked for). */
@@ -53,6 +57,8 @@ export const HttpStatus: Readonly<Record<ErrorCode, number>> = {
   VALIDATION_FAILED: 400,
   UNKNOWN_COLUMN: 400,
   BAD_CURSOR: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
   NOT_FOUND: 404,
   UNKNOWN_AGGREGATE: 404,
   UNKNOWN_COMMAND: 404,

@@ -13,7 +13,10 @@ import { task } from '../actors/task/task.js';
 import type { ActorSystem } from '../src/actor/system.js';
 import type { Aggregate } from '../src/aggregate/define.js';
 import type { Strand } from '../src/app.js';
+import { allowAll } from '../src/auth/access.js';
+import { createAuthenticator } from '../src/auth/tokens.js';
 import { CommandIntake } from '../src/commands/intake.js';
+import { loadConfig } from '../src/config.js';
 import { ErrorCode } from '../src/errors.js';
 import { StoreUnavailable } from '../src/eventstore/errors.js';
 import type { EventStore } from '../src/eventstore/types.js';
@@ -95,7 +98,7 @@ describe('when what the routes depend on fails', () => {
     },
   });
 
-  function server(over: Partial<ApiDeps>) {
+  async function server(over: Partial<ApiDeps>) {
     const metrics = new StrandMetrics({ defaultMetrics: false });
     const api: ApiDeps = {
       aggregates: new Map(aggregates.map((a) => [a.name, a])),
@@ -109,13 +112,14 @@ describe('when what the routes depend on fails', () => {
       maxCommandBytes: 1024,
       acceptingCommands: () => true as const,
       stream: 'EVENTS',
+      access: allowAll,
       ...over,
     };
-    return buildHttpServer({ log: pino({ level: 'info' }, sink), registry: metrics.registry, checks: [], api });
+    return buildHttpServer({ log: pino({ level: 'info' }, sink), registry: metrics.registry, checks: [], auth: await createAuthenticator(loadConfig({})), api });
   }
 
   it('an unexpected error is 500 INTERNAL: logged, and nothing of it in the reply', async () => {
-    const app = server({
+    const app = await server({
       actors: { rehydrate: async () => { throw new Error('secret detail of the failure'); } } as unknown as ActorSystem,
       store: { load: async () => { throw new TypeError('another secret'); } } as unknown as EventStore,
     });
@@ -132,7 +136,7 @@ describe('when what the routes depend on fails', () => {
   });
 
   it('a store that cannot be reached is 503 UNAVAILABLE with its message', async () => {
-    const app = server({ actors: { rehydrate: async () => { throw new StoreUnavailable('event stream EVENTS is not reachable (no responders)'); } } as unknown as ActorSystem });
+    const app = await server({ actors: { rehydrate: async () => { throw new StoreUnavailable('event stream EVENTS is not reachable (no responders)'); } } as unknown as ActorSystem });
     const r = await app.inject({ url: '/aggregates/order/x' });
     expectError(r, 503, ErrorCode.UNAVAILABLE);
     expect(r.json().message).toBe('event stream EVENTS is not reachable (no responders)');
@@ -142,7 +146,7 @@ describe('when what the routes depend on fails', () => {
 
   it('a failure inside the command route is still a NATS-shaped reply: 500 INTERNAL', async () => {
     const intake = { parse: () => { throw new Error('secret'); } } as unknown as CommandIntake;
-    const app = server({ intake });
+    const app = await server({ intake });
     const r = await app.inject({ method: 'POST', url: '/commands/order/x/PlaceOrder', payload: {} });
     expect(r.statusCode).toBe(500);
     expect(r.json()).toEqual({ ok: false, error: { code: 'INTERNAL', message: INTERNAL_MESSAGE } });
@@ -161,7 +165,7 @@ describe('when what the routes depend on fails', () => {
       page: async () => { throw new Error('boom'); },
       row: async () => ({ row: undefined, checkpoint: 7 }),
     } as unknown as ViewReader;
-    const app = server({ readSide, views });
+    const app = await server({ readSide, views });
     expectError(await app.inject({ url: '/projections' }), 500, ErrorCode.INTERNAL);
     expectError(await app.inject({ url: '/views/v' }), 500, ErrorCode.INTERNAL);
     const missing = await app.inject({ url: '/views/v/k1' });

@@ -131,7 +131,7 @@ interface Res<T = any> {
   headers: Record<string, unknown>;
 }
 
-async function request(method: 'GET' | 'POST', url: string, payload?: string | Buffer, headers: Record<string, string> = {}): Promise<Res> {
+async function request(method: 'GET' | 'POST' | 'DELETE', url: string, payload?: string | Buffer, headers: Record<string, string> = {}): Promise<Res> {
   const r = await strand.http.inject({ method, url, ...(payload !== undefined ? { payload } : {}), headers });
   let body: unknown = r.body;
   if (String(r.headers['content-type'] ?? '').startsWith('application/json')) body = r.json();
@@ -547,11 +547,21 @@ describe('projections admin', () => {
     expect(again.body.message).toContain('flaky handler refused boom');
     expect((await get('/projections/http_test_flaky/dead-letters?limit=1')).body.deadLetters[0].attempts).toBe(2);
 
+    // A second one is discarded for good: it leaves the table and is never applied.
+    const second = expectAccepted(await command('task/boom-2/CreateTask', { title: 'boom', memberId: 'M1', assignedTo: 'CC1' }));
+    await eventually(async () => (await get('/projections/http_test_flaky/dead-letters')).body.deadLetters.length === 2, 'the second event to be parked');
+    expect(await request('DELETE', `/projections/http_test_flaky/dead-letters/${second.seq}`)).toMatchObject({ status: 200, body: { discarded: second.seq } });
+    expect((await get('/projections/http_test_flaky/dead-letters')).body.deadLetters.map((d: any) => d.seq)).toEqual([reply.seq]);
+    expectError(await request('DELETE', `/projections/http_test_flaky/dead-letters/${second.seq}`), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
+    expectError(await request('DELETE', '/projections/nosuch/dead-letters/1'), 404, ErrorCode.UNKNOWN_PROJECTION);
+    for (const seq of ['0', 'Infinity']) expectError(await request('DELETE', `/projections/http_test_flaky/dead-letters/${seq}`), 400, ErrorCode.BAD_REQUEST);
+
     flaky.healed = true;
     const ok = await request('POST', `/projections/http_test_flaky/dead-letters/${reply.seq}/retry`, '{}', { 'content-type': 'application/json' });
     expect(ok).toMatchObject({ status: 200, body: { retried: reply.seq } });
     expect((await get('/projections/http_test_flaky/dead-letters')).body.deadLetters).toEqual([]);
     expect((await get('/views/test_tasks/boom-1')).body.row).toEqual({ taskId: 'boom-1', title: 'boom' });
+    expectError(await get('/views/test_tasks/boom-2'), 404, ErrorCode.ROW_NOT_FOUND);
     expectError(await request('POST', `/projections/http_test_flaky/dead-letters/${reply.seq}/retry`), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
     for (const seq of ['0', 'abc', '-1']) expectError(await request('POST', `/projections/http_test_flaky/dead-letters/${seq}/retry`), 400, ErrorCode.BAD_REQUEST);
     for (const q of ['limit=0', 'limit=x', 'limit=1001']) expectError(await get(`/projections/http_test_flaky/dead-letters?${q}`), 400, ErrorCode.BAD_REQUEST);

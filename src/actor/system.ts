@@ -318,6 +318,18 @@ export class ActorSystem {
       const seen = actor.recent && findRemembered(actor.recent, req.commandId);
       if (seen) return acceptedReply(actor, seen, req.commandId, true);
 
+      if (req.authorize) {
+        const verdict = req.authorize(actor.state);
+        // A refusal on a guessed or stale state proves nothing, as with a rejection: load and ask again.
+        if (verdict !== true) {
+          if (assumedNew || (await this.behindHead(actor, ++refreshes))) {
+            attempt--;
+            continue;
+          }
+          return failed(ErrorCode.FORBIDDEN, verdict);
+        }
+      }
+
       if (req.expectedVersion !== undefined && req.expectedVersion !== actor.version) {
         if (await this.behindHead(actor, ++refreshes)) {
           attempt--;

@@ -34,6 +34,7 @@ import {
   partitionCommands,
 } from '../../subjects/index.js';
 import { MOVED, type ActorSystem } from '../actor/system.js';
+import { FORWARDED_PRINCIPAL_HEADER, encodePrincipal, forwardedPrincipal } from '../auth/forwarded.js';
 import type { CommandHeaders, CommandIntake } from '../commands/intake.js';
 import { failed, type CommandReply, type CommandRequest } from '../commands/types.js';
 import { ErrorCode } from '../errors.js';
@@ -387,7 +388,9 @@ export class Region {
     let req: CommandRequest;
     if (e.req) req = e.req;
     else {
-      const parsed = this.intake.parse(e.aggregate, e.id, e.command, e.msg.data, headerValues(e.msg.headers));
+      // Forwarded from another instance: an HTTP command keeps its principal (and so the policy's in-actor check).
+      const principal = e.hops > 0 || e.handoff ? forwardedPrincipal(e.msg.headers) : undefined;
+      const parsed = this.intake.parse(e.aggregate, e.id, e.command, e.msg.data, headerValues(e.msg.headers), principal ? { principal } : undefined);
       if ('ok' in parsed) return this.answer(e, parsed);
       req = parsed;
     }
@@ -709,5 +712,6 @@ function headersOf(req: CommandRequest): MsgHdrs {
   if (req.causationId !== undefined) h.set(CommandHeader.CausationId, req.causationId);
   if (req.issuer) h.set(CommandHeader.Actor, `${req.issuer.type}:${req.issuer.id}`);
   if (req.expectedVersion !== undefined) h.set(CommandHeader.ExpectedVersion, String(req.expectedVersion));
+  if (req.principal) h.set(FORWARDED_PRINCIPAL_HEADER, encodePrincipal(req.principal));
   return h;
 }

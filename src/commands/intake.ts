@@ -1,6 +1,8 @@
 import { randomUUID } from 'node:crypto';
 import type { Aggregate } from '../aggregate/define.js';
 import type { Issuer } from '../aggregate/types.js';
+import type { CommandAccessRequest } from '../auth/access.js';
+import type { Principal } from '../auth/tokens.js';
 import { ErrorCode } from '../errors.js';
 import { isAggregateId, parseCommandSubject } from '../../subjects/index.js';
 import { failed, type CommandFailed, type CommandRequest } from './types.js';
@@ -18,11 +20,50 @@ export interface CommandHeaders {
 export interface IntakeOptions {
   /** Largest command body accepted, in bytes. */
   readonly maxBodyBytes: number;
+  /**
+   * The access policy's in-actor check for an authenticated command (`canDecide`, bound to its
+   * principal and command), or undefined when the policy has none. Absent: no such check.
+   */
+  readonly decideCheck?: (principal: Principal, command: CommandAccessRequest) => ((state: unknown) => true | string) | undefined;
+}
+
+/** What a transport that authenticated the sender vouches for: the HTTP API, or an instance forwarding its command. */
+export interface Authenticated {
+  /** Who sent it: the command gets the policy's in-actor check for this principal. */
+  readonly principal: Principal;
+  /** The issuer the command is recorded under, whatever `Strand-Actor` says (absent: the header's). */
+  readonly issuer?: Issuer;
 }
 
 const TRACE_ID = /^[\x21-\x7e]{1,128}$/;
 const ISSUER = /^([A-Za-z0-9_.-]{1,64}):([\x21-\x7e]{1,128})$/;
 const decoder = new TextDecoder('utf-8', { fatal: true });
+
+/** An issuer from its `Strand-Actor` form `<type>:<id>`, or undefined when the text is not one. */
+export function parseIssuer(text: string): Issuer | undefined {
+  const m = ISSUER.exec(text);
+  return m ? { type: m[1]!, id: m[2]! } : undefined;
+}
+
+/** A key no command body may have: it would change an object's prototype if the data were ever merged into another object. */
+class PoisonedKey extends Error {}
+
+/** Only a text that spells one of the keys, or escapes a character (`\u005f`), needs the slower check. */
+const MAYBE_POISONED = /__proto__|constructor|\\u/;
+
+/**
+ * JSON.parse, refusing a `__proto__` key and a `constructor` object with a `prototype` key at
+ * any depth (fastify's own body parser refuses the same). zod's object schemas would drop them
+ * silently, and an aggregate that copies data with Object.assign would get a polluted prototype.
+ */
+function parseBody(text: string): unknown {
+  if (!MAYBE_POISONED.test(text)) return JSON.parse(text);
+  return JSON.parse(text, (key, value: unknown) => {
+    if (key === '__proto__') throw new PoisonedKey('"__proto__"');
+    if (key === 'constructor' && typeof value === 'object' && value !== null && Object.hasOwn(value, 'prototype')) throw new PoisonedKey('"constructor" with a "prototype"');
+    return value;
+  });
+}
 
 /**
  * Turns what arrived on a transport into a {@link CommandRequest}, or the reply that says
@@ -56,17 +97,22 @@ export class CommandIntake {
     return this.parseChecked(s.aggregate, s.id, s.command, body, headers);
   }
 
-  /** Parses a command addressed by its parts (the HTTP route gives them separately). */
-  parse(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders): CommandRequest | CommandFailed {
+  /**
+   * Parses a command addressed by its parts (the HTTP route gives them separately). With
+   * `auth`, the command carries its principal and the policy's in-actor check; with an issuer
+   * there, that is the command's: a `Strand-Actor` header naming anyone else is refused with
+   * FORBIDDEN.
+   */
+  parse(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders, auth?: Authenticated): CommandRequest | CommandFailed {
     if (!this.aggregates.has(aggregateName)) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName.slice(0, 140))}`);
     if (!isAggregateId(id)) {
       return failed(ErrorCode.BAD_REQUEST, `id must be 1-128 characters of [A-Za-z0-9_-], got ${JSON.stringify(id.slice(0, 140))}`);
     }
-    return this.parseChecked(aggregateName, id, command, body, h);
+    return this.parseChecked(aggregateName, id, command, body, h, auth);
   }
 
   /** The rest of intake, once the ID is known to be valid (the subject parser checked it already). */
-  private parseChecked(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders): CommandRequest | CommandFailed {
+  private parseChecked(aggregateName: string, id: string, command: string, body: Uint8Array, h: CommandHeaders, auth?: Authenticated): CommandRequest | CommandFailed {
     const aggregate = this.aggregates.get(aggregateName);
     if (!aggregate) return failed(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(aggregateName.slice(0, 140))}`);
     const schema = aggregate.commands.get(command);
@@ -78,8 +124,9 @@ export class CommandIntake {
     let json: unknown = {};
     if (body.length > 0) {
       try {
-        json = JSON.parse(decoder.decode(body));
+        json = parseBody(decoder.decode(body));
       } catch (err) {
+        if (err instanceof PoisonedKey) return failed(ErrorCode.BAD_REQUEST, `body has a ${err.message} key, which no command may have`);
         return failed(ErrorCode.BAD_REQUEST, `body is not valid JSON: ${(err as Error).message}`);
       }
     }
@@ -90,9 +137,16 @@ export class CommandIntake {
     if (h.causationId !== undefined && !TRACE_ID.test(h.causationId)) return badHeader('Strand-Causation-Id', 'must be 1-128 printable ASCII characters');
     let issuer: Issuer | undefined;
     if (h.actor !== undefined) {
-      const m = ISSUER.exec(h.actor);
-      if (!m) return badHeader('Strand-Actor', 'must be <type>:<id>');
-      issuer = { type: m[1]!, id: m[2]! };
+      issuer = parseIssuer(h.actor);
+      if (!issuer) return badHeader('Strand-Actor', 'must be <type>:<id>');
+    }
+    if (auth?.issuer) {
+      // The token says who sends it; a header that says otherwise is an attempt to act as someone else.
+      const own = `${auth.issuer.type}:${auth.issuer.id}`;
+      if (issuer && (issuer.type !== auth.issuer.type || issuer.id !== auth.issuer.id)) {
+        return failed(ErrorCode.FORBIDDEN, `header Strand-Actor names ${JSON.stringify(h.actor!.slice(0, 200))}, but the token's issuer is ${JSON.stringify(own)}; leave the header out`);
+      }
+      issuer = auth.issuer;
     }
     let expectedVersion: number | undefined;
     if (h.expectedVersion !== undefined) {
@@ -107,6 +161,7 @@ export class CommandIntake {
       });
     }
 
+    const authorize = auth && this.o.decideCheck?.(auth.principal, { aggregate: aggregate.name, id, command, data: parsed.data, ...(issuer ? { issuer } : {}) });
     return {
       aggregate,
       id,
@@ -117,6 +172,8 @@ export class CommandIntake {
       ...(h.causationId !== undefined ? { causationId: h.causationId } : {}),
       ...(issuer ? { issuer } : {}),
       ...(expectedVersion !== undefined ? { expectedVersion } : {}),
+      ...(auth ? { principal: auth.principal } : {}),
+      ...(authorize ? { authorize } : {}),
     };
   }
 }

@@ -1,5 +1,6 @@
 import type { Aggregate } from '../aggregate/define.js';
 import type { Issuer } from '../aggregate/types.js';
+import type { Principal } from '../auth/tokens.js';
 import type { ErrorCode } from '../errors.js';
 
 /** A command that passed intake: subject, headers and body checked, data validated. */
@@ -16,6 +17,17 @@ export interface CommandRequest {
   readonly issuer?: Issuer;
   /** `Strand-Expected-Version`, when given. */
   readonly expectedVersion?: number;
+  /**
+   * An authorization check on the state the command is about to be decided on: the actor calls
+   * it right before `decide` (after the duplicate check), and again on the fresh state after a
+   * conflict. true lets the command through; a string refuses it with `FORBIDDEN`. Must not throw.
+   */
+  readonly authorize?: (state: unknown) => true | string;
+  /**
+   * Who sent it, when a transport authenticated them (HTTP). Travels with the command when it is
+   * forwarded to the owner of its partition, where `authorize` is rebuilt from it.
+   */
+  readonly principal?: Principal;
 }
 
 /** One event of a successful reply. */

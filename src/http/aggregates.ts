@@ -1,8 +1,10 @@
-import type { FastifyPluginAsync } from 'fastify';
+import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import type { Aggregate } from '../aggregate/define.js';
+import { checkSubscribe } from '../auth/access.js';
 import { ErrorCode, StrandError } from '../errors.js';
 import type { EventEnvelope, StoredEvent } from '../eventstore/types.js';
 import { isAggregateId } from '../../subjects/index.js';
+import { principalOf } from './auth.js';
 import { EventsQuery, StateQuery } from './schemas.js';
 import type { ApiDeps } from './server.js';
 
@@ -32,11 +34,18 @@ interface InstanceParams {
   id: string;
 }
 
-/** The aggregate named in the path, checked in the order intake checks a command: name, then ID. */
-export function instanceOf(api: ApiDeps, p: InstanceParams): Aggregate {
+/**
+ * The aggregate named in the path, checked in the order intake checks a command: name, then ID;
+ * then whether the principal may read the instance (the policy's `canSubscribe`, as for a live
+ * subscription to its events): FORBIDDEN if not.
+ */
+export function instanceOf(api: ApiDeps, req: FastifyRequest<{ Params: InstanceParams }>): Aggregate {
+  const p = req.params;
   const aggregate = api.aggregates.get(p.aggregate);
   if (!aggregate) throw new StrandError(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(p.aggregate.slice(0, 140))}`);
   if (!isAggregateId(p.id)) throw new StrandError(ErrorCode.BAD_REQUEST, `id must be 1-128 characters of [A-Za-z0-9_-], got ${JSON.stringify(p.id.slice(0, 140))}`);
+  const allowed = checkSubscribe(api.access, principalOf(req), { kind: 'aggregate', aggregate: aggregate.name, id: p.id });
+  if (allowed !== true) throw new StrandError(ErrorCode.FORBIDDEN, allowed);
   return aggregate;
 }
 
@@ -46,7 +55,7 @@ const SCAN_PAGE = 1000;
 /** Aggregate instances: current state, state at a version or time, and the audit trail. */
 export const aggregateRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, { api }) => {
   app.get<{ Params: InstanceParams; Querystring: StateQuery }>('/aggregates/:aggregate/:id', { schema: { querystring: StateQuery } }, async (req): Promise<StateResponse> => {
-    const aggregate = instanceOf(api, req.params);
+    const aggregate = instanceOf(api, req);
     const { id } = req.params;
     const { version, at } = req.query;
     const name = `${aggregate.name}/${id}`;
@@ -70,7 +79,7 @@ export const aggregateRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app,
   });
 
   app.get<{ Params: InstanceParams; Querystring: EventsQuery }>('/aggregates/:aggregate/:id/events', { schema: { querystring: EventsQuery } }, async (req): Promise<EventsResponse> => {
-    const aggregate = instanceOf(api, req.params);
+    const aggregate = instanceOf(api, req);
     const { id } = req.params;
     const { fromVersion = 1, limit } = req.query;
     let after = req.query.after ?? 0;

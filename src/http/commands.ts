@@ -1,8 +1,10 @@
 import type { FastifyPluginAsync, FastifyReply, FastifyRequest } from 'fastify';
-import type { CommandHeaders } from '../commands/intake.js';
+import { checkCommand, issuerOf } from '../auth/access.js';
+import type { Authenticated, CommandHeaders } from '../commands/intake.js';
 import { failed, type CommandReply } from '../commands/types.js';
-import { HttpStatus } from '../errors.js';
+import { ErrorCode, HttpStatus } from '../errors.js';
 import { CommandHeader } from '../../subjects/index.js';
+import { principalOf } from './auth.js';
 import { RETRY_AFTER_SECONDS, classify, logFailure } from './errors.js';
 import type { ApiDeps } from './server.js';
 
@@ -48,6 +50,11 @@ function send(reply: FastifyReply, result: CommandReply): FastifyReply {
  * `POST /commands/:aggregate/:id/:command`: the NATS command contract over HTTP. The body's raw
  * bytes and the `Strand-*` headers go through the same intake, and the reply body is exactly
  * the NATS reply; the status is 200 when `ok`, else the status of the error's code.
+ *
+ * Authentication (the root hook) comes first. With a token, the issuer is the token's subject
+ * (a `Strand-Actor` header naming someone else is FORBIDDEN); without one (`dev` mode) the
+ * header is trusted as on NATS. Then the access policy: `canCommand` once intake has checked the
+ * command, `canDecide` in the actor on the state the command is decided on.
  */
 export const commandRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, { api }) => {
   // Raw bytes, so size and JSON errors are intake's, word for word as on NATS.
@@ -79,9 +86,29 @@ export const commandRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, {
       return send(reply, failed('UNAVAILABLE', refusal));
     }
     const body = Buffer.isBuffer(req.body) ? new Uint8Array(req.body.buffer, req.body.byteOffset, req.body.byteLength) : EMPTY;
-    const parsed = api.intake.parse(aggregate, id, command, body, commandHeaders(req));
-    const result: CommandReply = 'ok' in parsed ? parsed : api.submit ? await api.submit(parsed, body) : await api.actors.execute(parsed);
+    const result = await authorizedExecute(api, req, aggregate, id, command, body);
     count(aggregate, command, result.ok ? (result.duplicate ? 'duplicate' : 'ok') : result.error.code, reply.elapsedTime / 1000);
     return send(reply, result);
   });
 };
+
+/**
+ * Intake, the access policy, then the actor (through the region, which forwards it to the owner
+ * of its partition when that is another instance): the reply to an authenticated HTTP command.
+ * Intake attaches the policy's in-actor check (`canDecide`) and the principal it is rebuilt from
+ * on the owner.
+ */
+async function authorizedExecute(api: ApiDeps, req: FastifyRequest, aggregate: string, id: string, command: string, body: Uint8Array): Promise<CommandReply> {
+  const principal = principalOf(req);
+  let auth: Authenticated = { principal };
+  if (req.tokenAuthenticated) {
+    const issuer = issuerOf(principal);
+    if (typeof issuer === 'string') return failed(ErrorCode.FORBIDDEN, issuer);
+    auth = { principal, issuer };
+  }
+  const parsed = api.intake.parse(aggregate, id, command, body, commandHeaders(req), auth);
+  if ('ok' in parsed) return parsed;
+  const allowed = checkCommand(api.access, principal, { aggregate: parsed.aggregate.name, id: parsed.id, command: parsed.command, data: parsed.data, ...(parsed.issuer ? { issuer: parsed.issuer } : {}) });
+  if (allowed !== true) return failed(ErrorCode.FORBIDDEN, allowed);
+  return api.submit ? api.submit(parsed, body) : api.actors.execute(parsed);
+}

@@ -15,6 +15,7 @@ import {
   jsonSchema,
   releaseVersion,
 } from './contract.js';
+import { OPEN_ROUTES } from './auth.js';
 import { reasonPhrase } from './errors.js';
 import { DeadLetterParams, DeadLettersQuery, EventsQuery, RowQuery, StateQuery, ViewQuery, type ParamsSchema } from './schemas.js';
 import type { ApiDeps } from './server.js';
@@ -223,7 +224,7 @@ function routes(api: ApiDeps): RouteDoc[] {
   const viewNames = api.views?.all().map((v) => v.name) ?? [];
   const view = pathParameter('view', "The view's name (GET /views lists them)", { type: 'string', ...(viewNames.length > 0 ? { examples: viewNames } : {}) });
   const projection = pathParameter('name', "The projection's name (GET /projections lists them)", { type: 'string' });
-  const readErrors: ErrorCode[] = [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.AGGREGATE_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL];
+  const readErrors: ErrorCode[] = [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.AGGREGATE_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL];
   const header = (name: string, pattern: string, description: string): Obj => ({ name, in: 'header', required: false, description, schema: { type: 'string', pattern } });
 
   return [
@@ -277,13 +278,13 @@ function routes(api: ApiDeps): RouteDoc[] {
         header(CommandHeader.CommandId, TRACE_ID_PATTERN, 'Idempotency key: a repeat is answered with duplicate: true and appends nothing'),
         header(CommandHeader.CorrelationId, TRACE_ID_PATTERN, "Copied to the events' metadata (default: the command ID)"),
         header(CommandHeader.CausationId, TRACE_ID_PATTERN, "Copied to the events' metadata"),
-        header(CommandHeader.Actor, ISSUER_PATTERN, 'Who issues the command: <type>:<id>'),
+        header(CommandHeader.Actor, ISSUER_PATTERN, "Who issues the command: <type>:<id>. Only without a token (STRAND_AUTH=dev): with one, the issuer is the token's (user:<sub>) and a header naming anyone else is 403 FORBIDDEN"),
         header(CommandHeader.ExpectedVersion, EXPECTED_VERSION_PATTERN, 'Reject with WRONG_VERSION unless the aggregate is at this version'),
       ],
       requestBody: { required: false, content: json({ type: 'object', description: "The command's data (its JSON Schema: GET /catalog)" }) },
       responses: { 200: { description: 'Carried out (or had been: duplicate: true)', content: json(ref('CommandAccepted')) } },
       natsErrors: [
-        ErrorCode.BAD_REQUEST, ErrorCode.VALIDATION_FAILED, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.UNKNOWN_COMMAND, ErrorCode.REJECTED,
+        ErrorCode.BAD_REQUEST, ErrorCode.VALIDATION_FAILED, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.UNKNOWN_COMMAND, ErrorCode.REJECTED,
         ErrorCode.WRONG_VERSION, ErrorCode.CONFLICT, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL,
       ],
     },
@@ -306,61 +307,61 @@ function routes(api: ApiDeps): RouteDoc[] {
         },
       ],
       responses: { 200: { description: 'A page of rows', content: json(ref('ViewPage')) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VIEW, ErrorCode.UNKNOWN_COLUMN, ErrorCode.BAD_CURSOR, ErrorCode.NOT_CAUGHT_UP, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_VIEW, ErrorCode.UNKNOWN_COLUMN, ErrorCode.BAD_CURSOR, ErrorCode.NOT_CAUGHT_UP, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/views/{view}/{key}', operationId: 'getRow', tag: 'views',
       summary: 'One row of a view by its key',
       parameters: [view, pathParameter('key', "The row's key value", { type: 'string' }), ...queryParameters(RowQuery)],
       responses: { 200: { description: 'The row', content: json(ref('ViewRow')) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_VIEW, ErrorCode.ROW_NOT_FOUND, ErrorCode.NOT_CAUGHT_UP, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_VIEW, ErrorCode.ROW_NOT_FOUND, ErrorCode.NOT_CAUGHT_UP, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/cluster', operationId: 'cluster', tag: 'operations',
       summary: 'The members of the cluster and the owner of each partition, as this instance sees them',
       responses: { 200: { description: 'Membership and partition owners', content: json({ type: 'object', required: ['instance', 'partitions', 'members', 'owners', 'local', 'waiting', 'ready'] }) } },
-      errors: [ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.FORBIDDEN, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/projections', operationId: 'listProjections', tag: 'projections',
       summary: 'Where every projection stands',
       responses: { 200: { description: 'Status of every projection', content: json(ref('ProjectionList')) } },
-      errors: [ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.FORBIDDEN, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/projections/{name}', operationId: 'getProjection', tag: 'projections',
       summary: 'Where one projection stands',
       parameters: [projection],
       responses: { 200: { description: 'Its status', content: json(ref('ProjectionStatus')) } },
-      errors: [ErrorCode.UNKNOWN_PROJECTION, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'post', path: '/projections/{name}/rebuild', operationId: 'rebuildProjection', tag: 'projections',
       summary: 'Rebuilds a projection from the start of the stream into a new generation, which serves once caught up',
       parameters: [projection],
       responses: { 202: { description: 'Rebuild started', content: json({ type: 'object', required: ['generation'], properties: { generation: { type: 'integer' } } }) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.REBUILD_IN_PROGRESS, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.REBUILD_IN_PROGRESS, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/projections/{name}/dead-letters', operationId: 'listDeadLetters', tag: 'projections',
       summary: "A projection's parked events, oldest first",
       parameters: [projection, ...queryParameters(DeadLettersQuery)],
       responses: { 200: { description: 'Parked events', content: json(ref('DeadLetters')) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'post', path: '/projections/{name}/dead-letters/{seq}/retry', operationId: 'retryDeadLetter', tag: 'projections',
       summary: 'Applies a parked event again, through the instance that applies the projection; on success it leaves the dead-letter table and live clients get fresh snapshots',
       parameters: [projection, pathParameter('seq', (DeadLetterParams.properties['seq']!['description'] as string), { type: 'integer', minimum: 1 })],
       responses: { 200: { description: 'Applied', content: json({ type: 'object', required: ['retried'], properties: { retried: { type: 'integer' } } }) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.RETRY_FAILED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.RETRY_FAILED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'delete', path: '/projections/{name}/dead-letters/{seq}', operationId: 'discardDeadLetter', tag: 'projections',
       summary: 'Removes a parked event for good: it will not be applied',
       parameters: [projection, pathParameter('seq', (DeadLetterParams.properties['seq']!['description'] as string), { type: 'integer', minimum: 1 })],
       responses: { 200: { description: 'Discarded', content: json({ type: 'object', required: ['discarded'], properties: { discarded: { type: 'integer' } } }) } },
-      errors: [ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_PROJECTION, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/catalog', operationId: 'catalog', tag: 'contract',
@@ -390,7 +391,9 @@ export function buildOpenApi(api: ApiDeps): Obj {
   for (const r of routes(api)) {
     const responses: Obj = {};
     for (const [status, resp] of Object.entries(r.responses)) responses[status] = resp;
-    const errors = r.errors ?? r.natsErrors ?? [];
+    const open = OPEN_ROUTES.has(r.path.replace(/\{(\w+)\}/g, ':$1'));
+    // Every route but the open ones authenticates first; a request without a valid token gets 401.
+    const errors = [...(open ? [] : [ErrorCode.UNAUTHORIZED]), ...(r.errors ?? r.natsErrors ?? [])];
     const errorSchema = r.natsErrors
       ? (codes: ErrorCode[]) => ({ allOf: [ref('CommandFailed'), { type: 'object', properties: { error: { type: 'object', properties: { code: { enum: codes } } } } }] })
       : (codes: ErrorCode[]) => ({ allOf: [ref('Error'), { type: 'object', properties: { code: { enum: codes } } }] });
@@ -403,6 +406,7 @@ export function buildOpenApi(api: ApiDeps): Obj {
       ...(r.parameters ? { parameters: r.parameters } : {}),
       ...(r.requestBody ? { requestBody: r.requestBody } : {}),
       responses,
+      security: open ? [] : [{ bearer: [] }],
       'x-error-codes': errors,
     };
     (paths[r.path] ??= {})[r.method] = op;
@@ -413,7 +417,7 @@ export function buildOpenApi(api: ApiDeps): Obj {
       title: 'Strand HTTP API',
       version: releaseVersion(),
       description:
-        'Queries on the read models, aggregate state and history, commands, the contract catalog, and operations. Every error response is {statusCode, code, error, message} (plus checkpoint, details) except POST /commands, which answers with the NATS reply. Any path not listed answers 404 NOT_FOUND. See docs/http.md.',
+        'Queries on the read models, aggregate state and history, commands, the contract catalog, and operations. Every route but health, metrics and the dashboard page needs a bearer token (401 UNAUTHORIZED without one in STRAND_AUTH=jwt mode); the access policy may refuse with 403 FORBIDDEN. Every error response is {statusCode, code, error, message} (plus checkpoint, details) except POST /commands, which answers with the NATS reply. Any path not listed answers 404 NOT_FOUND (401 without a valid token). See docs/http.md.',
     },
     servers: [{ url: '/' }],
     tags: [
@@ -425,7 +429,18 @@ export function buildOpenApi(api: ApiDeps): Obj {
       { name: 'operations', description: 'Health and metrics' },
     ],
     paths,
-    components: { schemas: schemas() },
+    components: {
+      schemas: schemas(),
+      securitySchemes: {
+        bearer: {
+          type: 'http',
+          scheme: 'bearer',
+          bearerFormat: 'JWT',
+          description:
+            'A JWT (HS256 or RS256) in Authorization: Bearer. In STRAND_AUTH=dev mode a request without one is the dev principal (role admin). See docs/security.md.',
+        },
+      },
+    },
   };
 }
 

@@ -3,6 +3,8 @@ import type { Logger } from 'pino';
 import type { Registry } from 'prom-client';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
+import type { AccessPolicy } from '../auth/access.js';
+import type { Authenticator } from '../auth/tokens.js';
 import type { CommandIntake } from '../commands/intake.js';
 import type { CommandReply, CommandRequest } from '../commands/types.js';
 import type { RegionStatus } from '../cluster/region.js';
@@ -13,9 +15,10 @@ import type { ViewReader } from '../projections/views.js';
 import { aggregateRoutes } from './aggregates.js';
 import { asyncApiRoute } from './asyncapi.js';
 import { catalogRoute } from './catalog.js';
+import { authentication } from './auth.js';
 import { clusterRoute } from './cluster.js';
 import { commandRoutes } from './commands.js';
-import { errorHandling } from './errors.js';
+import { clientErrorHandler, errorHandling, frameworkErrors } from './errors.js';
 import { dashboardRoutes } from '../live/dashboard.js';
 import { healthRoutes, type ReadinessCheck } from './health.js';
 import { metricsRoute } from './metrics.js';
@@ -46,6 +49,8 @@ export interface ApiDeps {
   readonly stream: string;
   /** The NATS URL(s) this instance uses, named in /asyncapi.json (credentials left out). */
   readonly natsUrl?: string;
+  /** Who may read, send and operate what (docs/security.md). */
+  readonly access: AccessPolicy;
 }
 
 /** What the HTTP server is assembled from. */
@@ -55,21 +60,29 @@ export interface HttpDeps {
   readonly checks: readonly ReadinessCheck[];
   /** Facts `/health/ready` reports without failing on them (e.g. projections caught up). */
   readonly reports?: readonly { readonly name: string; value(): unknown }[];
+  /** How requests authenticate (every route but health, metrics and the dashboard page). */
+  readonly auth: Authenticator;
   readonly api: ApiDeps;
 }
+
+/** Longest path parameter the router takes: an aggregate ID is at most 128 characters; view keys are the projection's own values. */
+export const MAX_PARAM_LENGTH = 1024;
 
 /** Builds the fastify server from its plugins; listening is the caller's choice (tests use inject). */
 export function buildHttpServer(deps: HttpDeps): FastifyInstance {
   const app = Fastify({
     loggerInstance: deps.log.child({ component: 'http' }) as unknown as FastifyBaseLogger,
     logController: new LogController({ disableRequestLogging: true }),
-    // An aggregate ID may be 128 characters; view keys are the projection's own values.
-    routerOptions: { maxParamLength: 1024 },
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     // Refuse unknown query parameters instead of silently dropping them (schemas say additionalProperties: false).
     ajv: { customOptions: { removeAdditional: false } },
+    // What the router and Node's HTTP parser refuse before any route runs gets the documented shape too.
+    frameworkErrors: frameworkErrors(MAX_PARAM_LENGTH),
+    clientErrorHandler,
   });
   // First: the error and not-found handlers apply to every route registered after them.
   void app.register(errorHandling);
+  void app.register(authentication, { auth: deps.auth });
   void app.register(healthRoutes, { checks: deps.checks, reports: deps.reports ?? [] });
   void app.register(dashboardRoutes);
   void app.register(metricsRoute, { registry: deps.registry });

@@ -88,12 +88,13 @@ export function isTransientJetStream(err: unknown): boolean {
  * Connects to any of `servers`, trying again with backoff while none answers, then keeps
  * reconnecting for the life of the connection (to whichever server of the cluster is up).
  */
-export function connectNats(servers: readonly string[], name: string, o: WaitOptions): Promise<NatsConnection> {
+export function connectNats(servers: readonly string[], name: string, o: WaitOptions, credentials?: { readonly user: string; readonly pass: string }): Promise<NatsConnection> {
   return untilReady(
     `NATS at ${servers.join(',')}`,
     () =>
       connect({
         servers: [...servers],
+        ...(credentials ?? {}),
         name,
         noAsyncTraces: true,
         maxReconnectAttempts: -1,
