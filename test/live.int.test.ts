@@ -178,13 +178,34 @@ describe('live views over WebSocket', { timeout: 120_000 }, () => {
     w.send({ type: 'subscribe', id: 'g', aggregate: 'task', aggregateId: 'bad id!' });
     w.send({ type: 'unsubscribe', id: 'never' });
     w.send({ type: 'ping', nonce: 'x'.repeat(20_000) });
+    // Keys that would reach Object.prototype, and values that are not strings: refused, never
+    // dropped (a dropped filter would subscribe to the whole view). Written as text: an object
+    // literal's "__proto__" would set its prototype instead of being sent.
+    w.send('{"type":"subscribe","id":"proto","view":"task_list_view","filter":{"__proto__":{"assignedTo":"x"}}}');
+    w.send('{"type":"subscribe","id":"ctor","view":"task_list_view","filter":{"constructor":"x","assignedTo":"CC1"}}');
+    w.send({ type: 'subscribe', id: 'num', view: 'task_list_view', filter: { assignedTo: 5 } });
+    w.send({ type: 'subscribe', id: '', view: 'task_list_view' }); // not a valid ID: the error names none
     w.send({ type: 'ping', nonce: 'still-here' });
     await w.until((c) => c.of('pong').some((p) => p.nonce === 'still-here'), 'pong');
-    await w.until((c) => c.of('error').length === 7, 'seven errors');
+    await w.until((c) => c.of('error').length === 11, 'eleven errors');
     // Subscriptions answer asynchronously, so compare by subscription rather than by arrival.
     expect(w.of('error').map((e) => `${e.sub ?? '-'}:${e.code}`).sort()).toEqual(
-      ['-:BAD_MESSAGE', '-:BAD_MESSAGE', 'u:UNKNOWN_VIEW', 'c:UNKNOWN_COLUMN', 'g:BAD_REQUEST', 'never:UNKNOWN_SUBSCRIPTION', '-:MESSAGE_TOO_LARGE'].sort(),
+      [
+        '-:BAD_MESSAGE',
+        '-:BAD_MESSAGE',
+        'u:UNKNOWN_VIEW',
+        'c:UNKNOWN_COLUMN',
+        'g:BAD_REQUEST',
+        'never:UNKNOWN_SUBSCRIPTION',
+        '-:MESSAGE_TOO_LARGE',
+        'proto:BAD_MESSAGE',
+        'ctor:BAD_MESSAGE',
+        'num:BAD_MESSAGE',
+        '-:BAD_MESSAGE',
+      ].sort(),
     );
+    expect(w.of('error').find((e) => e.sub === 'proto')!.message).toContain('filter.__proto__');
+    expect(w.of('snapshot')).toEqual([]);
     expect(w.closed).toBeUndefined();
     await w.close();
 

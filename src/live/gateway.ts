@@ -16,11 +16,11 @@ import type { Row } from '../projections/types.js';
 import type { ViewReader } from '../projections/views.js';
 import { checkSubscribe, rowVisible, subscriptionRequest, type AccessPolicy, type Authenticator, type Principal } from './auth.js';
 import {
-  ClientMessage,
   CloseCode,
   LiveErrorCode,
   type SubscribeAggregateMessage,
   type SubscribeViewMessage,
+  parseClientMessage,
 } from './protocol.js';
 
 /** Limits and tuning of the gateway (documented in docs/configuration.md). */
@@ -198,18 +198,9 @@ export class LiveGateway {
     if (size > this.o.maxMessageBytes) return conn.error(LiveErrorCode.MESSAGE_TOO_LARGE, `messages are limited to ${this.o.maxMessageBytes} bytes, got ${size}`);
     if (!conn.takeToken()) return conn.error(LiveErrorCode.RATE_LIMITED, `more than ${this.o.rate} messages per second; this one was dropped`);
     if (isBinary) return conn.error(LiveErrorCode.BAD_MESSAGE, 'binary frames are not part of the protocol; send JSON text');
-    let json: unknown;
-    try {
-      json = JSON.parse(Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.concat(data as Buffer[]).toString('utf8'));
-    } catch (err) {
-      return conn.error(LiveErrorCode.BAD_MESSAGE, `not JSON: ${(err as Error).message}`);
-    }
-    const parsed = ClientMessage.safeParse(json);
-    if (!parsed.success) {
-      const sub = typeof (json as { id?: unknown })?.id === 'string' ? ((json as { id: string }).id.slice(0, 64)) : undefined;
-      return conn.error(LiveErrorCode.BAD_MESSAGE, parsed.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ').slice(0, 500), sub);
-    }
-    const m = parsed.data;
+    const parsed = parseClientMessage(Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.concat(data as Buffer[]).toString('utf8'));
+    if (!parsed.ok) return conn.error(LiveErrorCode.BAD_MESSAGE, parsed.error, parsed.sub);
+    const m = parsed.message;
     if (m.type === 'ping') {
       conn.send({ type: 'pong', ...(m.nonce !== undefined ? { nonce: m.nonce } : {}) });
       return;
