@@ -1,10 +1,9 @@
-import { DeliverPolicy, jetstream, type ConsumerMessages } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import { ALL_EVENTS, ALL_LIVE_CHANGES, LIVE_INTEREST, LiveHeader, isAggregateId } from '../../subjects/index.js';
+import { ALL_LIVE_CHANGES, LIVE_INTEREST, LiveHeader, isAggregateId } from '../../subjects/index.js';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
 import { StrandError } from '../errors.js';
@@ -57,7 +56,8 @@ export interface GatewayDeps {
 }
 
 import { Connection } from './connection.js';
-import { NO_GROUPS, ViewFeed, keyString, type AggregateSub, type Batch, type ViewSub } from './view-feed.js';
+import { AggregateFeed, jetStreamEventFeed, type AggregateSub } from './aggregate-feed.js';
+import { NO_GROUPS, ViewFeed, keyString, type Batch, type ViewSub } from './view-feed.js';
 
 const KEEP_OPEN = new Set<string>(Object.values(LiveErrorCode));
 
@@ -74,10 +74,9 @@ export class LiveGateway {
   private readonly conns = new Set<Connection>();
   private readonly feeds = new Map<string, ViewFeed>();
   private readonly chain = new Map<string, number>();
-  private readonly aggregateSubs = new Map<string, Set<AggregateSub>>();
+  /** Every aggregate subscription's events. */
+  readonly aggregateFeed: AggregateFeed;
   private liveSub: Subscription | undefined;
-  private events: ConsumerMessages | undefined;
-  private eventsStarting: Promise<void> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private announcer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -94,6 +93,19 @@ export class LiveGateway {
       handleProtocols: (protocols) => (protocols.has('strand.v1') ? 'strand.v1' : false),
     });
     for (const view of d.views.all()) this.feeds.set(view.name, new ViewFeed(view.name));
+    this.aggregateFeed = new AggregateFeed(
+      jetStreamEventFeed(d.nc, o.stream),
+      d.store,
+      {
+        deliver: (sub, seq, env) => this.deliverEvent(sub, seq, env),
+        end: (sub, reason) => {
+          sub.conn.subs.delete(sub.id);
+          this.unregister(sub);
+          sub.conn.error(LiveErrorCode.UNAVAILABLE, `subscription ended: ${reason}`, sub.id);
+        },
+      },
+      d.log,
+    );
   }
 
   /** Starts listening to the change feed and serves upgrades to `/live` on `server`. */
@@ -155,7 +167,7 @@ export class LiveGateway {
     clearInterval(this.announcer);
     for (const c of this.conns) c.close(CloseCode.GOING_AWAY, 'server shutting down');
     this.liveSub?.unsubscribe();
-    this.events?.stop();
+    this.aggregateFeed.stop();
     await new Promise<void>((r) => this.wss.close(() => r()));
   }
 
@@ -462,13 +474,22 @@ export class LiveGateway {
     if (!isAggregateId(m.aggregateId)) throw new StrandError('BAD_REQUEST', 'aggregateId must be 1-128 characters of [A-Za-z0-9_-]');
     const verdict = checkSubscribe(this.d.access, conn.principal, subscriptionRequest(m));
     if (verdict !== true) return conn.error(LiveErrorCode.FORBIDDEN, verdict, m.id);
-    await this.startEventFeed();
-    const key = `${m.aggregate}/${m.aggregateId}`;
-    const sub: AggregateSub = { kind: 'aggregate', conn, id: m.id, joining: true, key, pending: [], seq: 0 };
+    await this.aggregateFeed.start();
+    const sub: AggregateSub = {
+      kind: 'aggregate',
+      conn,
+      id: m.id,
+      joining: true,
+      aggregate: m.aggregate,
+      aggregateId: m.aggregateId,
+      key: `${m.aggregate}/${m.aggregateId}`,
+      version: 0,
+      seq: 0,
+      queue: [],
+      filling: false,
+    };
     conn.subs.set(m.id, sub);
-    let set = this.aggregateSubs.get(key);
-    if (!set) this.aggregateSubs.set(key, (set = new Set()));
-    set.add(sub);
+    this.aggregateFeed.add(sub);
     this.countSubs(1);
 
     const current = await this.d.actors.rehydrate(agg, m.aggregateId);
@@ -489,41 +510,13 @@ export class LiveGateway {
     } else {
       conn.send({ type: 'state', sub: m.id, aggregate: m.aggregate, id: m.aggregateId, version: current.version, seq: current.seq, state: current.state, fresh: m.afterVersion !== undefined });
     }
-    sub.seq = current.seq;
-    for (const p of sub.pending) this.deliverEvent(sub, p.seq, p.env);
-    sub.pending = [];
-    sub.joining = false;
+    this.aggregateFeed.join(sub, current.version, current.seq);
   }
 
   private deliverEvent(sub: AggregateSub, seq: number, env: EventEnvelope): void {
-    if (seq <= sub.seq) return;
-    sub.seq = seq;
     if (sub.conn.send({ type: 'event', sub: sub.id, version: env.version, seq, event: env as unknown as Row })) {
       this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(env.time)) / 1000));
     }
-  }
-
-  /** One ordered consumer of new events for every aggregate subscription of this instance. */
-  private startEventFeed(): Promise<void> {
-    this.eventsStarting ??= (async () => {
-      const consumer = await jetstream(this.d.nc).consumers.get(this.o.stream, { filter_subjects: [ALL_EVENTS], deliver_policy: DeliverPolicy.New });
-      this.events = await consumer.consume();
-      void (async () => {
-        for await (const m of this.events!) {
-          const env = m.json<EventEnvelope>();
-          const subs = this.aggregateSubs.get(`${env.aggregate}/${env.aggregateId}`);
-          if (!subs) continue;
-          for (const sub of subs) {
-            if (sub.joining) sub.pending.push({ seq: m.seq, env });
-            else this.deliverEvent(sub, m.seq, env);
-          }
-        }
-      })().catch((err: unknown) => this.d.log.warn({ err }, 'event feed ended'));
-    })().catch((err: unknown) => {
-      this.eventsStarting = undefined;
-      throw err;
-    });
-    return this.eventsStarting;
   }
 
   private unregister(s: ViewSub | AggregateSub): void {
@@ -533,9 +526,7 @@ export class LiveGateway {
       removed = s.feed.subs.has(s);
       s.feed.remove(s);
     } else {
-      const set = this.aggregateSubs.get(s.key);
-      removed = set?.delete(s) ?? false;
-      if (set && set.size === 0) this.aggregateSubs.delete(s.key);
+      removed = this.aggregateFeed.remove(s);
     }
     if (removed) this.countSubs(-1);
   }

@@ -1,4 +1,3 @@
-import type { EventEnvelope } from '../eventstore/types.js';
 import type { LiveChange } from '../projections/runner.js';
 import type { Row } from '../projections/types.js';
 import type { Connection } from './connection.js';
@@ -173,13 +172,6 @@ export interface ViewSub extends Sub {
   stale?: boolean;
   /** Its filter group (filtered subscriptions). */
   group?: FilterGroup;
-}
-
-export interface AggregateSub extends Sub {
-  readonly kind: 'aggregate';
-  readonly key: string;
-  pending: { seq: number; env: EventEnvelope }[];
-  seq: number;
 }
 
 /** A row key as the gateway indexes it: `5` and `"5"` are the same key (a client may send either). */

@@ -1,0 +1,119 @@
+/**
+ * Aggregate subscriptions of `/live` and the gateway's event feed, against a real nats-server:
+ * messages on `evt.>` that are not events, a consumer that ends, subscriptions made while
+ * events are being appended. Its own server and stream: the garbage published here would reach
+ * the projections of a shared one (no projection runs here).
+ */
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import type { Strand } from '../src/app.js';
+import { LiveClient } from './support/live.js';
+import { startTestNats, type TestNats } from './support/nats.js';
+import { createTestDatabase, type TestDatabase } from './support/postgres.js';
+import { CommandClient, eventually, startStrandWithDb } from './support/strand.js';
+
+let nats: TestNats;
+let db: TestDatabase;
+let strand: Strand;
+let client: CommandClient;
+let wsUrl: string;
+
+beforeAll(async () => {
+  nats = await startTestNats();
+  db = await createTestDatabase();
+  strand = await startStrandWithDb(nats.url, db.url, {}, []);
+  wsUrl = `${(await strand.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+  client = await CommandClient.connect(nats.url);
+});
+
+afterAll(async () => {
+  await client?.close();
+  await strand?.stop();
+  await db?.drop();
+  await nats?.cleanup();
+});
+
+async function createTask(id: string): Promise<void> {
+  expect((await client.send(`cmd.task.${id}.CreateTask`, { title: `Task ${id}`, memberId: 'M1', assignedTo: 'FEED0' })).ok).toBe(true);
+}
+
+function versionsOf(w: LiveClient, sub: string): number[] {
+  return w.of('event').filter((e) => e.sub === sub).map((e) => e.version);
+}
+
+describe('the aggregate event feed', { timeout: 60_000 }, () => {
+  it('keeps every subscription fed through messages on evt.> that are not events, and through a restart of its consumer', async () => {
+    const ids = ['feed-1', 'feed-2', 'feed-3'];
+    for (const id of ids) await createTask(id);
+    const w = await LiveClient.connect(wsUrl);
+    for (const id of ids) w.send({ type: 'subscribe', id, aggregate: 'task', aggregateId: id });
+    await w.until((c) => c.of('state').length === 3, 'three states');
+    const assign = async (rounds: number) => {
+      for (let i = 0; i < rounds; i++) for (const id of ['feed-1', 'feed-2']) expect((await client.send(`cmd.task.${id}.AssignTask`, { assignedTo: `FEED${i}` })).ok).toBe(true);
+    };
+    const feed = strand.live!.aggregateFeed;
+
+    // Whoever may publish on evt.> can send these, and the stream stores them: text that is not
+    // JSON (one with a NUL), JSON that is no envelope, and an envelope of the wrong shape, for
+    // an instance subscribed here and for one nobody watches.
+    client.nc.publish('evt.task.feed-3.TaskAssigned', 'this is not JSON');
+    client.nc.publish('evt.task.feed-3.TaskAssigned', '\u0000\u00ff not JSON either');
+    client.nc.publish('evt.task.feed-3.TaskAssigned', JSON.stringify({ hello: 'world' }));
+    client.nc.publish('evt.task.feed-3.TaskAssigned', JSON.stringify({ id: 'x', type: 'TaskAssigned', aggregate: 'task', aggregateId: 'feed-3', version: 'two', schemaVersion: 1, time: 'now', data: {}, metadata: {} }));
+    client.nc.publish('evt.task.nobody.TaskAssigned', 'not JSON, and not watched');
+    client.nc.publish('evt.order.nobody.OrderPlaced', '[1,2,3]');
+    await client.nc.flush();
+    await assign(2);
+    await w.until((c) => versionsOf(c, 'feed-1').length === 2 && versionsOf(c, 'feed-2').length === 2, 'the events after the garbage');
+    // Only messages of subscribed instances are read at all.
+    expect(feed.skippedMessages).toBe(4);
+    expect(versionsOf(w, 'feed-3')).toEqual([]);
+
+    // The consumer ends (as a failing one would): the feed reopens it after the last event it
+    // delivered, so what is appended meanwhile reaches the subscribers too.
+    const opened = feed.opened;
+    (feed as unknown as { feed: { stop(): void } }).feed.stop();
+    await assign(2);
+    await eventually(() => feed.opened === opened + 1, 'the consumer to be reopened');
+    await assign(1);
+    await w.until((c) => versionsOf(c, 'feed-1').length === 5 && versionsOf(c, 'feed-2').length === 5, 'every event across the restart');
+    expect(versionsOf(w, 'feed-1')).toEqual([2, 3, 4, 5, 6]);
+    expect(versionsOf(w, 'feed-2')).toEqual([2, 3, 4, 5, 6]);
+    expect(w.of('error')).toEqual([]);
+    await w.close();
+  });
+
+  it('a subscription made while events are appended gets every version after its state, once, in order', async () => {
+    const ids = Array.from({ length: 5 }, (_, i) => `burst-${i}`);
+    for (const id of ids) await createTask(id);
+    let writing = true;
+    const writer = (async () => {
+      let n = 0;
+      while (writing) {
+        await Promise.all(ids.map((id) => client.send(`cmd.task.${id}.AssignTask`, { assignedTo: `B${n}` })));
+        n++;
+      }
+      return n;
+    })();
+    const clients: LiveClient[] = [];
+    for (let i = 0; i < 20; i++) {
+      const w = await LiveClient.connect(wsUrl);
+      for (const id of ids) w.send({ type: 'subscribe', id, aggregate: 'task', aggregateId: id, ...(i % 2 === 1 ? { afterVersion: 1 } : {}) });
+      clients.push(w);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+    writing = false;
+    const rounds = await writer;
+    expect(rounds).toBeGreaterThan(5);
+    const last = rounds + 1; // CreateTask, then one AssignTask per round
+    for (const w of clients) {
+      await w.until((c) => ids.every((id) => versionsOf(c, id).at(-1) === last), 'the last version of every instance', 10_000);
+      for (const id of ids) {
+        const start = w.of('state').find((s) => s.sub === id)?.version ?? 1; // resumed after version 1, or the state's
+        const expected = Array.from({ length: last - start }, (_, k) => start + 1 + k);
+        expect(versionsOf(w, id), `${id}: every version after ${start}`).toEqual(expected);
+      }
+      expect(w.of('error')).toEqual([]);
+      await w.close();
+    }
+  });
+});
