@@ -1,11 +1,15 @@
 /**
- * Aggregate subscriptions of `/live` and the gateway's event feed, against a real nats-server:
- * messages on `evt.>` that are not events, a consumer that ends, subscriptions made while
- * events are being appended. Its own server and stream: the garbage published here would reach
- * the projections of a shared one (no projection runs here).
+ * What feeds the live gateway, against a real nats-server. The aggregate event feed: messages on
+ * `evt.>` that are not events, a consumer that ends, subscriptions made while events are
+ * appended. The projections' change feed between instances: a batch too large for one NATS
+ * message, and a gateway hearing a projection for the first time after batches it never saw.
+ * Its own server and stream: the garbage published here would reach the example projections of
+ * a shared one (only this file's test projection runs here, on task events).
  */
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { task } from '../actors/task/task.js';
 import type { Strand } from '../src/app.js';
+import { defineProjection, on } from '../src/projections/define.js';
 import { LiveClient } from './support/live.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
@@ -114,6 +118,82 @@ describe('the aggregate event feed', { timeout: 60_000 }, () => {
       }
       expect(w.of('error')).toEqual([]);
       await w.close();
+    }
+  });
+});
+
+/** One task's creation writes 30 rows of 40 KB: a batch of 1.2 MB, past NATS's 1 MiB max_payload. */
+const wide = defineProjection({
+  name: 'live_test_wide',
+  version: 1,
+  migrations: ['CREATE TABLE wide (row_id text PRIMARY KEY, task_id text NOT NULL, n int NOT NULL, body text NOT NULL)'],
+  tables: { wide: { key: ['row_id'] } },
+  views: { wide_rows: { relation: 'wide', columns: { rowId: 'row_id', taskId: 'task_id', n: 'n', body: 'body' }, key: 'rowId', filters: ['taskId'] } },
+  handlers: [
+    on(task, {
+      TaskCreated: (e, db) => {
+        for (let n = 0; n < 30; n++) db.upsert('wide', { row_id: `${e.aggregateId}-${n}`, task_id: e.aggregateId, n, body: String(n % 10).repeat(40_000) });
+      },
+    }),
+  ],
+});
+
+describe('the change feed between instances', { timeout: 60_000 }, () => {
+  let applier: Strand;
+  let other: Strand;
+  let otherUrl: string;
+
+  beforeAll(async () => {
+    applier = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' }, [wide]);
+    other = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'commands' }, [wide]);
+    // The projection has caught up with the stream: what follows is applied as it comes.
+    const reply = await client.send('cmd.task.wide-0.CreateTask', { title: 'Wide', memberId: 'M1', assignedTo: 'W' });
+    expect((await applier.readSide!.waitFor('live_test_wide', (reply as { seq: number }).seq, 20_000)).reached).toBe(true);
+    otherUrl = `${(await other.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+  });
+  afterAll(async () => {
+    await other?.stop();
+    await applier?.stop();
+  });
+
+  it('a batch too large for one NATS message reaches another instance whole, as one change, without a fresh snapshot', async () => {
+    const w = await LiveClient.connect(otherUrl, { keyOf: () => 'rowId' });
+    w.send({ type: 'subscribe', id: 'w', view: 'wide_rows', filter: { taskId: 'wide-1' } });
+    await w.until((c) => c.of('snapshot').length === 1, 'the snapshot');
+    await eventually(() => applier.readSide!.watched('live_test_wide'), 'the runner to know the view is watched');
+    await createTask('wide-1');
+    await w.until((c) => (c.copies.get('w')?.size ?? 0) === 30, 'the 30 rows of the batch', 10_000);
+    expect(w.of('change')).toHaveLength(1);
+    expect(w.of('change')[0]!.changes).toHaveLength(30);
+    expect(w.of('snapshot').map((s) => s.fresh)).toEqual([false]);
+    expect(w.copies.get('w')!.get('wide-1-7')!['body']).toBe('7'.repeat(40_000));
+    await w.close();
+  });
+
+  it('a gateway that hears a projection for the first time after batches it never saw resynchronises the subscriptions older than them', async () => {
+    const reply = await client.send('cmd.task.wide-2.CreateTask', { title: 'Wide', memberId: 'M1', assignedTo: 'W' });
+    expect((await applier.readSide!.waitFor('live_test_wide', (reply as { seq: number }).seq, 10_000)).reached).toBe(true);
+    // A gateway that has heard nothing of the projection yet (a new instance).
+    const fresh = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'commands' }, [wide]);
+    try {
+      const url = `${(await fresh.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+      const w = await LiveClient.connect(url, { keyOf: () => 'rowId' });
+      w.send({ type: 'subscribe', id: 'w', view: 'wide_rows', filter: { taskId: 'wide-2' } });
+      await w.until((c) => c.of('snapshot').length === 1, 'the snapshot');
+      const at = w.of('snapshot')[0]!.checkpoint;
+      expect(w.copies.get('w')!.size).toBe(30);
+      // The first message it hears follows batches it did not hear (a runner publishes only while
+      // someone watches): here after checkpoint at + 5, with a change to one row of the view.
+      const row = { rowId: 'wide-2-0', taskId: 'wide-2', n: 0, body: 'changed' };
+      client.nc.publish('strand.live.changes.live_test_wide', JSON.stringify({ projection: 'live_test_wide', checkpoint: at + 6, prev: at + 5, views: { wide_rows: [{ key: 'wide-2-0', op: 'upsert', row }] } }));
+      // What happened between `at` and `at + 5` is not known here: a fresh snapshot, then the change.
+      await w.until((c) => c.of('snapshot').length === 2 && c.of('change').length === 1, 'a fresh snapshot, then the change');
+      expect(w.messages.filter((m) => m.type === 'snapshot' || m.type === 'change').map((m) => m.type)).toEqual(['snapshot', 'snapshot', 'change']);
+      expect(w.of('snapshot')[1]).toMatchObject({ fresh: true, complete: true });
+      expect(w.of('change')[0]!.version).toBe(at + 6);
+      await w.close();
+    } finally {
+      await fresh.stop();
     }
   });
 });

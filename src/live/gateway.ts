@@ -57,6 +57,7 @@ export interface GatewayDeps {
 
 import { Connection } from './connection.js';
 import { AggregateFeed, jetStreamEventFeed, type AggregateSub } from './aggregate-feed.js';
+import { FeedAssembler, type FeedPart } from './feed-message.js';
 import { NO_GROUPS, ViewFeed, keyString, type Batch, type ViewSub } from './view-feed.js';
 
 const KEEP_OPEN = new Set<string>(Object.values(LiveErrorCode));
@@ -74,6 +75,7 @@ export class LiveGateway {
   private readonly conns = new Set<Connection>();
   private readonly feeds = new Map<string, ViewFeed>();
   private readonly chain = new Map<string, number>();
+  private readonly parts = new FeedAssembler();
   /** Every aggregate subscription's events. */
   readonly aggregateFeed: AggregateFeed;
   private liveSub: Subscription | undefined;
@@ -116,7 +118,8 @@ export class LiveGateway {
         // Published here: delivered in-process already (deliverLocal).
         if (this.d.instance !== undefined && msg.headers?.get(LiveHeader.Instance) === this.d.instance) return;
         try {
-          this.onFeed(msg.json<LiveFeedMessage>());
+          const whole = this.parts.add(msg.json<FeedPart>());
+          if (whole) this.onFeed(whole);
         } catch (e) {
           this.d.log.warn({ err: e }, 'unreadable live feed message');
         }
@@ -311,6 +314,9 @@ export class LiveGateway {
     sub.pending = [];
     sub.joining = false;
     sub.feed.joining.delete(sub);
+    // Made before this gateway heard the projection: batches between its snapshot and the first
+    // one heard were never seen here (the runner publishes only while someone watches).
+    if (sub.feed.heardFrom !== undefined && sub.version < sub.feed.heardFrom) sub.stale = true;
     if (sub.stale) {
       sub.stale = false;
       this.resync(sub.feed, sub);
@@ -403,25 +409,43 @@ export class LiveGateway {
     for (const view of this.d.views.all()) {
       if (view.projection.name !== msg.projection) continue;
       const feed = this.feeds.get(view.name)!;
-      if (gap || feed.coveredFrom === undefined) {
+      try {
+        this.onViewFeed(feed, msg, gap);
+      } catch (err) {
+        // Whatever it was, this batch may not have reached every subscriber: start them afresh.
+        this.d.log.warn({ err, view: view.name, checkpoint: msg.checkpoint }, 'live changes not applied; resynchronising the subscribers of the view');
         feed.buffer = [];
         feed.size = 0;
-        feed.coveredFrom = msg.reset || msg.partial ? msg.checkpoint : msg.prev;
-        if (gap) this.resync(feed);
+        feed.coveredFrom = feed.heardFrom = msg.checkpoint;
+        this.resync(feed);
       }
-      const changes = msg.views[view.name];
-      if (!changes || changes.length === 0) continue;
-      const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventMs: Date.parse(msg.eventTime) } : {}) };
-      feed.buffer.push(batch);
-      feed.size += changes.length;
-      for (const sub of feed.joining) sub.pending.push(batch);
-      this.fanOut(feed, batch);
-      // Drop whole batches: "every change after coveredFrom is here" must stay true.
-      while (feed.size > this.o.bufferPerView && feed.buffer.length > 0) {
-        const dropped = feed.buffer.shift()!;
-        feed.size -= dropped.changes.length;
-        feed.coveredFrom = dropped.version;
+    }
+  }
+
+  private onViewFeed(feed: ViewFeed, msg: LiveFeedMessage, gap: boolean): void {
+    if (gap || feed.coveredFrom === undefined) {
+      feed.buffer = [];
+      feed.size = 0;
+      feed.coveredFrom = feed.heardFrom = msg.reset || msg.partial ? msg.checkpoint : msg.prev;
+      if (gap) this.resync(feed);
+      else {
+        // The first message heard: a live subscription whose snapshot is older than the batch
+        // it follows missed the batches between (see goLive).
+        for (const sub of feed.subs) if (!sub.joining && sub.version < feed.heardFrom) this.resync(feed, sub);
       }
+    }
+    const changes = msg.views[feed.name];
+    if (!changes || changes.length === 0) return;
+    const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventMs: Date.parse(msg.eventTime) } : {}) };
+    feed.buffer.push(batch);
+    feed.size += changes.length;
+    for (const sub of feed.joining) sub.pending.push(batch);
+    this.fanOut(feed, batch);
+    // Drop whole batches: "every change after coveredFrom is here" must stay true.
+    while (feed.size > this.o.bufferPerView && feed.buffer.length > 0) {
+      const dropped = feed.buffer.shift()!;
+      feed.size -= dropped.changes.length;
+      feed.coveredFrom = dropped.version;
     }
   }
 

@@ -40,6 +40,11 @@ export const NO_GROUPS: readonly FilterGroup[] = [];
 export class ViewFeed {
   /** Every change with a version above this is in `buffer` (undefined: nothing known yet). */
   coveredFrom: number | undefined;
+  /**
+   * Every batch after this checkpoint has been heard (or its gap handled) since the feed was
+   * last (re)started; unlike `coveredFrom` it does not move as the buffer is trimmed.
+   */
+  heardFrom: number | undefined;
   buffer: Batch[] = [];
   /** Changes kept in `buffer`, summed over its batches. */
   size = 0;
