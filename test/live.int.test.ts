@@ -287,6 +287,20 @@ describe('live views over WebSocket', { timeout: 120_000 }, () => {
     }
   });
 
+  it('stops within a few seconds when a client does not answer the close frame', async () => {
+    const local = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'commands' });
+    const url = `${(await local.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+    const deaf = await LiveClient.connect(url);
+    const polite = await LiveClient.connect(url);
+    (deaf.ws as unknown as { _socket: { pause(): void } })._socket.pause();
+    const t0 = Date.now();
+    await local.stop();
+    expect(Date.now() - t0).toBeLessThan(5000); // not ws's 30 s close timeout
+    await polite.until((c) => c.closed !== undefined, 'the close frame');
+    expect(polite.closed).toMatchObject({ code: 1001, reason: 'server shutting down' });
+    deaf.ws.terminate();
+  });
+
   it('holds a client that does not read to bounded memory, coalesces, closes it, and does not slow others', async () => {
     // 1000 held row changes: more than one batch of the projection can bring (at most 500
     // events, here one row each), so a client that reads is never taken for a slow one because

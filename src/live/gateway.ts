@@ -61,6 +61,8 @@ import { FeedAssembler, type FeedPart } from './feed-message.js';
 import { NO_GROUPS, ViewFeed, keyString, type Batch, type ViewSub } from './view-feed.js';
 
 const KEEP_OPEN = new Set<string>(Object.values(LiveErrorCode));
+/** How long stop() waits for clients to answer the close frame before dropping them. */
+const STOP_GRACE_MS = 1000;
 
 /**
  * The WebSocket gateway on `/live`. Clients subscribe to a view's rows (by key or filter) or
@@ -171,7 +173,13 @@ export class LiveGateway {
     for (const c of this.conns) c.close(CloseCode.GOING_AWAY, 'server shutting down');
     this.liveSub?.unsubscribe();
     this.aggregateFeed.stop();
+    // The server closes once every connection has; a peer that never answers the close frame
+    // (it stopped reading) would hold the shutdown for ws's 30 s close timeout.
+    const cutOff = setTimeout(() => {
+      for (const ws of this.wss.clients) ws.terminate();
+    }, STOP_GRACE_MS);
     await new Promise<void>((r) => this.wss.close(() => r()));
+    clearTimeout(cutOff);
   }
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
