@@ -1,8 +1,8 @@
 /**
  * The aggregate feed of the live gateway (src/live/aggregate-feed.ts) against an in-memory
- * stream: its consumer and its store can be made to lag, lose messages, carry garbage and end,
- * which a real server does only on a cluster or under faults. test/live.int.test.ts runs the
- * same feed against a real nats-server.
+ * stream: its direct gets can lag (a replica behind), its leader be unreachable, its consumer
+ * lose messages, carry garbage and end, which a real server does only on a cluster or under
+ * faults. test/live-feed.int.test.ts runs the same feed against a real nats-server.
  */
 import pino from 'pino';
 import { describe, expect, it } from 'vitest';
@@ -10,13 +10,18 @@ import type { EventEnvelope, EventStore, StoredEvent } from '../src/eventstore/t
 import { AggregateFeed, type AggregateFeedOptions, type AggregateSub, type OpenEventFeed, type RawEvent, type RawEventFeed } from '../src/live/aggregate-feed.js';
 
 const encoder = new TextEncoder();
-const options: AggregateFeedOptions = { fillAttempts: 8, fillRetryMs: 5, restartMs: 10, restartMaxMs: 40, recentInstances: 100, recentMs: 60_000 };
+const options: AggregateFeedOptions = { fillAttempts: 8, fillRetryMs: 5, restartMs: 10, restartMaxMs: 40 };
 
-/** One stream: what was appended, a store that sees it up to `horizon` (a replica behind), and consumers. */
+/**
+ * One stream: what was appended, consumers, and a store whose direct gets see it up to
+ * `horizon` (a replica behind) while reads from the leader see all of it, unless it is down.
+ */
 class MemoryStream {
   readonly messages: RawEvent[] = [];
-  /** The store (direct get) sees sequences up to this one. */
+  /** Direct gets see sequences up to this one. */
   horizon = Number.MAX_SAFE_INTEGER;
+  /** Reads from the leader fail (as when it cannot be reached). */
+  leaderDown = false;
   /** Sequences the consumers never deliver (lost, as far as the feed can tell). */
   readonly hidden = new Set<number>();
   readonly starts: (number | undefined)[] = [];
@@ -44,7 +49,27 @@ class MemoryStream {
     append: async () => {
       throw new Error('not used');
     },
+    headSeq: async (aggregate, id) => {
+      if (this.leaderDown) throw new Error('leader unreachable');
+      return this.head(`${aggregate}/${id}`);
+    },
+    loadThrough: async (aggregate, id, afterSeq, throughSeq) => {
+      const { events } = await this.store.load(aggregate, id, afterSeq);
+      const last = events.at(-1)?.seq ?? afterSeq;
+      if (last >= throughSeq) return events;
+      if (this.leaderDown) throw new Error('leader unreachable');
+      for (const m of this.messages) {
+        if (m.seq > last && m.subject.startsWith(`evt.${aggregate}.${id}.`)) events.push({ seq: m.seq, envelope: JSON.parse(new TextDecoder().decode(m.data)) as EventEnvelope });
+      }
+      return events;
+    },
   };
+
+  /** The last sequence on `aggregate/id`'s subjects, as the leader has it. */
+  head(key: string): number {
+    const [aggregate, id] = key.split('/');
+    return this.messages.filter((m) => m.subject.startsWith(`evt.${aggregate}.${id}.`)).at(-1)?.seq ?? 0;
+  }
 
   /** Appends a message; live consumers get it unless it is hidden. */
   publish(subject: string, body: string | object | null, hide = false): number {
@@ -147,20 +172,22 @@ async function until(check: () => boolean, what: string, ms = 2000): Promise<voi
 }
 
 describe('aggregate feed: every version after the state, once, in order', () => {
-  it('after a state read from a store behind the consumer, sends the events the consumer delivered before the subscription existed', async () => {
+  it('after a state read from a replica behind, sends the events the consumer delivered before the subscription existed', async () => {
     const { stream, feed, sent, ended, subscribe } = await setup();
     stream.event('a', 1);
-    stream.horizon = 1; // the replica that answers the state's read has only the first event
+    stream.horizon = 1; // the replica that answers direct gets has only the first event
     stream.event('a', 2);
     stream.event('a', 3);
     await settle();
     const sub = subscribe('a');
-    // The state as the lagging store gives it: version 1. Versions 2 and 3 were delivered
-    // by the consumer before the subscription existed and will not come again.
-    feed.join(sub, 1, 1);
+    // The state as the lagging replica gives it: version 1. Versions 2 and 3 were delivered by
+    // the consumer before the subscription existed and will not come again; the leader's head
+    // (read once the subscription registered) says they exist.
+    stream.leaderDown = true;
+    feed.join(sub, 1, 1, stream.head('task/a'));
     await settle(20);
-    expect(sent.get('a')).toBeUndefined(); // the store is still behind: nothing to send yet
-    stream.horizon = Number.MAX_SAFE_INTEGER;
+    expect(sent.get('a')).toBeUndefined(); // nothing can read them yet: nothing is sent, nothing skipped
+    stream.leaderDown = false;
     await until(() => sent.get('a')?.length === 2, 'versions 2 and 3');
     stream.event('a', 4);
     await until(() => sent.get('a')?.length === 3, 'version 4');
@@ -169,19 +196,20 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     feed.stop();
   });
 
-  it('an event that skips versions waits until the versions between are read from the store', async () => {
+  it('an event that skips versions waits until the versions between are read', async () => {
     const { stream, feed, sent, subscribe } = await setup();
     stream.event('b', 1);
     const sub = subscribe('b');
-    feed.join(sub, 1, 1);
+    feed.join(sub, 1, 1, stream.head('task/b'));
     stream.horizon = 1;
+    stream.leaderDown = true;
     stream.event('b', 2, true); // the consumer never delivers 2 and 3
     stream.event('b', 3, true);
     stream.event('b', 4);
     stream.event('b', 5);
     await settle(20);
     expect(sent.get('b')).toBeUndefined(); // 4 and 5 wait: 2 and 3 are not readable yet
-    stream.horizon = Number.MAX_SAFE_INTEGER;
+    stream.leaderDown = false;
     await until(() => sent.get('b')?.length === 4, 'versions 2 to 5');
     expect(sent.get('b')).toEqual([2, 3, 4, 5]);
     feed.stop();
@@ -194,7 +222,7 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     stream.event('c', 2); // arrives while the state is being read (the state includes it)
     stream.event('c', 3); // and this one it does not include
     await settle();
-    feed.join(sub, 2, 2);
+    feed.join(sub, 2, 2, stream.head('task/c'));
     await until(() => sent.get('c') !== undefined, 'version 3');
     await settle();
     expect(sent.get('c')).toEqual([3]);
@@ -205,7 +233,7 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     const { stream, feed, sent, ended, subscribe } = await setup();
     stream.event('d', 1);
     const sub = subscribe('d');
-    feed.join(sub, 1, 1);
+    feed.join(sub, 1, 1, stream.head('task/d'));
     stream.publish('evt.task.d.TaskAssigned', 'not json {');
     stream.publish('evt.task.d.TaskAssigned', { hello: 'world' });
     stream.publish('evt.task.d.TaskAssigned', { ...envelope('d', 2), version: 'two' });
@@ -226,7 +254,7 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     const { stream, feed, sent, ended, subscribe } = await setup();
     stream.event('e', 1);
     const sub = subscribe('e');
-    feed.join(sub, 1, 1);
+    feed.join(sub, 1, 1, stream.head('task/e'));
     stream.event('e', 99); // a well-formed envelope somebody else published on e's subject
     stream.event('e', 2);
     await until(() => sent.get('e')?.length === 1, 'version 2');
@@ -241,7 +269,7 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     const { stream, feed, sent, ended, subscribe } = await setup();
     stream.event('f', 1);
     const sub = subscribe('f');
-    feed.join(sub, 1, 1);
+    feed.join(sub, 1, 1, stream.head('task/f'));
     stream.event('f', 2);
     await until(() => sent.get('f')?.length === 1, 'version 2');
     stream.endConsumer();
@@ -260,12 +288,13 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     feed.stop();
   });
 
-  it('ends a subscription, saying why, when the store never gets to a version the consumer delivered', async () => {
+  it('ends a subscription, saying why, when the versions it misses cannot be read', async () => {
     const { stream, feed, sent, ended, subscribe } = await setup();
     stream.event('g', 1);
     const sub = subscribe('g');
-    feed.join(sub, 1, 1);
+    feed.join(sub, 1, 1, stream.head('task/g'));
     stream.horizon = 1;
+    stream.leaderDown = true;
     stream.event('g', 2, true);
     stream.event('g', 3);
     await until(() => ended.has('g'), 'the subscription to end', 5000);
@@ -279,9 +308,9 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     stream.event('h', 1);
     stream.event('h', 2);
     const early = subscribe('h1', 'h');
-    feed.join(early, 1, 1);
+    feed.join(early, 1, 1, stream.head('task/h'));
     const late = subscribe('h2', 'h');
-    feed.join(late, 2, 2);
+    feed.join(late, 2, 2, stream.head('task/h'));
     stream.event('h', 3);
     await until(() => sent.get('h1')?.length === 2 && sent.get('h2')?.length === 1, 'both');
     expect(sent.get('h1')).toEqual([2, 3]);

@@ -11,6 +11,7 @@ import { task } from '../actors/task/task.js';
 import type { Strand } from '../src/app.js';
 import { defineProjection, on } from '../src/projections/define.js';
 import { LiveClient } from './support/live.js';
+import { R3, startTestCluster, type TestCluster } from './support/cluster.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
 import { CommandClient, eventually, startStrandWithDb } from './support/strand.js';
@@ -38,6 +39,50 @@ afterAll(async () => {
 
 async function createTask(id: string): Promise<void> {
   expect((await client.send(`cmd.task.${id}.CreateTask`, { title: `Task ${id}`, memberId: 'M1', assignedTo: 'FEED0' })).ok).toBe(true);
+}
+
+/**
+ * Commands keep appending to five tasks while 20 clients subscribe to all five, half of them
+ * resuming after version 1; each must end with every version after its state (or version 1),
+ * once, in order.
+ */
+async function subscribeDuringBurst(url: string, sender: CommandClient, prefix: string): Promise<void> {
+  const ids = Array.from({ length: 5 }, (_, i) => `${prefix}-${i}`);
+  for (const id of ids) expect((await sender.send(`cmd.task.${id}.CreateTask`, { title: `Task ${id}`, memberId: 'M1', assignedTo: 'B' })).ok).toBe(true);
+  let writing = true;
+  const writer = (async () => {
+    let n = 0;
+    while (writing) {
+      const replies = await Promise.all(ids.map((id) => sender.send(`cmd.task.${id}.AssignTask`, { assignedTo: `B${n}` })));
+      for (const r of replies) expect(r.ok).toBe(true);
+      n++;
+    }
+    return n;
+  })();
+  const clients: LiveClient[] = [];
+  try {
+    for (let i = 0; i < 20; i++) {
+      const w = await LiveClient.connect(url);
+      clients.push(w);
+      for (const id of ids) w.send({ type: 'subscribe', id, aggregate: 'task', aggregateId: id, ...(i % 2 === 1 ? { afterVersion: 1 } : {}) });
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  } finally {
+    writing = false;
+  }
+  const rounds = await writer;
+  expect(rounds).toBeGreaterThan(5);
+  const last = rounds + 1; // CreateTask, then one AssignTask per round
+  for (const w of clients) {
+    await w.until((c) => ids.every((id) => versionsOf(c, id).at(-1) === last), 'the last version of every instance', 10_000);
+    for (const id of ids) {
+      const start = w.of('state').find((st) => st.sub === id)?.version ?? 1; // resumed after version 1, or the state's
+      const expected = Array.from({ length: last - start }, (_, k) => start + 1 + k);
+      expect(versionsOf(w, id), `${id}: every version after ${start}`).toEqual(expected);
+    }
+    expect(w.of('error')).toEqual([]);
+    await w.close();
+  }
 }
 
 function versionsOf(w: LiveClient, sub: string): number[] {
@@ -87,38 +132,7 @@ describe('the aggregate event feed', { timeout: 60_000 }, () => {
   });
 
   it('a subscription made while events are appended gets every version after its state, once, in order', async () => {
-    const ids = Array.from({ length: 5 }, (_, i) => `burst-${i}`);
-    for (const id of ids) await createTask(id);
-    let writing = true;
-    const writer = (async () => {
-      let n = 0;
-      while (writing) {
-        await Promise.all(ids.map((id) => client.send(`cmd.task.${id}.AssignTask`, { assignedTo: `B${n}` })));
-        n++;
-      }
-      return n;
-    })();
-    const clients: LiveClient[] = [];
-    for (let i = 0; i < 20; i++) {
-      const w = await LiveClient.connect(wsUrl);
-      for (const id of ids) w.send({ type: 'subscribe', id, aggregate: 'task', aggregateId: id, ...(i % 2 === 1 ? { afterVersion: 1 } : {}) });
-      clients.push(w);
-      await new Promise((r) => setTimeout(r, 10));
-    }
-    writing = false;
-    const rounds = await writer;
-    expect(rounds).toBeGreaterThan(5);
-    const last = rounds + 1; // CreateTask, then one AssignTask per round
-    for (const w of clients) {
-      await w.until((c) => ids.every((id) => versionsOf(c, id).at(-1) === last), 'the last version of every instance', 10_000);
-      for (const id of ids) {
-        const start = w.of('state').find((s) => s.sub === id)?.version ?? 1; // resumed after version 1, or the state's
-        const expected = Array.from({ length: last - start }, (_, k) => start + 1 + k);
-        expect(versionsOf(w, id), `${id}: every version after ${start}`).toEqual(expected);
-      }
-      expect(w.of('error')).toEqual([]);
-      await w.close();
-    }
+    await subscribeDuringBurst(wsUrl, client, 'burst');
   });
 });
 
@@ -195,5 +209,34 @@ describe('the change feed between instances', { timeout: 60_000 }, () => {
     } finally {
       await fresh.stop();
     }
+  });
+});
+
+/**
+ * The same on a cluster, where direct gets (the state, the history) may be answered by a replica
+ * that lags the leader. In steady state that lag is short: this did not catch the feed without
+ * its gap filling in three runs, so the proof of the repair is the unit test
+ * (live-aggregate-feed.unit.test.ts); this checks the feed keeps its promise on a cluster.
+ */
+describe('on a 3-node cluster (R3)', { timeout: 120_000 }, () => {
+  let cluster: TestCluster;
+  let onCluster: Strand;
+  let sender: CommandClient;
+  let url: string;
+
+  beforeAll(async () => {
+    cluster = await startTestCluster();
+    onCluster = await startStrandWithDb(cluster.urls, db.url, { ...R3 }, []);
+    url = `${(await onCluster.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+    sender = await CommandClient.connect(cluster.nodes[1]!.url);
+  });
+  afterAll(async () => {
+    await sender?.close();
+    await onCluster?.stop();
+    await cluster?.cleanup();
+  });
+
+  it('a subscription made while events are appended gets every version after its state, once, in order', async () => {
+    await subscribeDuringBurst(url, sender, 'cl-burst');
   });
 });

@@ -13,12 +13,13 @@ import type { Sub } from './view-feed.js';
  *
  * Two readers meet here, and neither is trusted to be complete on its own: the consumer
  * delivers what is appended after it started, and the store (batch direct get) is what a
- * subscription's initial state and any repair are read from. On a cluster a direct get may be
- * answered by a replica that lags the leader, so a state may be older than events the consumer
- * has already delivered. Hence every subscription follows versions: an event whose version is
- * not the next one is held back until the versions between are read from the store (retried
- * while the store is behind), and after the initial state the events this feed saw for the
- * instance just before the subscription existed are looked for in the store too.
+ * subscription's initial state is read from. On a cluster a direct get may be answered by a
+ * replica that lags the leader, so a state may be older than events the consumer delivered
+ * before the subscription existed. Hence every subscription follows versions: an event whose
+ * version is not the next one is held back until the versions between are read (complete
+ * through that event: what the lagging replica lacks comes from the leader), and after the
+ * initial state the events up to the instance's head as the leader had it when the
+ * subscription registered are read the same way.
  */
 
 /** One message of the event stream, as the consumer delivers it. */
@@ -55,17 +56,13 @@ export interface AggregateSub extends Sub {
 }
 
 export interface AggregateFeedOptions {
-  /** Store reads while it has not caught up with an event the consumer delivered, before the subscription is ended. */
+  /** Reads of missed events that fail (the store unreachable) before the subscription is ended. */
   readonly fillAttempts: number;
   /** Wait before the second read; doubled for each further one, up to 1 s. */
   readonly fillRetryMs: number;
   /** First wait before reopening a consumer that ended; doubled while it keeps ending quickly, up to `restartMaxMs`. */
   readonly restartMs: number;
   readonly restartMaxMs: number;
-  /** Instances whose last sequence seen is remembered (for subscriptions made right after their events). */
-  readonly recentInstances: number;
-  /** How long a last sequence seen is remembered. */
-  readonly recentMs: number;
 }
 
 export const DEFAULT_AGGREGATE_FEED_OPTIONS: AggregateFeedOptions = {
@@ -73,8 +70,6 @@ export const DEFAULT_AGGREGATE_FEED_OPTIONS: AggregateFeedOptions = {
   fillRetryMs: 25,
   restartMs: 100,
   restartMaxMs: 5000,
-  recentInstances: 20_000,
-  recentMs: 30_000,
 };
 
 /** What the feed does with an event for a subscription, and with a subscription it cannot keep gap-free. */
@@ -92,8 +87,6 @@ const SKIP_LOG_INTERVAL_MS = 10_000;
 
 export class AggregateFeed {
   private readonly subs = new Map<string, Set<AggregateSub>>();
-  /** Instance key -> the last stream sequence the consumer delivered for it, in delivery order (oldest first). */
-  private readonly recent = new Map<string, { seq: number; at: number }>();
   /** The last stream sequence delivered: a restarted consumer starts after it. */
   private lastSeq: number | undefined;
   private feed: RawEventFeed | undefined;
@@ -158,15 +151,16 @@ export class AggregateFeed {
 
   /**
    * The client has the state (or the history) up to `version` at `seq`: from here on it gets
-   * every later version. Events this feed delivered for the instance before the subscription
-   * existed and that the state's read did not include (a replica behind) are read first.
+   * every later version. `head` is the instance's last sequence as the stream's leader had it
+   * once the subscription was registered (EventStore.headSeq): events up to it came from the
+   * consumer before the subscription existed, and those the state's read did not include (a
+   * replica behind) are read first.
    */
-  join(sub: AggregateSub, version: number, seq: number): void {
+  join(sub: AggregateSub, version: number, seq: number, head: number): void {
     sub.version = version;
     sub.seq = seq;
     sub.joining = false;
-    const seen = this.recent.get(sub.key);
-    if (seen && seen.seq > sub.seq) this.fill(sub, seen.seq);
+    if (head > sub.seq) this.fill(sub, head);
     else this.pump(sub);
   }
 
@@ -210,9 +204,7 @@ export class AggregateFeed {
       this.lastSeq = m.seq;
       const where = parseEventSubject(m.subject);
       if (!where) return this.skip('subject is not evt.<aggregate>.<id>.<EventType>', m);
-      const key = `${where.aggregate}/${where.id}`;
-      this.remember(key, m.seq);
-      const set = this.subs.get(key);
+      const set = this.subs.get(`${where.aggregate}/${where.id}`);
       if (!set) return; // nobody watches it here: not even parsed
       let json: unknown;
       try {
@@ -256,39 +248,37 @@ export class AggregateFeed {
   }
 
   /**
-   * Reads the instance's events after the subscription's sequence from the store and sends those
-   * that follow on, until the read has reached `target` (undefined: one read), retrying while
-   * the store is behind the consumer. An event at or before `target` that still does not follow
-   * on is not a version of this instance (something else published on its subject) and is
-   * skipped. A store that never catches up ends the subscription: the client resubscribes with
-   * `afterVersion` and loses nothing.
+   * Reads the instance's events after the subscription's sequence, complete through `target`
+   * (undefined: the instance's head as the leader has it now), and sends those that follow on.
+   * An event at or before `target` that still does not follow on is not a version of this
+   * instance (something else published on its subject) and is skipped. A read that keeps
+   * failing ends the subscription: the client resubscribes with `afterVersion` and loses nothing.
    */
   private fill(sub: AggregateSub, target: number | undefined): void {
     sub.filling = true;
     void (async () => {
       let wait = this.o.fillRetryMs;
       for (let attempt = 1; ; attempt++) {
-        let reached: boolean;
         try {
-          reached = await this.readFrom(sub, target);
+          const through = target ?? (await this.store.headSeq(sub.aggregate, sub.aggregateId));
+          if (sub.gone) return;
+          if (through > sub.seq) await this.readThrough(sub, through);
+          break;
         } catch (err) {
-          reached = false;
           if (attempt >= this.o.fillAttempts) throw err;
         }
-        if (sub.gone) return;
-        if (reached) break;
-        if (attempt >= this.o.fillAttempts) throw new Error(`the event store has not reached sequence ${target} after ${attempt} reads`);
         await sleep(wait);
         wait = Math.min(1000, wait * 2);
         if (sub.gone) return;
       }
+      if (sub.gone) return;
       sub.filling = false;
       if (target !== undefined) {
         // What showed the gap and still does not follow on is not a version of this instance.
-        const head = sub.queue[0];
-        if (head && head.seq === target && head.env.version > sub.version + 1) {
+        const first = sub.queue[0];
+        if (first && first.seq === target && first.env.version > sub.version + 1) {
           sub.queue.shift();
-          this.skip(`version ${head.env.version} does not follow version ${sub.version} of ${sub.key}`, { seq: head.seq, subject: '' });
+          this.skip(`version ${first.env.version} does not follow version ${sub.version} of ${sub.key}`, { seq: first.seq, subject: '' });
         }
       }
       this.pump(sub);
@@ -299,21 +289,12 @@ export class AggregateFeed {
     });
   }
 
-  /** One pass over the store after `sub.seq`; returns whether it saw sequence `target` or later. */
-  private async readFrom(sub: AggregateSub, target: number | undefined): Promise<boolean> {
-    let after = sub.seq;
-    let reached = target === undefined;
-    for (;;) {
-      const page = await this.store.load(sub.aggregate, sub.aggregateId, after, 1000);
-      if (sub.gone) return true;
-      for (const s of page.events) {
-        if (target !== undefined && s.seq >= target) reached = true;
-        const env = envelopeOf(s.envelope, sub.aggregate, sub.aggregateId, undefined);
-        if (!env) continue;
-        if (s.seq > sub.seq && env.version === sub.version + 1) this.send(sub, s.seq, env);
-      }
-      if (!page.more || page.events.length === 0) return reached;
-      after = page.events[page.events.length - 1]!.seq;
+  private async readThrough(sub: AggregateSub, through: number): Promise<void> {
+    const events = await this.store.loadThrough(sub.aggregate, sub.aggregateId, sub.seq, through);
+    if (sub.gone) return;
+    for (const s of events) {
+      const env = envelopeOf(s.envelope, sub.aggregate, sub.aggregateId, undefined);
+      if (env && s.seq > sub.seq && env.version === sub.version + 1) this.send(sub, s.seq, env);
     }
   }
 
@@ -321,16 +302,6 @@ export class AggregateFeed {
     sub.version = env.version;
     sub.seq = seq;
     this.sink.deliver(sub, seq, env);
-  }
-
-  private remember(key: string, seq: number): void {
-    this.recent.delete(key);
-    const now = Date.now();
-    this.recent.set(key, { seq, at: now });
-    for (const [k, v] of this.recent) {
-      if (this.recent.size <= this.o.recentInstances && now - v.at <= this.o.recentMs) break;
-      this.recent.delete(k);
-    }
   }
 
   private skip(why: string, m: { seq: number; subject: string }): void {

@@ -524,7 +524,9 @@ export class LiveGateway {
     this.aggregateFeed.add(sub);
     this.countSubs(1);
 
-    const current = await this.d.actors.rehydrate(agg, m.aggregateId);
+    // Both read after the subscription registered: the head (from the stream's leader) counts
+    // every event appended before, which the state (possibly from a replica behind) may lack.
+    const [head, current] = await Promise.all([this.d.store.headSeq(m.aggregate, m.aggregateId), this.d.actors.rehydrate(agg, m.aggregateId)]);
     if (m.afterVersion !== undefined && m.afterVersion <= current.version) {
       // Events are never deleted: what the client missed is always there.
       conn.send({ type: 'resumed', sub: m.id, after: m.afterVersion });
@@ -542,7 +544,7 @@ export class LiveGateway {
     } else {
       conn.send({ type: 'state', sub: m.id, aggregate: m.aggregate, id: m.aggregateId, version: current.version, seq: current.seq, state: current.state, fresh: m.afterVersion !== undefined });
     }
-    this.aggregateFeed.join(sub, current.version, current.seq);
+    this.aggregateFeed.join(sub, current.version, current.seq, head);
   }
 
   private deliverEvent(sub: AggregateSub, seq: number, env: EventEnvelope): void {
