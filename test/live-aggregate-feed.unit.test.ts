@@ -288,6 +288,27 @@ describe('aggregate feed: every version after the state, once, in order', () => 
     feed.stop();
   });
 
+  it('a consumer that ends before delivering anything: after the restart each subscription reads up to its instance\'s head', async () => {
+    const stream = new MemoryStream();
+    stream.event('i', 1); // before the feed started: its consumer delivers only what comes after
+    const { feed, sent, subscribe } = await setup(stream);
+    const sub = subscribe('i');
+    feed.join(sub, 1, 1, stream.head('task/i'));
+    const joining = subscribe('i2', 'i'); // still reading its state when the consumer ends
+    stream.endConsumer(); // it delivered nothing: there is no sequence to restart after
+    stream.event('i', 2); // appended while no consumer runs
+    await until(() => stream.starts.length === 2, 'the consumer to be reopened');
+    expect(stream.starts).toEqual([undefined, undefined]);
+    feed.join(joining, 1, 1, 1); // its head was read before version 2 was appended
+    // No later event shows the gap: version 2 comes from the read up to the head.
+    await until(() => sent.get('i')?.length === 1 && sent.get('i2')?.length === 1, 'version 2');
+    stream.event('i', 3);
+    await until(() => sent.get('i')?.length === 2 && sent.get('i2')?.length === 2, 'version 3');
+    expect(sent.get('i')).toEqual([2, 3]);
+    expect(sent.get('i2')).toEqual([2, 3]);
+    feed.stop();
+  });
+
   it('ends a subscription, saying why, when the versions it misses cannot be read', async () => {
     const { stream, feed, sent, ended, subscribe } = await setup();
     stream.event('g', 1);

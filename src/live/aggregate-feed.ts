@@ -53,6 +53,8 @@ export interface AggregateSub extends Sub {
   filling: boolean;
   /** Unregistered: nothing more is sent. */
   gone?: boolean;
+  /** Read everything up to the instance's head before going on (the consumer may have missed some). */
+  recheck?: boolean;
 }
 
 export interface AggregateFeedOptions {
@@ -121,6 +123,7 @@ export class AggregateFeed {
     this.opening ??= (async () => {
       const feed = await this.open(undefined);
       this.opened++;
+      if (this.stopped) return feed.stop();
       void this.run(feed);
     })().catch((err: unknown) => {
       this.opening = undefined;
@@ -160,7 +163,7 @@ export class AggregateFeed {
     sub.version = version;
     sub.seq = seq;
     sub.joining = false;
-    if (head > sub.seq) this.fill(sub, head);
+    if (head > sub.seq && !sub.recheck) this.fill(sub, head);
     else this.pump(sub);
   }
 
@@ -187,10 +190,19 @@ export class AggregateFeed {
       try {
         feed = await this.open(this.lastSeq === undefined ? undefined : this.lastSeq + 1);
         this.opened++;
+        if (this.stopped) return feed.stop();
         this.log.info({ startSeq: this.lastSeq === undefined ? 'new' : this.lastSeq + 1 }, 'aggregate event feed restarted');
-        // Nothing was delivered before it ended: events appended meanwhile may be missed by
-        // the new consumer, so every subscription looks in the store for what follows it.
-        if (this.lastSeq === undefined) for (const set of this.subs.values()) for (const sub of set) if (!sub.joining && !sub.filling) this.fill(sub, undefined);
+        // Nothing was delivered before it ended, so there is no sequence to go on from: events
+        // appended meanwhile may be missed by the new consumer, and every subscription reads
+        // up to its instance's head before going on.
+        if (this.lastSeq === undefined) {
+          for (const set of this.subs.values()) {
+            for (const sub of set) {
+              sub.recheck = true;
+              this.pump(sub);
+            }
+          }
+        }
       } catch (err) {
         feed = undefined;
         this.log.warn({ err, retryInMs: wait }, 'aggregate event feed could not be reopened; retrying');
@@ -231,6 +243,11 @@ export class AggregateFeed {
 
   /** Sends queued events while they follow on; at a gap, reads the versions between from the store first. */
   private pump(sub: AggregateSub): void {
+    if (sub.recheck && !sub.joining && !sub.filling && !sub.gone) {
+      sub.recheck = false;
+      this.fill(sub, undefined);
+      return;
+    }
     while (!sub.filling && !sub.gone && sub.queue.length > 0) {
       const next = sub.queue[0]!;
       if (next.seq <= sub.seq || next.env.version <= sub.version) {
