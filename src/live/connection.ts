@@ -2,7 +2,8 @@ import type { WebSocket } from 'ws';
 import type { Principal } from './auth.js';
 import type { LiveGateway } from './gateway.js';
 import { CloseCode, type LiveErrorCode, type ServerMessage } from './protocol.js';
-import { keyString, type AggregateSub, type ViewSub } from './view-feed.js';
+import type { AggregateSub } from './aggregate-feed.js';
+import { keyString, type ViewSub } from './view-feed.js';
 
 /** One WebSocket client: its subscriptions, rate limit and send queue. */
 export class Connection {

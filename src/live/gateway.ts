@@ -1,10 +1,9 @@
-import { DeliverPolicy, jetstream, type ConsumerMessages } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import type { IncomingMessage, Server } from 'node:http';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { WebSocketServer, type RawData, type WebSocket } from 'ws';
-import { ALL_EVENTS, ALL_LIVE_CHANGES, LIVE_INTEREST, LiveHeader, isAggregateId } from '../../subjects/index.js';
+import { ALL_LIVE_CHANGES, LIVE_INTEREST, LiveHeader, isAggregateId } from '../../subjects/index.js';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
 import { StrandError } from '../errors.js';
@@ -16,11 +15,11 @@ import type { Row } from '../projections/types.js';
 import type { ViewReader } from '../projections/views.js';
 import { checkSubscribe, rowVisible, subscriptionRequest, type AccessPolicy, type Authenticator, type Principal } from './auth.js';
 import {
-  ClientMessage,
   CloseCode,
   LiveErrorCode,
   type SubscribeAggregateMessage,
   type SubscribeViewMessage,
+  parseClientMessage,
 } from './protocol.js';
 
 /** Limits and tuning of the gateway (documented in docs/configuration.md). */
@@ -57,9 +56,13 @@ export interface GatewayDeps {
 }
 
 import { Connection } from './connection.js';
-import { NO_GROUPS, ViewFeed, keyString, type AggregateSub, type Batch, type ViewSub } from './view-feed.js';
+import { AggregateFeed, jetStreamEventFeed, type AggregateSub } from './aggregate-feed.js';
+import { FeedAssembler, type FeedPart } from './feed-message.js';
+import { NO_GROUPS, ViewFeed, keyString, type Batch, type ViewSub } from './view-feed.js';
 
 const KEEP_OPEN = new Set<string>(Object.values(LiveErrorCode));
+/** How long stop() waits for clients to answer the close frame before dropping them. */
+const STOP_GRACE_MS = 1000;
 
 /**
  * The WebSocket gateway on `/live`. Clients subscribe to a view's rows (by key or filter) or
@@ -74,10 +77,10 @@ export class LiveGateway {
   private readonly conns = new Set<Connection>();
   private readonly feeds = new Map<string, ViewFeed>();
   private readonly chain = new Map<string, number>();
-  private readonly aggregateSubs = new Map<string, Set<AggregateSub>>();
+  private readonly parts = new FeedAssembler();
+  /** Every aggregate subscription's events. */
+  readonly aggregateFeed: AggregateFeed;
   private liveSub: Subscription | undefined;
-  private events: ConsumerMessages | undefined;
-  private eventsStarting: Promise<void> | undefined;
   private heartbeat: NodeJS.Timeout | undefined;
   private announcer: NodeJS.Timeout | undefined;
   private stopping = false;
@@ -94,6 +97,19 @@ export class LiveGateway {
       handleProtocols: (protocols) => (protocols.has('strand.v1') ? 'strand.v1' : false),
     });
     for (const view of d.views.all()) this.feeds.set(view.name, new ViewFeed(view.name));
+    this.aggregateFeed = new AggregateFeed(
+      jetStreamEventFeed(d.nc, o.stream),
+      d.store,
+      {
+        deliver: (sub, seq, env) => this.deliverEvent(sub, seq, env),
+        end: (sub, reason) => {
+          sub.conn.subs.delete(sub.id);
+          this.unregister(sub);
+          sub.conn.error(LiveErrorCode.UNAVAILABLE, `subscription ended: ${reason}`, sub.id);
+        },
+      },
+      d.log,
+    );
   }
 
   /** Starts listening to the change feed and serves upgrades to `/live` on `server`. */
@@ -104,7 +120,8 @@ export class LiveGateway {
         // Published here: delivered in-process already (deliverLocal).
         if (this.d.instance !== undefined && msg.headers?.get(LiveHeader.Instance) === this.d.instance) return;
         try {
-          this.onFeed(msg.json<LiveFeedMessage>());
+          const whole = this.parts.add(msg.json<FeedPart>());
+          if (whole) this.onFeed(whole);
         } catch (e) {
           this.d.log.warn({ err: e }, 'unreadable live feed message');
         }
@@ -155,8 +172,14 @@ export class LiveGateway {
     clearInterval(this.announcer);
     for (const c of this.conns) c.close(CloseCode.GOING_AWAY, 'server shutting down');
     this.liveSub?.unsubscribe();
-    this.events?.stop();
+    this.aggregateFeed.stop();
+    // The server closes once every connection has; a peer that never answers the close frame
+    // (it stopped reading) would hold the shutdown for ws's 30 s close timeout.
+    const cutOff = setTimeout(() => {
+      for (const ws of this.wss.clients) ws.terminate();
+    }, STOP_GRACE_MS);
     await new Promise<void>((r) => this.wss.close(() => r()));
+    clearTimeout(cutOff);
   }
 
   private async upgrade(req: IncomingMessage, socket: Duplex, head: Buffer): Promise<void> {
@@ -198,18 +221,9 @@ export class LiveGateway {
     if (size > this.o.maxMessageBytes) return conn.error(LiveErrorCode.MESSAGE_TOO_LARGE, `messages are limited to ${this.o.maxMessageBytes} bytes, got ${size}`);
     if (!conn.takeToken()) return conn.error(LiveErrorCode.RATE_LIMITED, `more than ${this.o.rate} messages per second; this one was dropped`);
     if (isBinary) return conn.error(LiveErrorCode.BAD_MESSAGE, 'binary frames are not part of the protocol; send JSON text');
-    let json: unknown;
-    try {
-      json = JSON.parse(Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.concat(data as Buffer[]).toString('utf8'));
-    } catch (err) {
-      return conn.error(LiveErrorCode.BAD_MESSAGE, `not JSON: ${(err as Error).message}`);
-    }
-    const parsed = ClientMessage.safeParse(json);
-    if (!parsed.success) {
-      const sub = typeof (json as { id?: unknown })?.id === 'string' ? ((json as { id: string }).id.slice(0, 64)) : undefined;
-      return conn.error(LiveErrorCode.BAD_MESSAGE, parsed.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ').slice(0, 500), sub);
-    }
-    const m = parsed.data;
+    const parsed = parseClientMessage(Buffer.isBuffer(data) ? data.toString('utf8') : Buffer.concat(data as Buffer[]).toString('utf8'));
+    if (!parsed.ok) return conn.error(LiveErrorCode.BAD_MESSAGE, parsed.error, parsed.sub);
+    const m = parsed.message;
     if (m.type === 'ping') {
       conn.send({ type: 'pong', ...(m.nonce !== undefined ? { nonce: m.nonce } : {}) });
       return;
@@ -308,6 +322,9 @@ export class LiveGateway {
     sub.pending = [];
     sub.joining = false;
     sub.feed.joining.delete(sub);
+    // Made before this gateway heard the projection: batches between its snapshot and the first
+    // one heard were never seen here (the runner publishes only while someone watches).
+    if (sub.feed.heardFrom !== undefined && sub.version < sub.feed.heardFrom) sub.stale = true;
     if (sub.stale) {
       sub.stale = false;
       this.resync(sub.feed, sub);
@@ -400,25 +417,43 @@ export class LiveGateway {
     for (const view of this.d.views.all()) {
       if (view.projection.name !== msg.projection) continue;
       const feed = this.feeds.get(view.name)!;
-      if (gap || feed.coveredFrom === undefined) {
+      try {
+        this.onViewFeed(feed, msg, gap);
+      } catch (err) {
+        // Whatever it was, this batch may not have reached every subscriber: start them afresh.
+        this.d.log.warn({ err, view: view.name, checkpoint: msg.checkpoint }, 'live changes not applied; resynchronising the subscribers of the view');
         feed.buffer = [];
         feed.size = 0;
-        feed.coveredFrom = msg.reset || msg.partial ? msg.checkpoint : msg.prev;
-        if (gap) this.resync(feed);
+        feed.coveredFrom = feed.heardFrom = msg.checkpoint;
+        this.resync(feed);
       }
-      const changes = msg.views[view.name];
-      if (!changes || changes.length === 0) continue;
-      const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventMs: Date.parse(msg.eventTime) } : {}) };
-      feed.buffer.push(batch);
-      feed.size += changes.length;
-      for (const sub of feed.joining) sub.pending.push(batch);
-      this.fanOut(feed, batch);
-      // Drop whole batches: "every change after coveredFrom is here" must stay true.
-      while (feed.size > this.o.bufferPerView && feed.buffer.length > 0) {
-        const dropped = feed.buffer.shift()!;
-        feed.size -= dropped.changes.length;
-        feed.coveredFrom = dropped.version;
+    }
+  }
+
+  private onViewFeed(feed: ViewFeed, msg: LiveFeedMessage, gap: boolean): void {
+    if (gap || feed.coveredFrom === undefined) {
+      feed.buffer = [];
+      feed.size = 0;
+      feed.coveredFrom = feed.heardFrom = msg.reset || msg.partial ? msg.checkpoint : msg.prev;
+      if (gap) this.resync(feed);
+      else {
+        // The first message heard: a live subscription whose snapshot is older than the batch
+        // it follows missed the batches between (see goLive).
+        for (const sub of feed.subs) if (!sub.joining && sub.version < feed.heardFrom) this.resync(feed, sub);
       }
+    }
+    const changes = msg.views[feed.name];
+    if (!changes || changes.length === 0) return;
+    const batch: Batch = { version: msg.checkpoint, changes, ...(msg.eventTime ? { eventMs: Date.parse(msg.eventTime) } : {}) };
+    feed.buffer.push(batch);
+    feed.size += changes.length;
+    for (const sub of feed.joining) sub.pending.push(batch);
+    this.fanOut(feed, batch);
+    // Drop whole batches: "every change after coveredFrom is here" must stay true.
+    while (feed.size > this.o.bufferPerView && feed.buffer.length > 0) {
+      const dropped = feed.buffer.shift()!;
+      feed.size -= dropped.changes.length;
+      feed.coveredFrom = dropped.version;
     }
   }
 
@@ -471,16 +506,27 @@ export class LiveGateway {
     if (!isAggregateId(m.aggregateId)) throw new StrandError('BAD_REQUEST', 'aggregateId must be 1-128 characters of [A-Za-z0-9_-]');
     const verdict = checkSubscribe(this.d.access, conn.principal, subscriptionRequest(m));
     if (verdict !== true) return conn.error(LiveErrorCode.FORBIDDEN, verdict, m.id);
-    await this.startEventFeed();
-    const key = `${m.aggregate}/${m.aggregateId}`;
-    const sub: AggregateSub = { kind: 'aggregate', conn, id: m.id, joining: true, key, pending: [], seq: 0 };
+    await this.aggregateFeed.start();
+    const sub: AggregateSub = {
+      kind: 'aggregate',
+      conn,
+      id: m.id,
+      joining: true,
+      aggregate: m.aggregate,
+      aggregateId: m.aggregateId,
+      key: `${m.aggregate}/${m.aggregateId}`,
+      version: 0,
+      seq: 0,
+      queue: [],
+      filling: false,
+    };
     conn.subs.set(m.id, sub);
-    let set = this.aggregateSubs.get(key);
-    if (!set) this.aggregateSubs.set(key, (set = new Set()));
-    set.add(sub);
+    this.aggregateFeed.add(sub);
     this.countSubs(1);
 
-    const current = await this.d.actors.rehydrate(agg, m.aggregateId);
+    // Both read after the subscription registered: the head (from the stream's leader) counts
+    // every event appended before, which the state (possibly from a replica behind) may lack.
+    const [head, current] = await Promise.all([this.d.store.headSeq(m.aggregate, m.aggregateId), this.d.actors.rehydrate(agg, m.aggregateId)]);
     if (m.afterVersion !== undefined && m.afterVersion <= current.version) {
       // Events are never deleted: what the client missed is always there.
       conn.send({ type: 'resumed', sub: m.id, after: m.afterVersion });
@@ -498,41 +544,13 @@ export class LiveGateway {
     } else {
       conn.send({ type: 'state', sub: m.id, aggregate: m.aggregate, id: m.aggregateId, version: current.version, seq: current.seq, state: current.state, fresh: m.afterVersion !== undefined });
     }
-    sub.seq = current.seq;
-    for (const p of sub.pending) this.deliverEvent(sub, p.seq, p.env);
-    sub.pending = [];
-    sub.joining = false;
+    this.aggregateFeed.join(sub, current.version, current.seq, head);
   }
 
   private deliverEvent(sub: AggregateSub, seq: number, env: EventEnvelope): void {
-    if (seq <= sub.seq) return;
-    sub.seq = seq;
     if (sub.conn.send({ type: 'event', sub: sub.id, version: env.version, seq, event: env as unknown as Row })) {
       this.d.metrics.livePushLatency.observe(Math.max(0, (Date.now() - Date.parse(env.time)) / 1000));
     }
-  }
-
-  /** One ordered consumer of new events for every aggregate subscription of this instance. */
-  private startEventFeed(): Promise<void> {
-    this.eventsStarting ??= (async () => {
-      const consumer = await jetstream(this.d.nc).consumers.get(this.o.stream, { filter_subjects: [ALL_EVENTS], deliver_policy: DeliverPolicy.New });
-      this.events = await consumer.consume();
-      void (async () => {
-        for await (const m of this.events!) {
-          const env = m.json<EventEnvelope>();
-          const subs = this.aggregateSubs.get(`${env.aggregate}/${env.aggregateId}`);
-          if (!subs) continue;
-          for (const sub of subs) {
-            if (sub.joining) sub.pending.push({ seq: m.seq, env });
-            else this.deliverEvent(sub, m.seq, env);
-          }
-        }
-      })().catch((err: unknown) => this.d.log.warn({ err }, 'event feed ended'));
-    })().catch((err: unknown) => {
-      this.eventsStarting = undefined;
-      throw err;
-    });
-    return this.eventsStarting;
   }
 
   private unregister(s: ViewSub | AggregateSub): void {
@@ -542,9 +560,7 @@ export class LiveGateway {
       removed = s.feed.subs.has(s);
       s.feed.remove(s);
     } else {
-      const set = this.aggregateSubs.get(s.key);
-      removed = set?.delete(s) ?? false;
-      if (set && set.size === 0) this.aggregateSubs.delete(s.key);
+      removed = this.aggregateFeed.remove(s);
     }
     if (removed) this.countSubs(-1);
   }

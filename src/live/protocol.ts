@@ -9,6 +9,27 @@ import { z } from 'zod';
 const SubId = z.string().min(1).max(64).describe('The client-chosen ID of a subscription, unique on the connection');
 const Checkpoint = z.number().int().nonnegative();
 
+/**
+ * Names that are never a filter column. `JSON.parse` keeps a `"__proto__"` key as an ordinary
+ * property, but zod's record leaves it out of what it returns (copying it would replace the
+ * result's prototype), so `{"__proto__": …}` would silently become "no filter": the whole view.
+ * The other two would reach `Object.prototype` through a plain object lookup.
+ */
+const RESERVED_KEYS: ReadonlySet<string> = new Set(['__proto__', 'constructor', 'prototype']);
+
+/** `{ column: value }`, checked on the object as the client sent it, before zod copies it. */
+const Filter = z.preprocess(
+  (value, ctx) => {
+    if (value !== null && typeof value === 'object' && !Array.isArray(value)) {
+      for (const key of Object.keys(value)) {
+        if (RESERVED_KEYS.has(key)) ctx.addIssue({ code: 'custom', message: `${key} is not a column name`, path: [key], input: value });
+      }
+    }
+    return value;
+  },
+  z.record(z.string().min(1).max(64), z.string().max(256)),
+);
+
 /** Subscribe to a view: one row by key, or the rows matching a filter (declared filter columns only). */
 export const SubscribeView = z
   .object({
@@ -16,7 +37,7 @@ export const SubscribeView = z
     id: SubId,
     view: z.string().min(1).max(64),
     key: z.union([z.string().min(1).max(256), z.number()]).optional(),
-    filter: z.record(z.string().max(64), z.string().max(256)).optional(),
+    filter: Filter.optional(),
     /** The last version (checkpoint) the client saw: resume from there instead of a snapshot. */
     after: Checkpoint.optional(),
     /** Wait until the projection has applied this stream sequence before the snapshot. */
@@ -47,6 +68,35 @@ export const ClientMessage = z.union([SubscribeView, SubscribeAggregate, Unsubsc
 export type ClientMessage = z.infer<typeof ClientMessage>;
 export type SubscribeViewMessage = z.infer<typeof SubscribeView>;
 export type SubscribeAggregateMessage = z.infer<typeof SubscribeAggregate>;
+
+/** A client frame read: the message, or why it is not one (sent back as BAD_MESSAGE). */
+export type ParsedClientMessage = { readonly ok: true; readonly message: ClientMessage } | { readonly ok: false; readonly error: string; readonly sub?: string };
+
+/**
+ * Reads one text frame. The schema is chosen by `type` (and, for `subscribe`, by `aggregate`
+ * being present), so the problems reported are that schema's, not a union's "invalid input".
+ * `sub` is the frame's `id` when it is a valid subscription ID, so the error names it.
+ */
+export function parseClientMessage(text: string): ParsedClientMessage {
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (err) {
+    return { ok: false, error: `not JSON: ${(err as Error).message}` };
+  }
+  if (json === null || typeof json !== 'object' || Array.isArray(json)) return { ok: false, error: 'a message is a JSON object' };
+  const raw = json as Record<string, unknown>;
+  const id = SubId.safeParse(raw['id']);
+  const sub = id.success ? { sub: id.data } : {};
+  const schema =
+    raw['type'] === 'subscribe' ? (Object.hasOwn(raw, 'aggregate') ? SubscribeAggregate : SubscribeView) : raw['type'] === 'unsubscribe' ? Unsubscribe : raw['type'] === 'ping' ? Ping : undefined;
+  if (!schema) return { ok: false, error: `type: must be one of subscribe, unsubscribe, ping`, ...sub };
+  const parsed = schema.safeParse(json);
+  if (!parsed.success) {
+    return { ok: false, error: parsed.error.issues.map((i) => `${i.path.join('.') || '(message)'}: ${i.message}`).join('; ').slice(0, 500), ...sub };
+  }
+  return { ok: true, message: parsed.data as ClientMessage };
+}
 
 const Row = z.record(z.string(), z.unknown());
 const Key = z.union([z.string(), z.number()]);

@@ -1,4 +1,3 @@
-import type { EventEnvelope } from '../eventstore/types.js';
 import type { LiveChange } from '../projections/runner.js';
 import type { Row } from '../projections/types.js';
 import type { Connection } from './connection.js';
@@ -41,6 +40,11 @@ export const NO_GROUPS: readonly FilterGroup[] = [];
 export class ViewFeed {
   /** Every change with a version above this is in `buffer` (undefined: nothing known yet). */
   coveredFrom: number | undefined;
+  /**
+   * Every batch after this checkpoint has been heard (or its gap handled) since the feed was
+   * last (re)started; unlike `coveredFrom` it does not move as the buffer is trimmed.
+   */
+  heardFrom: number | undefined;
   buffer: Batch[] = [];
   /** Changes kept in `buffer`, summed over its batches. */
   size = 0;
@@ -173,13 +177,6 @@ export interface ViewSub extends Sub {
   stale?: boolean;
   /** Its filter group (filtered subscriptions). */
   group?: FilterGroup;
-}
-
-export interface AggregateSub extends Sub {
-  readonly kind: 'aggregate';
-  readonly key: string;
-  pending: { seq: number; env: EventEnvelope }[];
-  seq: number;
 }
 
 /** A row key as the gateway indexes it: `5` and `"5"` are the same key (a client may send either). */

@@ -5,6 +5,7 @@ import type { Logger } from 'pino';
 import { LiveHeader, eventSubject, liveChanges, parseEventSubject } from '../../subjects/index.js';
 import type { EventEnvelope } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
+import { feedTexts } from '../live/feed-message.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import {
   CHECKPOINT_MOVED,
@@ -606,7 +607,8 @@ export class ProjectionRunner {
     try {
       const h = headers();
       if (this.o.instance) h.set(LiveHeader.Instance, this.o.instance);
-      this.nc.publish(liveChanges(this.projection.name), JSON.stringify(message), { headers: h });
+      // Past the server's max_payload a publish throws: a large batch goes in parts (headers count too).
+      for (const text of feedTexts(message, (this.nc.info?.max_payload ?? 1_048_576) - 1024)) this.nc.publish(liveChanges(this.projection.name), text, { headers: h });
     } catch (err) {
       this.log.warn({ err, projection: this.projection.name }, 'live changes not published');
     }
