@@ -611,6 +611,18 @@ describe('projections admin', () => {
   });
 });
 
+describe('GET /cluster', () => {
+  it('shows this instance owning every partition, as the only member', async () => {
+    await eventually(() => strand.region!.ready, 'the instance to hold its share', 10_000);
+    const r = await get('/cluster');
+    expect(r.status).toBe(200);
+    expect(r.body).toMatchObject({ instance: strand.region!.instance, partitions: 64, ready: true, waiting: 0 });
+    expect(r.body.owners).toHaveLength(64);
+    expect(new Set(r.body.owners)).toEqual(new Set([strand.region!.instance]));
+    expect(r.body.members).toEqual([expect.objectContaining({ instance: strand.region!.instance, live: true, owned: 64, roles: ['commands', 'projections'] })]);
+  });
+});
+
 describe('GET /catalog, /asyncapi.json, /openapi.json', () => {
   /** Every `$ref` in the document points at something in it. */
   function expectRefsResolve(doc: unknown): void {
