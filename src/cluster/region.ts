@@ -209,6 +209,8 @@ export class Region {
     this.sweeper.unref();
     await this.nc.flush();
     await this.reconcile();
+    // Once the view can tell who is dead, the partitions of instances that died before this one started are free.
+    setTimeout(() => void this.reconcile(), this.view.settleMs).unref();
   }
 
   /**
@@ -346,7 +348,8 @@ export class Region {
     // Held by the previous owner for this one: the claim is (or is about to be) this instance's.
     if (e.handoff && !this.stopping) return this.hold(slot, e);
     const owner = this.view.claim(slot.partition)?.owner;
-    if (owner !== undefined && owner !== this.view.self && this.view.isLive(owner) && e.hops < MAX_HOPS) return this.forward(owner, e, String(e.hops + 1));
+    // Until the view has settled, an owner found in the bucket may be long dead: wait rather than forward into nothing.
+    if (owner !== undefined && owner !== this.view.self && this.view.isLive(owner) && this.view.settled && e.hops < MAX_HOPS) return this.forward(owner, e, String(e.hops + 1));
     if (this.stopping && (owner === undefined || owner === this.view.self)) {
       return this.answer(e, failed(ErrorCode.UNAVAILABLE, 'this instance is shutting down'));
     }

@@ -92,6 +92,9 @@ export class ClusterView {
   private stopped = false;
   /** Resolves once the watcher has delivered everything the bucket held when it started. */
   private loaded!: Promise<void>;
+  private isLoaded = false;
+  /** performance.now() when the view was opened. */
+  private readonly openedAt = performance.now();
   private me: MemberInfo;
 
   private constructor(
@@ -178,6 +181,20 @@ export class ClusterView {
   /** What a member announced, if it is known. */
   member(id: string): MemberInfo | undefined {
     return this.members.get(id)?.info;
+  }
+
+  /**
+   * Whether the view has watched long enough to tell the live from the dead: a member found in
+   * the bucket at start must heartbeat within one and a half heartbeats to count as live (one
+   * killed before this instance started never does), so until then nothing is known of them.
+   */
+  get settled(): boolean {
+    return performance.now() - this.openedAt > this.settleMs;
+  }
+
+  /** How long after opening the view is {@link settled}. */
+  get settleMs(): number {
+    return Math.ceil(1.5 * this.o.heartbeatMs) + 50;
   }
 
   /** Whether a member is live now. */
@@ -290,7 +307,7 @@ export class ClusterView {
     const jsm = await jetstreamManager(this.nc);
     const pending = (await jsm.streams.info(stream)).state.messages;
     let resolveLoaded!: () => void;
-    this.loaded = new Promise((r) => (resolveLoaded = r));
+    this.loaded = new Promise<void>((r) => (resolveLoaded = r)).then(() => void (this.isLoaded = true));
     if (pending === 0) resolveLoaded();
     const consumer = await jetstream(this.nc).consumers.get(stream, { filter_subjects: [`$KV.${this.o.bucket}.>`], deliver_policy: DeliverPolicy.LastPerSubject });
     this.watcher = await consumer.consume({
@@ -313,7 +330,9 @@ export class ClusterView {
       if (deleted) this.members.delete(id);
       else {
         try {
-          this.members.set(id, { info: m.json<MemberInfo>(), at: performance.now() });
+          // Found at start: it must prove itself with a heartbeat soon (see settled); later: seen now.
+          const at = this.isLoaded ? performance.now() : performance.now() - (this.o.memberTtlMs - 1.5 * this.o.heartbeatMs);
+          this.members.set(id, { info: m.json<MemberInfo>(), at });
           if (id === this.me.instance) this.seenSelf = performance.now();
         } catch {
           return; // not a member record
