@@ -1,3 +1,4 @@
+import { jetstream } from '@nats-io/jetstream';
 import { headers } from '@nats-io/transport-node';
 import { randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
@@ -145,6 +146,24 @@ describe('concurrency', () => {
     expect(events.filter((e) => e.envelope.metadata.commandId === 'assign-while-paused')).toHaveLength(1);
     const again = await client.send('cmd.task.pause-1.AssignTask', { assignedTo: 'CC2' }, { 'Strand-Command-Id': 'assign-while-paused' });
     expect(again).toMatchObject({ ok: true, version: 2, duplicate: true });
+  });
+
+  it('skips a message on an instance\'s subject that is not an event, and goes on appending after it', async () => {
+    expect((await client.send('cmd.task.junk-1.CreateTask', newTask)).ok).toBe(true);
+    // Anyone allowed to publish on evt.> can put this there; it still holds a place in the sequence.
+    const js = jetstream(client.nc);
+    await js.publish('evt.task.junk-1.TaskAssigned', '\u0000 not JSON');
+    await js.publish('evt.task.junk-1.TaskAssigned', JSON.stringify({ hello: 'world' }));
+    // A fresh actor (loaded from the stream) and the live one (caught up on the conflict) both go on.
+    expect(await client.send('cmd.task.junk-1.AssignTask', { assignedTo: 'CC2' })).toMatchObject({ ok: true, version: 2 });
+    expect(strand.actors.passivate('task', 'junk-1')).toBe(true);
+    expect(await client.send('cmd.task.junk-1.AssignTask', { assignedTo: 'CC3' })).toMatchObject({ ok: true, version: 3 });
+    const loaded = await strand.actors.rehydrate(task, 'junk-1', { useSnapshot: false });
+    expect(loaded).toMatchObject({ version: 3, state: { assignedTo: 'CC3' } });
+    // The audit trail lists the events only.
+    const r = await strand.http.inject({ method: 'GET', url: '/aggregates/task/junk-1/events' });
+    expect(r.statusCode).toBe(200);
+    expect(r.json().events.map((e: { version: number }) => e.version)).toEqual([1, 2, 3]);
   });
 
   it('upcasts an event written with an older schema version when it is read', async () => {

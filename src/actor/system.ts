@@ -541,6 +541,12 @@ export class ActorSystem {
   }
 
   private foldStored(actor: Actor, s: StoredEvent): void {
+    if (s.junk !== undefined) {
+      // Not an event: the next append must still name its sequence, and that is all it changes.
+      this.log.warn({ aggregate: actor.aggregate.name, id: actor.id, seq: s.seq, why: s.junk }, "a message on the instance's subject is not an event; skipped");
+      actor.seq = s.seq;
+      return;
+    }
     const env = s.envelope;
     const type = actor.aggregate.events.get(env.type);
     // A newer schema version than this code knows is refused by upcast(), not folded as if current.

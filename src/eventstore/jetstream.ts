@@ -195,7 +195,13 @@ export class JetStreamEventStore implements EventStore {
     while (last < throughSeq) {
       const m = await this.leaderGet({ seq: last + 1, next_by_subj: instanceEvents(aggregate, id) }, `events of ${aggregate}/${id}`);
       if (!m?.seq || !m.data) break;
-      events.push({ seq: m.seq, envelope: JSON.parse(Buffer.from(m.data, 'base64').toString('utf8')) as EventEnvelope });
+      let json: unknown;
+      try {
+        json = JSON.parse(Buffer.from(m.data, 'base64').toString('utf8'));
+      } catch {
+        json = undefined;
+      }
+      events.push(isEnvelope(json) ? { seq: m.seq, envelope: json } : { seq: m.seq, envelope: NO_ENVELOPE, junk: 'not an event envelope' });
       last = m.seq;
     }
     if (last < throughSeq) throw new StoreUnavailable(`events of ${aggregate}/${id} through ${throughSeq} could not be read (got through ${last})`);
@@ -331,7 +337,33 @@ function parseAck(m: Msg): PubAck {
   }
 }
 
+const NO_ENVELOPE: EventEnvelope = Object.freeze({ id: '', type: '', aggregate: '', aggregateId: '', version: 0, schemaVersion: 0, time: '', data: null, metadata: {} });
+
 function toStored(m: Msg): StoredEvent {
   const seq = Number(m.headers?.get('Nats-Sequence'));
-  return { seq, envelope: JSON.parse(decoder.decode(m.data)) as EventEnvelope };
+  let json: unknown;
+  try {
+    json = JSON.parse(decoder.decode(m.data));
+  } catch {
+    return { seq, envelope: NO_ENVELOPE, junk: 'not JSON' };
+  }
+  return isEnvelope(json) ? { seq, envelope: json } : { seq, envelope: NO_ENVELOPE, junk: 'not an event envelope' };
+}
+
+/** Whether a decoded message has the envelope's shape (what its readers rely on; the data is the aggregate's to check). */
+function isEnvelope(v: unknown): v is EventEnvelope {
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) return false;
+  const e = v as Record<string, unknown>;
+  return (
+    typeof e['id'] === 'string' &&
+    typeof e['type'] === 'string' &&
+    typeof e['aggregate'] === 'string' &&
+    typeof e['aggregateId'] === 'string' &&
+    Number.isSafeInteger(e['version']) &&
+    (e['version'] as number) >= 1 &&
+    Number.isSafeInteger(e['schemaVersion']) &&
+    typeof e['time'] === 'string' &&
+    'data' in e &&
+    (e['metadata'] === undefined || (typeof e['metadata'] === 'object' && e['metadata'] !== null))
+  );
 }

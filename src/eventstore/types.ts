@@ -23,6 +23,12 @@ export interface EventEnvelope {
 export interface StoredEvent {
   readonly seq: number;
   readonly envelope: EventEnvelope;
+  /**
+   * Set when the message on the instance's subject is not an event envelope (anyone allowed to
+   * publish on `evt.>` can put one there): it holds a place in the sequence, which the next
+   * append must name, and nothing else. `envelope` is then empty. Says what is wrong with it.
+   */
+  readonly junk?: string;
 }
 
 /** Where an append landed: events of one commit are adjacent, so the first sequence is enough. */

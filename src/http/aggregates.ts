@@ -90,7 +90,7 @@ export const aggregateRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app,
       const want = fromVersion > 1 ? SCAN_PAGE : limit + 1 - found.length;
       const page = await api.store.load(aggregate.name, id, after, want);
       for (const e of page.events) {
-        if (e.envelope.version >= fromVersion) found.push(e);
+        if (e.junk === undefined && e.envelope.version >= fromVersion) found.push(e);
         if (found.length > limit) break;
       }
       if (found.length > limit || !page.more || page.events.length === 0) break;

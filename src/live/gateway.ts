@@ -534,7 +534,7 @@ export class LiveGateway {
       for (;;) {
         const page = await this.d.store.load(m.aggregate, m.aggregateId, after, 1000);
         for (const s of page.events) {
-          if (s.envelope.version > m.afterVersion && s.seq <= current.seq) {
+          if (s.junk === undefined && s.envelope.version > m.afterVersion && s.seq <= current.seq) {
             conn.send({ type: 'event', sub: m.id, version: s.envelope.version, seq: s.seq, event: s.envelope as unknown as Row });
           }
         }

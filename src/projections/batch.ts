@@ -105,8 +105,11 @@ export function advanceStatement(projection: string, generation: number, from: n
 
 /** Parks an event (its JSON, subject and error) in the dead-letter table. */
 export function parkStatement(projection: string, generation: number, subject: string, event: ProjectionEvent, error: string, attempts: number): string {
+  // PostgreSQL stores no NUL, in text or in jsonb: a parked message that holds one (anyone may
+  // publish on evt.>) keeps U+FFFD in its place, or parking it would fail for ever.
+  const json = JSON.stringify(event).replace(/(?<!\\)((?:\\\\)*)\\u0000/g, '$1\\ufffd');
   return `INSERT INTO public.strand_dead_letters (projection, seq, generation, subject, event, error, attempts)
-    VALUES (${literal(projection)}, ${Number(event.seq)}, ${Number(generation)}, ${literal(subject)}, ${literal(JSON.stringify(event))}, ${literal(error)}, ${Number(attempts)})
+    VALUES (${literal(projection)}, ${Number(event.seq)}, ${Number(generation)}, ${literal(subject)}, ${literal(json)}, ${literal(error.replace(/\u0000/g, '\ufffd'))}, ${Number(attempts)})
     ON CONFLICT (projection, seq) DO UPDATE SET generation = EXCLUDED.generation, error = EXCLUDED.error, attempts = EXCLUDED.attempts, parked_at = now()`;
 }
 
