@@ -4,7 +4,9 @@ import { projections } from '../actors/index.js';
 import { ConfigSchema } from '../src/config.js';
 import { ErrorCode, HttpStatus } from '../src/errors.js';
 import { StrandMetrics } from '../src/observability/metrics.js';
-import { ClientMessage, CloseCode, LiveErrorCode, ServerMessage } from '../src/live/protocol.js';
+import { ClientMessage, CloseCode, LibraryCloseCode, LiveErrorCode, ServerMessage } from '../src/live/protocol.js';
+import { logMessages, normaliseMessage } from '../scripts/log-messages.js';
+import { readdirSync } from 'node:fs';
 import { liveSchemas } from '../scripts/live-schemas.js';
 
 /** The docs are part of the contract: every code, variable, metric and projection the code has is documented. */
@@ -78,5 +80,55 @@ describe('documentation', () => {
     expect(messages.length).toBeGreaterThan(10);
     const invalid = messages.filter((m) => !ClientMessage.safeParse(m).success && !ServerMessage.safeParse(m).success);
     expect(invalid, 'examples in docs/live.md that no schema of src/live/protocol.ts accepts').toEqual([]);
+  });
+
+  it('docs/errors.md documents no error code the code does not have', () => {
+    const text = doc('docs/errors.md');
+    const headings = text.split('\n').filter((l) => /^## [A-Z][A-Z_]+$/.test(l)).map((l) => l.slice(3));
+    const rows = [...text.matchAll(/^\| `([A-Z][A-Z_]+)` \| \d{3} \|/gm)].map((m) => m[1]!);
+    const known = new Set<string>(Object.values(ErrorCode));
+    expect([...headings, ...rows].filter((c) => !known.has(c)), 'codes in docs/errors.md that src/errors.ts does not have').toEqual([]);
+  });
+
+  it("docs/errors.md lists exactly the rejection reasons the example aggregates give", () => {
+    const dir = new URL('../actors/', import.meta.url);
+    const inCode = new Set<string>();
+    for (const name of readdirSync(dir, { withFileTypes: true })) {
+      if (!name.isDirectory()) continue;
+      for (const f of readdirSync(new URL(`${name.name}/`, dir))) {
+        if (!f.endsWith('.ts') || f.endsWith('.test.ts')) continue;
+        for (const m of readFileSync(new URL(`${name.name}/${f}`, dir), 'utf8').matchAll(/reject\(\s*'([A-Z][A-Z_]+)'/g)) inCode.add(m[1]!);
+      }
+    }
+    const documented = new Set([...doc('docs/errors.md').matchAll(/^\| `([A-Z][A-Z_]+)` \| [A-Z][A-Za-z]+/gm)].map((m) => m[1]!));
+    expect(inCode.size).toBeGreaterThan(10);
+    expect([...inCode].filter((r) => !documented.has(r)).sort(), 'reasons the aggregates give that docs/errors.md does not list').toEqual([]);
+    expect([...documented].filter((r) => !inCode.has(r)).sort(), 'reasons docs/errors.md lists that no aggregate gives').toEqual([]);
+  });
+
+  it('docs/live.md lists exactly the live error codes and the close codes a client can see', () => {
+    const text = doc('docs/live.md');
+    const codes = new Set([...text.matchAll(/^\| `([A-Z][A-Z_]+)` \|/gm)].map((m) => m[1]!));
+    expect([...codes].sort()).toEqual([...new Set<string>(Object.values(LiveErrorCode))].sort());
+    const closes = new Set([...text.matchAll(/^\| `(\d{4})` \|/gm)].map((m) => Number(m[1])));
+    expect([...closes].sort()).toEqual([...new Set<number>([...Object.values(CloseCode), ...Object.values(LibraryCloseCode)])].sort());
+  });
+
+  it("docs/operations.md's log table lists exactly the log lines the code can write", () => {
+    const text = doc('docs/operations.md');
+    const start = text.indexOf('### Every log line');
+    expect(start, 'docs/operations.md has a "### Every log line" section').toBeGreaterThan(0);
+    const section = text.slice(start, text.indexOf('\n#', start + 5));
+    const documented = new Set<string>();
+    for (const m of section.matchAll(/^\| ([a-z, ]+) \| `((?:[^`]|\\`)+)` \|/gm)) {
+      const msg = normaliseMessage(m[2]!.replace(/\\\|/g, '|'));
+      const levels = m[1]!.split(',').map((l) => l.trim());
+      if (levels.some((l) => !['trace', 'debug', 'info', 'warn', 'error', 'fatal'].includes(l))) continue; // the header row
+      for (const level of levels) documented.add(`${level} ${msg}`);
+    }
+    const inCode = new Set(logMessages().map((l) => `${l.level} ${l.msg}`));
+    expect(inCode.size).toBeGreaterThan(50);
+    expect([...inCode].filter((x) => !documented.has(x)).sort(), 'log lines of the code missing from the table').toEqual([]);
+    expect([...documented].filter((x) => !inCode.has(x)).sort(), 'log lines in the table that no code writes').toEqual([]);
   });
 });

@@ -223,3 +223,16 @@ export const CloseCode = {
   /** No pong to the server's pings within the heartbeat interval. */
   HEARTBEAT_TIMEOUT: 4000,
 } as const;
+
+/**
+ * Close codes a client can see that Strand does not choose: the WebSocket library sends them
+ * (a frame that is not UTF-8, one over the hard size cap), or nobody does (the connection broke).
+ */
+export const LibraryCloseCode = {
+  /** A text frame that is not valid UTF-8 (the `ws` library closes). */
+  INVALID_PAYLOAD: 1007,
+  /** A frame over the library's hard cap (`ws`'s maxPayload). */
+  MESSAGE_TOO_BIG: 1009,
+  /** No close frame at all: the network, a crash. */
+  ABNORMAL: 1006,
+} as const;
