@@ -37,6 +37,8 @@ export interface MemberInfo {
   readonly ready: boolean;
   /** Shutting down: it hands its partitions over and takes none (the others leave it out of the plan). */
   readonly leaving: boolean;
+  /** The identity of the read model database it applies projections to (projections are shared only on one database). */
+  readonly database?: string;
 }
 
 /** A partition's claim: its owner and the revision a compare-and-swap must name. */
@@ -136,7 +138,7 @@ export class ClusterView {
   }
 
   /** Updates what this instance announces (sent with the next heartbeat). */
-  announce(update: Partial<Pick<MemberInfo, 'projections' | 'ready' | 'leaving'>>): void {
+  announce(update: Partial<Pick<MemberInfo, 'projections' | 'ready' | 'leaving' | 'database'>>): void {
     this.me = { ...this.me, ...update };
   }
 

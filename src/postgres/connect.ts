@@ -38,6 +38,9 @@ export function createPool(url: string, opts: PoolOptions = {}): pg.Pool {
     },
   });
   pool.on('error', () => undefined);
+  // A checked-out client whose connection dies between two queries emits 'error' too, and an
+  // unheard 'error' ends the process: its next query fails instead, and the caller handles that.
+  pool.on('connect', (client) => client.on('error', () => undefined));
   return pool;
 }
 

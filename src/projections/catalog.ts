@@ -18,6 +18,10 @@ CREATE TABLE IF NOT EXISTS public.strand_projections (
   views               text[] NOT NULL DEFAULT '{}',
   updated_at          timestamptz NOT NULL DEFAULT now()
 );
+CREATE TABLE IF NOT EXISTS public.strand_meta (
+  key   text PRIMARY KEY,
+  value text NOT NULL
+);
 CREATE TABLE IF NOT EXISTS public.strand_checkpoints (
   projection  text    NOT NULL,
   generation  integer NOT NULL,
@@ -111,10 +115,18 @@ export async function inTransaction<T>(pool: Pool, fn: (c: PoolClient) => Promis
 }
 
 /** Creates the bookkeeping tables (idempotent, safe with several instances starting at once). */
-export async function ensureBookkeeping(pool: Pool): Promise<void> {
-  await inTransaction(pool, async (c) => {
+/**
+ * Creates the bookkeeping tables when missing, and returns the database's identity: a random
+ * ID kept in it, the same for every instance that uses this database (instances of one
+ * deployment share the projections only with those on the same database).
+ */
+export async function ensureBookkeeping(pool: Pool): Promise<string> {
+  return inTransaction(pool, async (c) => {
     await c.query('SELECT pg_advisory_xact_lock($1)', [BOOKKEEPING_LOCK]);
     await c.query(BOOKKEEPING);
+    await c.query("INSERT INTO public.strand_meta (key, value) VALUES ('database_id', gen_random_uuid()::text) ON CONFLICT (key) DO NOTHING");
+    const r = await c.query("SELECT value FROM public.strand_meta WHERE key = 'database_id'");
+    return (r.rows[0] as { value: string }).value;
   });
 }
 

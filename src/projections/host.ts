@@ -64,8 +64,8 @@ export interface ReadSideOptions extends RunnerOptions {
 export interface ProjectionPeers {
   readonly self: string;
   live(role?: string): string[];
-  member(id: string): { readonly projections: readonly string[]; readonly leaving: boolean } | undefined;
-  announce(update: { projections: readonly string[] }): void;
+  member(id: string): { readonly projections: readonly string[]; readonly leaving: boolean; readonly database?: string | undefined } | undefined;
+  announce(update: { projections?: readonly string[]; database?: string }): void;
   onChange(fn: () => void): () => void;
 }
 
@@ -128,7 +128,8 @@ export class ReadSide {
         }
       },
     });
-    await ensureBookkeeping(this.pool);
+    this.database = await ensureBookkeeping(this.pool);
+    this.peers?.announce({ database: this.database });
     this.started = true;
     for (const p of this.projections) {
       // A consumer that cannot be created yet (a cluster electing its leaders) is tried again by supervision.
@@ -370,7 +371,8 @@ export class ReadSide {
   private placement(name: string): 'here' | 'there' | 'anyone' {
     const peers = this.peers;
     if (!peers) return 'anyone';
-    const members = peers.live('projections').filter((m) => !peers.member(m)?.leaving);
+    // Only instances on this database share its projections (another deployment may share the NATS).
+    const members = peers.live('projections').filter((m) => !peers.member(m)?.leaving && (m === peers.self || peers.member(m)?.database === this.database));
     const held = new Map<string, string | undefined>();
     for (const m of members) for (const x of peers.member(m)?.projections ?? []) if (!held.has(x)) held.set(x, m);
     const target = spread(members, this.projections.map((p) => p.name)).get(name);
@@ -386,6 +388,9 @@ export class ReadSide {
     }
     return Date.now() - since.at > PLACEMENT_GRACE_MS ? 'anyone' : 'there';
   }
+
+  /** The identity of the database (see ensureBookkeeping), once started. */
+  private database: string | undefined;
 
   /** When each projection was last planned for another instance that did not run it yet. */
   private readonly placedAt = new Map<string, { target: string; at: number }>();
