@@ -22,6 +22,7 @@ import { DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type
 import { Kvm, type KV } from '@nats-io/kv';
 import type { NatsConnection } from '@nats-io/nats-core';
 import type { Logger } from 'pino';
+import { NotReadyYet } from '../nats/connect.js';
 
 /** A member as it announces itself. */
 export interface MemberInfo {
@@ -88,6 +89,7 @@ export class ClusterView {
   private lastBeat = 0;
   /** performance.now() of the last heartbeat that failed. */
   private lastFailure = -Infinity;
+  private lastError: unknown;
   /** performance.now() when this instance's own member key last came back through the watcher. */
   private seenSelf = 0;
   private beating: Promise<void> | undefined;
@@ -116,8 +118,16 @@ export class ClusterView {
     const view = new ClusterView(nc, kv, o, me, log, onBeat);
     await view.watch();
     await view.loaded;
-    await view.beat();
-    if (view.lastBeat === 0) throw new Error(`cluster bucket ${o.bucket}: the first heartbeat was not acknowledged`);
+    // Right after the bucket is created on a cluster, its stream may still be electing a leader
+    // (the put answers "no responders"): try a few times before handing the wait back to the caller.
+    for (let n = 0; n < 6 && view.lastBeat === 0; n++) {
+      if (n > 0) await new Promise((r) => setTimeout(r, 250 * 2 ** (n - 1)));
+      await view.beat();
+    }
+    if (view.lastBeat === 0) {
+      view.stop();
+      throw new NotReadyYet(`cluster bucket ${o.bucket}: the first heartbeat was not acknowledged`, view.lastError);
+    }
     view.heartbeat = setInterval(() => void view.beat(), o.heartbeatMs);
     view.heartbeat.unref();
     view.liveness = setInterval(() => view.check(), Math.max(50, Math.floor(o.heartbeatMs / 4)));
@@ -296,6 +306,7 @@ export class ClusterView {
         this.lastBeat = performance.now();
         this.onBeat?.(true);
       } catch (err) {
+        this.lastError = err;
         this.lastFailure = performance.now();
         this.onBeat?.(false);
         this.log.warn({ err }, 'cluster heartbeat not acknowledged');

@@ -39,6 +39,14 @@ export function badNatsServer(entry: string): string | undefined {
   return undefined;
 }
 
+/** Something the broker should soon be able to do is not done yet (e.g. a new bucket's first write while its stream elects a leader): waits retry it. */
+export class NotReadyYet extends Error {
+  constructor(message: string, cause?: unknown) {
+    super(message, { cause });
+    this.name = 'NotReadyYet';
+  }
+}
+
 /** Start was abandoned because the process was asked to stop. */
 export class StartAborted extends Error {
   constructor(what: string) {
@@ -77,7 +85,7 @@ export async function untilReady<T>(what: string, attempt: () => Promise<T>, tra
 
 /** Whether a JetStream API failure is one a wait can fix: a timeout, no responders, or a 503 (no leader yet, still starting). */
 export function isTransientJetStream(err: unknown): boolean {
-  if (err instanceof TimeoutError || err instanceof NoRespondersError) return true;
+  if (err instanceof TimeoutError || err instanceof NoRespondersError || err instanceof NotReadyYet) return true;
   if (err instanceof JetStreamApiError) return err.status === 503 || err.code === 10009; // 10009: not the leader (an election is under way)
   const name = (err as { name?: unknown } | null)?.name;
   // nats.js names some of its errors without exporting a class for every one.
