@@ -25,10 +25,11 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import type { Msg, NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { summarizeCpuProfile } from './cpuprofile.js';
-import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
+import { checkReply, cpuProfArgs, deleteStream, startRawService, startStrandService } from './command-loop.js';
+import { stopAllServices, type ServiceProcess } from './service.js';
 import {
   LeanRequester,
   fmt1,
@@ -65,7 +66,6 @@ const ROLES = args.get('roles') ?? 'commands';
 type Kind = 'raw' | 'strand';
 const RAW_STREAM = 'RAW';
 const STRAND_STREAM = 'EVENTS';
-const decoder = new TextDecoder();
 
 /** The i-th command of a plan over `ids` aggregates: round 0 creates each, later rounds reassign. */
 function planner(kind: Kind, prefix: string, ids: number): (i: number) => { subject: string; body: string } {
@@ -80,27 +80,6 @@ function planner(kind: Kind, prefix: string, ids: number): (i: number) => { subj
         : `{"assignedTo":"user-${round}-${n % 100}"}`;
     return { subject: kind === 'raw' ? `rawcmd.${id}.${command}` : `cmd.task.${id}.${command}`, body };
   };
-}
-
-function checkReply(m: Msg): string | undefined {
-  if (m.headers?.code === 503) return 'no responders';
-  let r: { ok?: boolean; error?: { code?: string; message?: string } };
-  try {
-    r = JSON.parse(decoder.decode(m.data)) as typeof r;
-  } catch {
-    return `unreadable reply ${decoder.decode(m.data).slice(0, 200)}`;
-  }
-  return r.ok === true ? undefined : `${r.error?.code ?? '?'}: ${r.error?.message ?? decoder.decode(m.data).slice(0, 200)}`;
-}
-
-async function deleteStream(jsm: JetStreamManager, name: string): Promise<void> {
-  try {
-    await jsm.streams.delete(name);
-  } catch (err) {
-    const e = err as { name?: string; api_error?: { err_code?: number } };
-    if (e.name === 'StreamNotFoundError' || e.api_error?.err_code === 10059) return;
-    throw err;
-  }
 }
 
 async function freshRawStream(jsm: JetStreamManager): Promise<void> {
@@ -122,38 +101,6 @@ interface RunResult extends OpenLoopResult {
   readonly serviceLogLines: number;
   /** CPU microseconds per measured command: the service, nats-server, this load generator. */
   readonly cpu?: { service: number; server: number; load: number };
-}
-
-async function startRaw(url: string, profileDir: string | undefined): Promise<ServiceProcess> {
-  const nodeArgs = profileDir ? ['--cpu-prof', '--cpu-prof-dir', path.join(profileDir, `${Date.now()}-raw`)] : [];
-  const svc = startService('raw-service', 'bench/raw-service.ts', { NATS_URL: url }, nodeArgs);
-  let ready = false;
-  svc.child.stdout!.on('data', (s: string) => {
-    if (s.includes('ready')) ready = true;
-  });
-  await waitReady(svc, () => ready, 30_000);
-  return svc;
-}
-
-async function startStrandService(url: string, requester: LeanRequester, run: number, profileDir: string | undefined, dataDir: string): Promise<ServiceProcess> {
-  const nodeArgs = profileDir ? ['--cpu-prof', '--cpu-prof-dir', path.join(profileDir, `${Date.now()}-strand`)] : [];
-  const svc = startService(
-    'strand (src/main.ts)',
-    'src/main.ts',
-    // Its own data directory (the embedded PostgreSQL lives there), never the repository's .strand.
-    { NATS_URL: url, PORT: '0', LOG_LEVEL: 'warn', STRAND_STREAM: STRAND_STREAM, STRAND_ROLES: ROLES, STRAND_DATA_DIR: dataDir },
-    nodeArgs,
-  );
-  let probe = 0;
-  await waitReady(svc, async () => {
-    try {
-      const m = await requester.request(`cmd.task.warmup-${run}-${probe++}.CreateTask`, '{"title":"ready?","memberId":"m","assignedTo":"u"}', 1_000);
-      return m.headers?.code !== 503 && checkReply(m) === undefined;
-    } catch {
-      return false;
-    }
-  });
-  return svc;
 }
 
 /**
@@ -201,12 +148,19 @@ async function oneRun(kind: Kind, run: number, url: string, serverPid: number, j
   try {
     if (kind === 'raw') {
       await freshRawStream(jsm);
-      svc = await startRaw(url, profileDir);
+      svc = await startRawService(url, cpuProfArgs(profileDir, `${Date.now()}-raw`));
     } else {
       // Each Strand run starts on an empty stream too (the service recreates it).
       await deleteStream(jsm, STRAND_STREAM);
       await deleteStream(jsm, `KV_${STRAND_STREAM}_snapshots`);
-      svc = await startStrandService(url, requester, run, profileDir, dataDir!);
+      svc = await startStrandService(
+        'strand (src/main.ts)',
+        // Its own data directory (the embedded PostgreSQL lives there), never the repository's .strand.
+        { NATS_URL: url, PORT: '0', LOG_LEVEL: 'warn', STRAND_STREAM: STRAND_STREAM, STRAND_ROLES: ROLES, STRAND_DATA_DIR: dataDir! },
+        requester,
+        `warmup-${run}-`,
+        cpuProfArgs(profileDir, `${Date.now()}-strand`),
+      );
     }
     if (WARMUP > 0) {
       const warmIds = Math.max(1, Math.min(AGGREGATES, Math.ceil(WARMUP / 2)));

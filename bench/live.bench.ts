@@ -58,7 +58,7 @@
  * under `bash -c 'ulimit -n …'` (up to the hard limit); the children inherit it.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
@@ -85,6 +85,7 @@ import {
   machineLine,
   parseArgs,
   percentile,
+  postgresCpuMicros,
   processCpuMicros,
   sleep,
   startBenchServer,
@@ -178,23 +179,6 @@ function openFilesLimitOf(pid: number): string {
   } catch {
     return '?';
   }
-}
-
-/** CPU time of the PostgreSQL postmaster and all its children (backends, walwriter, …), microseconds. */
-function postgresCpuMicros(postmaster: number): number | undefined {
-  let total = processCpuMicros(postmaster);
-  if (total === undefined) return undefined;
-  for (const entry of readdirSync('/proc')) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === postmaster) total += processCpuMicros(Number(entry)) ?? 0;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return total;
 }
 
 const MB = (b: number): string => `${fmt1(b / 2 ** 20)} MB`;

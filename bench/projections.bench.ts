@@ -61,6 +61,7 @@ import { ViewReader } from '../src/projections/views.js';
 import { watchCheckpoints } from './checkpoints.js';
 import { formatStatements, timeStatements, type StatementStat } from './pg-timing.js';
 import { summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
+import { checkReply, cpuProfArgs, deleteStream, startStrandService } from './command-loop.js';
 import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
 import {
   LeanRequester,
@@ -74,6 +75,7 @@ import {
   median,
   parseArgs,
   percentile,
+  postgresCpuMicros,
   processCpuMicros,
   sleep,
   startBenchServer,
@@ -131,16 +133,6 @@ interface Ctx {
   readonly profileDir: string | undefined;
 }
 
-async function deleteStream(jsm: JetStreamManager, name: string): Promise<void> {
-  try {
-    await jsm.streams.delete(name);
-  } catch (err) {
-    const e = err as { name?: string; api_error?: { err_code?: number } };
-    if (e.name === 'StreamNotFoundError' || e.api_error?.err_code === 10059) return;
-    throw err;
-  }
-}
-
 async function freshStream(ctx: Ctx): Promise<void> {
   await deleteStream(ctx.jsm, STREAM);
   await deleteStream(ctx.jsm, `KV_${STREAM}_snapshots`);
@@ -169,23 +161,6 @@ function pct(sorted: Float64Array, p: number): number {
 }
 
 const quiet = pino({ level: 'warn' });
-
-/** CPU time of the PostgreSQL server: the postmaster and its current children (backends, WAL writer, …), from /proc. */
-async function postgresCpuMicros(postmaster: number): Promise<number | undefined> {
-  let total = processCpuMicros(postmaster);
-  if (total === undefined) return undefined;
-  for (const entry of await fs.readdir('/proc').catch(() => [] as string[])) {
-    if (!/^\d+$/.test(entry)) continue;
-    try {
-      const stat = await fs.readFile(`/proc/${entry}/stat`, 'utf8');
-      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
-      if (ppid === postmaster) total += processCpuMicros(Number(entry)) ?? 0;
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return total;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Part 1: projection throughput
@@ -451,7 +426,7 @@ async function part1(ctx: Ctx): Promise<void> {
 // Part 2: lag under a steady command load
 
 function profileArgs(ctx: Ctx, name: string): string[] {
-  return ctx.profileDir ? ['--cpu-prof', '--cpu-prof-dir', path.join(ctx.profileDir, name)] : [];
+  return cpuProfArgs(ctx.profileDir, name);
 }
 
 /** Services started in part 2, for their logs at the end. */
@@ -490,16 +465,9 @@ async function startReadSide(ctx: Ctx, url: string): Promise<{ svc: ServiceProce
   return { svc, port: Number(m[1]), watch: m[2]! };
 }
 
-function commandProblem(m: Msg): string | undefined {
-  if (m.headers?.code === 503) return 'no responders';
-  const r = JSON.parse(decoder.decode(m.data)) as { ok?: boolean; error?: { code?: string; message?: string } };
-  return r.ok === true ? undefined : `${r.error?.code ?? '?'}: ${r.error?.message ?? ''}`;
-}
-
 async function startCommandService(ctx: Ctx, url: string, requester: LeanRequester): Promise<ServiceProcess> {
-  const svc = startService(
+  const svc = await startStrandService(
     'command service (src/main.ts)',
-    'src/main.ts',
     {
       NATS_URL: ctx.bench.url,
       DATABASE_URL: url,
@@ -509,18 +477,11 @@ async function startCommandService(ctx: Ctx, url: string, requester: LeanRequest
       STRAND_ROLES: 'commands',
       STRAND_DATA_DIR: path.join(ctx.tmp, 'command-data'),
     },
+    requester,
+    'ready-',
     profileArgs(ctx, 'commands'),
   );
   liveServices.push(svc);
-  let probe = 0;
-  await waitReady(svc, async () => {
-    try {
-      const m = await requester.request(`cmd.task.ready-${probe++}.CreateTask`, '{"title":"ready?","memberId":"m","assignedTo":"u"}', 1_000);
-      return commandProblem(m) === undefined;
-    } catch {
-      return false;
-    }
-  });
   return svc;
 }
 
@@ -589,7 +550,7 @@ async function part2(ctx: Ctx): Promise<LoadOutcome> {
     read: processCpuMicros(readSide.svc.child.pid),
     cmd: processCpuMicros(commandService.child.pid),
     nats: processCpuMicros(ctx.bench.server.pid),
-    pg: await postgresCpuMicros(ctx.pgServer.pid),
+    pg: postgresCpuMicros(ctx.pgServer.pid),
     load: process.cpuUsage(),
   };
   const metrics0 = await batchMetrics(readSide.port);
@@ -617,7 +578,7 @@ async function part2(ctx: Ctx): Promise<LoadOutcome> {
     requester.send(subject, encoder.encode(body), (m) => {
       replyAt[i] = performance.now();
       replies++;
-      const problem = commandProblem(m);
+      const problem = checkReply(m);
       if (problem !== undefined) {
         failures++;
         firstFailure ??= `${subject}: ${problem}`;
@@ -649,7 +610,7 @@ async function part2(ctx: Ctx): Promise<LoadOutcome> {
     read: processCpuMicros(readSide.svc.child.pid),
     cmd: processCpuMicros(commandService.child.pid),
     nats: processCpuMicros(ctx.bench.server.pid),
-    pg: await postgresCpuMicros(ctx.pgServer.pid),
+    pg: postgresCpuMicros(ctx.pgServer.pid),
   };
   let maxSeq = 0;
   for (let i = 0; i < total; i++) if (seqOf[i]! > maxSeq) maxSeq = seqOf[i]!;

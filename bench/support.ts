@@ -7,7 +7,7 @@ import pg from 'pg';
  *
  * Nothing here imports Strand's own code except the nats-server launcher.
  */
-import { readFileSync } from 'node:fs';
+import { readFileSync, readdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -282,6 +282,42 @@ export function processCpuMicros(pid: number | undefined): number | undefined {
 
 /** USER_HZ: 100 on every Linux this runs on (getconf CLK_TCK). */
 const CLOCK_TICKS = 100;
+
+/** CPU time so far of each current child of `parent` (pid -> microseconds), from /proc. */
+export function childrenCpuMicros(parent: number): Map<number, number> {
+  const out = new Map<number, number>();
+  let entries: string[];
+  try {
+    entries = readdirSync('/proc');
+  } catch {
+    return out;
+  }
+  for (const entry of entries) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (ppid !== parent) continue;
+      const cpu = processCpuMicros(Number(entry));
+      if (cpu !== undefined) out.set(Number(entry), cpu);
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
+/**
+ * CPU time of a PostgreSQL server: the postmaster and its current children (backends, WAL
+ * writer, …), microseconds; undefined where there is no /proc.
+ */
+export function postgresCpuMicros(postmaster: number): number | undefined {
+  const own = processCpuMicros(postmaster);
+  if (own === undefined) return undefined;
+  let total = own;
+  for (const cpu of childrenCpuMicros(postmaster).values()) total += cpu;
+  return total;
+}
 
 /** The machine, for the printed header. */
 export function machineLine(): string {
