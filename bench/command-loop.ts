@@ -35,6 +35,22 @@ export async function deleteStream(jsm: JetStreamManager, name: string): Promise
   }
 }
 
+/** The raw loop's stream, `RAW` on `rawevt.>`, empty. */
+export const RAW_STREAM = 'RAW';
+
+export async function freshRawStream(jsm: JetStreamManager): Promise<void> {
+  await deleteStream(jsm, RAW_STREAM);
+  await jsm.streams.add({
+    name: RAW_STREAM,
+    subjects: ['rawevt.>'],
+    storage: 'file' as never,
+    retention: 'limits' as never,
+    num_replicas: 1,
+    duplicate_window: 120_000 * 1_000_000,
+    allow_direct: true,
+  });
+}
+
 /** `node --cpu-prof` into `<dir>/<name>` when profiling, else nothing. */
 export function cpuProfArgs(dir: string | undefined, name: string): string[] {
   return dir ? ['--cpu-prof', '--cpu-prof-dir', path.join(dir, name)] : [];

@@ -28,7 +28,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { summarizeCpuProfile } from './cpuprofile.js';
-import { checkReply, cpuProfArgs, deleteStream, startRawService, startStrandService } from './command-loop.js';
+import { checkReply, cpuProfArgs, deleteStream, freshRawStream, startRawService, startStrandService } from './command-loop.js';
 import { stopAllServices, type ServiceProcess } from './service.js';
 import {
   LeanRequester,
@@ -64,7 +64,6 @@ const TIME_LIMIT_S = intArg(args, 'time-limit', 290);
 const ROLES = args.get('roles') ?? 'commands';
 
 type Kind = 'raw' | 'strand';
-const RAW_STREAM = 'RAW';
 const STRAND_STREAM = 'EVENTS';
 
 /** The i-th command of a plan over `ids` aggregates: round 0 creates each, later rounds reassign. */
@@ -80,19 +79,6 @@ function planner(kind: Kind, prefix: string, ids: number): (i: number) => { subj
         : `{"assignedTo":"user-${round}-${n % 100}"}`;
     return { subject: kind === 'raw' ? `rawcmd.${id}.${command}` : `cmd.task.${id}.${command}`, body };
   };
-}
-
-async function freshRawStream(jsm: JetStreamManager): Promise<void> {
-  await deleteStream(jsm, RAW_STREAM);
-  await jsm.streams.add({
-    name: RAW_STREAM,
-    subjects: ['rawevt.>'],
-    storage: 'file' as never,
-    retention: 'limits' as never,
-    num_replicas: 1,
-    duplicate_window: 120_000 * 1_000_000,
-    allow_direct: true,
-  });
 }
 
 interface RunResult extends OpenLoopResult {

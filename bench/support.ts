@@ -9,6 +9,7 @@ import pg from 'pg';
  */
 import { readFileSync, readdirSync } from 'node:fs';
 import fs from 'node:fs/promises';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { nuid, type Msg, type MsgHdrs, type NatsConnection, type Subscription } from '@nats-io/nats-core';
@@ -337,6 +338,19 @@ export function runBenchMain(main: () => Promise<number>): void {
   );
 }
 
+/** A TCP port free on 127.0.0.1 right now (for a child service that must be told its port). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once('error', reject);
+    srv.listen(0, '127.0.0.1', () => {
+      const a = srv.address();
+      const port = typeof a === 'object' && a ? a.port : 0;
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
 /** A throwaway embedded PostgreSQL for a benchmark, in a temp folder, with an admin connection. */
 export interface BenchDatabase {
   readonly tmp: string;
@@ -346,7 +360,7 @@ export interface BenchDatabase {
 }
 
 /** Starts one; the folder holds the cluster and whatever else the benchmark puts there. */
-export async function startBenchDatabase(prefix: string): Promise<BenchDatabase> {
+export async function startBenchDatabase(prefix: string, settings?: Record<string, string | number | boolean>): Promise<BenchDatabase> {
   const tmp = await fs.mkdtemp(path.join(os.tmpdir(), prefix));
   // As root the embedded PostgreSQL runs as the OS user `postgres`, which must be able to enter it.
   await fs.chmod(tmp, 0o711);
@@ -358,7 +372,7 @@ export async function startBenchDatabase(prefix: string): Promise<BenchDatabase>
     await fs.rm(tmp, { recursive: true, force: true }).catch(() => undefined);
   };
   try {
-    pgServer = await startEmbeddedPostgres({ dataDir: path.join(tmp, 'pg'), database: 'postgres', persistent: false });
+    pgServer = await startEmbeddedPostgres({ dataDir: path.join(tmp, 'pg'), database: 'postgres', persistent: false, ...(settings ? { settings } : {}) });
     admin = new pg.Client({ connectionString: pgServer.url, application_name: 'bench-admin' });
     admin.on('error', () => undefined);
     await admin.connect();
