@@ -21,8 +21,9 @@
  * seq − when the command's reply arrived (the event was appended by then).
  *
  * Per system: a warmup (--warmup-seconds at 1,000/s), a step at the fixed --rate (2,000/s), then
- * the saturation search: steps from --start-rate up by --factor until one fails, then --refine
- * bisections between the last pass and the first failure. A step passes when every command
+ * the saturation search: steps from --start-rate up by --factor until one fails (down until one
+ * passes when the first fails), then --refine bisections between the last pass and the first
+ * failure. A step passes when every command
  * succeeded, the replies kept up with the offered rate (>= 95 %), no more than --max-outstanding
  * were in flight, command p99 <= --max-p99-ms (1,000) and every projection's lag p99 <=
  * --max-lag-ms (1,000) and it caught up within 10 s of the last reply. Saturation = the highest
@@ -37,7 +38,7 @@
  *
  *   npm run bench:pipeline -- [--sync default|always] [--systems raw,strand,commands]
  *       [--rate 2000] [--rate-seconds 8] [--seconds 5] [--warmup-seconds 3] [--start-rate 2000]
- *       [--factor 1.5] [--refine 1] [--max-rate 40000] [--max-steps 8] [--max-lag-ms 1000]
+ *       [--factor 1.5] [--refine 1] [--max-rate 40000] [--min-rate 200] [--max-steps 8] [--max-lag-ms 1000]
  *       [--max-p99-ms 1000] [--max-outstanding 4000] [--no-pgss] [--time-limit 600]
  */
 import fs from 'node:fs/promises';
@@ -89,6 +90,7 @@ if (!(FACTOR > 1)) throw new Error('--factor must be > 1');
 const REFINE = intArg(args, 'refine', 1, 0);
 const MAX_RATE = intArg(args, 'max-rate', 40_000);
 const MAX_STEPS = intArg(args, 'max-steps', 8);
+const MIN_RATE = intArg(args, 'min-rate', 200);
 const MAX_LAG_MS = intArg(args, 'max-lag-ms', 1_000);
 const MAX_P99_MS = intArg(args, 'max-p99-ms', 1_000);
 const MAX_OUTSTANDING = intArg(args, 'max-outstanding', 4_000);
@@ -105,7 +107,12 @@ const STREAM = 'EVENTS';
 const encoder = new TextEncoder();
 const decoder = new TextDecoder();
 
-/** Which projection a statement belongs to, by the tables it names (first match). */
+/**
+ * Which projection a statement belongs to: Strand's name their projection's schema
+ * (`proj_<name>_g<generation>`) or, for a checkpoint, pass its name as the first argument of
+ * strand_advance (a literal in pg_stat_activity, a parameter once pg_stat_statements has
+ * normalised it); the raw consumer's by the tables they name (first match).
+ */
 const STATEMENT_OWNER: [RegExp, string][] = [
   [/raw_checkpoints/, 'raw consumer (all read models, one statement)'],
   [/member_task_history|task_member\b/, 'member_task_history'],
@@ -116,6 +123,8 @@ const STATEMENT_OWNER: [RegExp, string][] = [
   [/strand_advance|strand_checkpoints/, 'checkpoints (all projections)'],
 ];
 function ownerOf(text: string): string | undefined {
+  const m = /strand_advance\('([^']+)'/.exec(text) ?? /"proj_([a-z0-9_]+?)_g\d+"/.exec(text);
+  if (m) return m[1]!;
   for (const [re, name] of STATEMENT_OWNER) if (re.test(text)) return name;
   return undefined;
 }
@@ -318,6 +327,8 @@ interface StepResult {
 interface Driver {
   readonly sys: System;
   next: number;
+  /** The highest seq a reply named so far. */
+  lastSeq: number;
   readonly toAssign: string[];
   readonly advances: Map<string, { t: number[]; seq: number[] }>;
   readonly sub?: Subscription;
@@ -345,7 +356,16 @@ function driver(ctx: Ctx, sys: System): Driver {
       },
     });
   }
-  return { sys, next: 0, toAssign: [], advances, ...(sub ? { sub } : {}) };
+  return { sys, next: 0, lastSeq: 0, toAssign: [], advances, ...(sub ? { sub } : {}) };
+}
+
+/** Waits (up to 30 s) until every projection's feed has reached the last seq a reply named. */
+async function waitCaughtUp(d: Driver): Promise<void> {
+  if (!d.sys.feed) return;
+  for (const end = Date.now() + 30_000; Date.now() < end; ) {
+    if (LAG_PROJECTIONS.every((n) => (d.advances.get(n)?.seq.at(-1) ?? 0) >= d.lastSeq)) return;
+    await sleep(20);
+  }
 }
 
 async function pgActivity(ctx: Ctx, database: string): Promise<Map<number, string>> {
@@ -402,6 +422,7 @@ async function runStep(ctx: Ctx, d: Driver, rate: number, seconds: number): Prom
         return;
       }
       seqOf[i] = Number(/"seq":(\d+)/.exec(text)?.[1] ?? 0);
+      if (seqOf[i]! > d.lastSeq) d.lastSeq = seqOf[i]!;
       if (command === 'CreateTask') d.toAssign.push(id);
     });
   };
@@ -560,29 +581,35 @@ async function runSystem(ctx: Ctx, kind: Kind): Promise<SystemResult> {
     if (WARMUP_SECONDS > 0) {
       const w = await runStep(ctx, d, 1_000, WARMUP_SECONDS);
       console.log(`  warmup: ${fmtInt(w.commands)} commands at 1,000/s ${w.pass ? 'ok' : `(${w.problems.join('; ')})`}`);
+      await waitCaughtUp(d);
     }
     const fixed = await runStep(ctx, d, FIXED_RATE, FIXED_SECONDS);
     console.log(stepLine(kind, fixed) + '  [fixed rate]');
     console.log(detail(fixed));
     let best: StepResult | undefined;
     let firstFail: StepResult | undefined;
+    // Up by --factor from --start-rate until a step fails; when the first one fails, down until one passes.
     let rate = START_RATE;
-    for (let i = 0; i < MAX_STEPS && rate <= MAX_RATE; i++) {
+    for (let i = 0; i < MAX_STEPS && rate <= MAX_RATE && rate >= MIN_RATE; i++) {
       const s = await runStep(ctx, d, rate, STEP_SECONDS);
       console.log(stepLine(kind, s));
-      if (!s.pass) {
-        firstFail = s;
-        break;
-      }
-      best = s;
-      rate = Math.round(rate * FACTOR);
       await sleep(500);
+      if (s.pass) {
+        best = s;
+        if (firstFail) break;
+        rate = Math.round(rate * FACTOR);
+      } else {
+        firstFail = s;
+        if (best) break;
+        await waitCaughtUp(d); // what the failed step left behind must not count against the next
+        rate = Math.round(rate / FACTOR);
+      }
     }
     for (let i = 0; i < REFINE && firstFail; i++) {
-      const lo = best?.rate ?? START_RATE / FACTOR;
-      const r = Math.round(Math.sqrt(lo * firstFail.rate));
-      if (r <= lo || r >= firstFail.rate) break;
-      await sleep(1_000); // let the failed step's backlog settle
+      if (!best) break;
+      const r = Math.round(Math.sqrt(best.rate * firstFail.rate));
+      if (r <= best.rate || r >= firstFail.rate) break;
+      await waitCaughtUp(d);
       const s = await runStep(ctx, d, r, STEP_SECONDS);
       console.log(stepLine(kind, s) + '  [refine]');
       if (s.pass) best = s;

@@ -60,9 +60,11 @@ tlv_new AS (
     member_id = EXCLUDED.member_id, created_at = EXCLUDED.created_at, version = EXCLUDED.version, updated_at = EXCLUDED.updated_at
   RETURNING t.*),
 tlv_upd AS (
-  UPDATE task_list_view AS t SET assigned_to = x.a, version = t.version + x.n, updated_at = x.u
-  FROM unnest($8::text[], $9::text[], $10::int[], $11::timestamptz[]) AS x(id, a, n, u)
-  WHERE t.task_id = x.id
+  -- INSERT … ON CONFLICT, not UPDATE … FROM unnest(): a prepared statement's generic plan does
+  -- not know the array's length and hash-joins a sequential scan of the whole table.
+  INSERT INTO task_list_view AS t (task_id, assigned_to, version, updated_at)
+  SELECT * FROM unnest($8::text[], $9::text[], $10::int[], $11::timestamptz[])
+  ON CONFLICT (task_id) DO UPDATE SET assigned_to = EXCLUDED.assigned_to, version = t.version + EXCLUDED.version, updated_at = EXCLUDED.updated_at
   RETURNING t.*),
 tm AS (
   INSERT INTO task_member AS t (task_id, member_id, assigned_to)
