@@ -27,7 +27,7 @@ import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
-import { summarizeCpuProfile } from './cpuprofile.js';
+import { mainThreadProfile, summarizeCpuProfile } from './cpuprofile.js';
 import { checkReply, cpuProfArgs, deleteStream, freshRawStream, startRawService, startStrandService } from './command-loop.js';
 import { stopAllServices, type ServiceProcess } from './service.js';
 import {
@@ -229,9 +229,8 @@ async function main(): Promise<number> {
       // One directory per service process; its main thread's profile is CPU.<date>.<time>.<pid>.0.<n>.cpuprofile
       // (tsx's module-loader worker writes another, skipped).
       for (const dir of (await fs.readdir(profileDir)).sort()) {
-        const main = (await fs.readdir(path.join(profileDir, dir))).find((f) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f));
-        if (!main) continue;
-        const file = path.join(profileDir, dir, main);
+        const file = await mainThreadProfile(path.join(profileDir, dir));
+        if (!file) continue;
         console.log(`\nCPU profile of the ${dir.endsWith('raw') ? 'raw' : 'Strand'} service (whole process life, incl. start and warmup): ${file}`);
         console.log(summarizeCpuProfile(JSON.parse(await fs.readFile(file, 'utf8')), 30));
       }

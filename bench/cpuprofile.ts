@@ -5,6 +5,7 @@
  *   node --import tsx bench/cpuprofile.ts <file.cpuprofile> [top]
  */
 import fs from 'node:fs';
+import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 interface CpuNode {
@@ -20,6 +21,21 @@ export interface CpuProfile {
   endTime: number;
   samples?: number[];
   timeDeltas?: number[];
+}
+
+/**
+ * The main thread's profile in a `--cpu-prof-dir` (CPU.<date>.<time>.<pid>.0.<n>.cpuprofile;
+ * tsx's module-loader worker writes another, skipped), or undefined.
+ */
+export async function mainThreadProfile(dir: string): Promise<string | undefined> {
+  let files: string[];
+  try {
+    files = await fs.promises.readdir(dir);
+  } catch {
+    return undefined;
+  }
+  const main = files.find((f) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f));
+  return main ? path.join(dir, main) : undefined;
 }
 
 /** A short name for where a function lives: `src/actor/system.ts`, `@nats-io/nats-core`, `node:internal/…`. */

@@ -39,7 +39,10 @@
  *   npm run bench:pipeline -- [--sync default|always] [--systems raw,strand,commands]
  *       [--rate 2000] [--rate-seconds 8] [--seconds 5] [--warmup-seconds 3] [--start-rate 2000]
  *       [--factor 1.5] [--refine 1] [--max-rate 40000] [--min-rate 200] [--max-steps 8] [--max-lag-ms 1000]
- *       [--max-p99-ms 1000] [--max-outstanding 4000] [--no-pgss] [--time-limit 600]
+ *       [--max-p99-ms 1000] [--max-outstanding 4000] [--no-pgss] [--profile] [--time-limit 600]
+ *
+ * --profile runs the Strand process and the raw consumer under `node --cpu-prof` and prints the
+ * top self-time functions of each (bench/cpuprofile.ts); the profiles are kept in a temp folder.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -50,7 +53,8 @@ import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { projections } from '../actors/index.js';
-import { checkReply, deleteStream, freshRawStream, startRawService, startStrandService } from './command-loop.js';
+import { mainThreadProfile, summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
+import { checkReply, cpuProfArgs, deleteStream, freshRawStream, startRawService, startStrandService } from './command-loop.js';
 import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
 import {
   LeanRequester,
@@ -95,6 +99,7 @@ const MAX_LAG_MS = intArg(args, 'max-lag-ms', 1_000);
 const MAX_P99_MS = intArg(args, 'max-p99-ms', 1_000);
 const MAX_OUTSTANDING = intArg(args, 'max-outstanding', 4_000);
 const PGSS = !args.has('no-pgss');
+const PROFILE = args.has('profile');
 const TIME_LIMIT_S = intArg(args, 'time-limit', 600);
 const CATCH_UP_MS = 10_000;
 
@@ -146,6 +151,8 @@ interface Ctx {
   readonly jsm: JetStreamManager;
   readonly db: BenchDatabase;
   readonly requester: LeanRequester;
+  /** --profile: each service runs under `node --cpu-prof` into a folder of its own here. */
+  readonly profileDir: string | undefined;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -163,7 +170,7 @@ async function createDatabase(ctx: Ctx, name: string): Promise<string> {
 async function startRaw(ctx: Ctx): Promise<System> {
   const url = await createDatabase(ctx, 'pipeline_raw');
   await freshRawStream(ctx.jsm);
-  const consumer = startService('raw pipeline consumer', 'bench/raw-pipeline-consumer.ts', { NATS_URL: ctx.bench.url, DATABASE_URL: url });
+  const consumer = startService('raw pipeline consumer', 'bench/raw-pipeline-consumer.ts', { NATS_URL: ctx.bench.url, DATABASE_URL: url }, cpuProfArgs(ctx.profileDir, 'raw-consumer'));
   let ready = false;
   consumer.child.stdout!.on('data', (s: string) => {
     if (s.includes('ready')) ready = true;
@@ -249,6 +256,7 @@ async function startStrand(ctx: Ctx, kind: 'strand' | 'commands'): Promise<Syste
       },
       ctx.requester,
       `probe-${kind}-`,
+      cpuProfArgs(ctx.profileDir, kind),
     );
     if (kind === 'strand') live = await openLiveClient(port);
   } catch (err) {
@@ -623,6 +631,13 @@ async function runSystem(ctx: Ctx, kind: Kind): Promise<SystemResult> {
   } finally {
     d.sub?.unsubscribe();
     await sys.stop();
+    if (ctx.profileDir) {
+      const file = await mainThreadProfile(path.join(ctx.profileDir, kind === 'raw' ? 'raw-consumer' : kind));
+      if (file) {
+        console.log(`\n  CPU profile of the ${kind === 'raw' ? 'raw consumer' : 'Strand process'} (whole life, start included): ${file}`);
+        console.log(summarizeCpuProfile(JSON.parse(await fs.readFile(file, 'utf8')) as CpuProfile, 25));
+      }
+    }
   }
 }
 
@@ -688,7 +703,8 @@ async function main(): Promise<number> {
     if (PGSS) await db.admin.query('CREATE EXTENSION IF NOT EXISTS pg_stat_statements');
     bench = await startBenchServer(sync);
     nc = await connect({ servers: bench.url, name: 'bench-pipeline', noAsyncTraces: true });
-    const ctx: Ctx = { bench, nc, jsm: await jetstreamManager(nc), db, requester: new LeanRequester(nc) };
+    const profileDir = PROFILE ? await fs.mkdtemp(path.join(os.tmpdir(), 'strand-cpuprof-')) : undefined;
+    const ctx: Ctx = { bench, nc, jsm: await jetstreamManager(nc), db, requester: new LeanRequester(nc), profileDir };
     const version = ((await db.admin.query('SELECT version() AS v')).rows[0] as { v: string }).v.split(' on ')[0];
     console.log(`pipeline.bench: ${machineLine()}`);
     console.log(`nats-server ${nc.info?.version} on ${bench.url} | sync_interval: ${syncLabel(sync)} | ${version} (embedded, server defaults${PGSS ? ' + pg_stat_statements' : ''})`);

@@ -60,7 +60,7 @@ import { literal } from '../src/projections/sql.js';
 import { ViewReader } from '../src/projections/views.js';
 import { watchCheckpoints } from './checkpoints.js';
 import { formatStatements, timeStatements, type StatementStat } from './pg-timing.js';
-import { summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
+import { mainThreadProfile, summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
 import { checkReply, cpuProfArgs, deleteStream, startStrandService } from './command-loop.js';
 import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
 import {
@@ -802,17 +802,8 @@ async function part3(ctx: Ctx, load: LoadOutcome): Promise<void> {
 
 async function summariseChildProfiles(dir: string): Promise<void> {
   for (const name of ['readside', 'commands']) {
-    const d = path.join(dir, name);
-    let files: string[];
-    try {
-      files = await fs.readdir(d);
-    } catch {
-      continue;
-    }
-    // The main thread's profile is CPU.<date>.<time>.<pid>.0.<n>.cpuprofile (tsx's loader worker writes another).
-    const main = files.find((f) => /^CPU\.\d+\.\d+\.\d+\.0\.\d+\.cpuprofile$/.test(f));
-    if (!main) continue;
-    const file = path.join(d, main);
+    const file = await mainThreadProfile(path.join(dir, name));
+    if (!file) continue;
     console.log(`\nCPU profile of the ${name === 'readside' ? 'read side' : 'command service'} (whole process life, parts 2 and 3): ${file}`);
     console.log(summarizeCpuProfile(JSON.parse(await fs.readFile(file, 'utf8')) as CpuProfile, 30));
   }
