@@ -289,6 +289,8 @@ async function report(svc: ServiceProcess, exit: { code: number | null; signal: 
 
 interface CpuSnapshot {
   service: number;
+  /** The raw pipeline's consumer alone (part of `service`). */
+  consumer: number;
   nats: number;
   pg: number;
   backends: Map<number, number>;
@@ -298,6 +300,7 @@ interface CpuSnapshot {
 function cpuSnapshot(ctx: Ctx, sys: System): CpuSnapshot {
   return {
     service: sys.pids().reduce((t, p) => t + (processCpuMicros(p) ?? 0), 0),
+    consumer: sys.kind === 'raw' ? (processCpuMicros(sys.pids()[1]) ?? 0) : 0,
     nats: processCpuMicros(ctx.bench.server.pid) ?? 0,
     pg: postgresCpuMicros(ctx.db.pgServer.pid) ?? 0,
     backends: childrenCpuMicros(ctx.db.pgServer.pid),
@@ -321,7 +324,7 @@ interface StepResult {
   readonly lags: Map<string, Lag>;
   readonly caughtUpMs: number;
   /** CPU microseconds per command. */
-  readonly cpu: { service: number; nats: number; pg: number; load: number };
+  readonly cpu: { service: number; consumer: number; nats: number; pg: number; load: number };
   /** PostgreSQL CPU microseconds per command, by backend owner. */
   readonly pgBy: Map<string, number>;
   /** Statement execution ms per 1,000 events, by owner (pg_stat_statements). */
@@ -541,7 +544,7 @@ async function runStep(ctx: Ctx, d: Driver, rate: number, seconds: number): Prom
     p99,
     lags,
     caughtUpMs,
-    cpu: { service: per(cpu0.service, cpu1.service), nats: per(cpu0.nats, cpu1.nats), pg: per(cpu0.pg, cpu1.pg), load: (loadCpu.user + loadCpu.system) / sent },
+    cpu: { service: per(cpu0.service, cpu1.service), consumer: per(cpu0.consumer, cpu1.consumer), nats: per(cpu0.nats, cpu1.nats), pg: per(cpu0.pg, cpu1.pg), load: (loadCpu.user + loadCpu.system) / sent },
     pgBy,
     ...(execBy ? { execBy } : {}),
     ...(topStatements ? { topStatements } : {}),
@@ -557,7 +560,7 @@ function stepLine(kind: Kind, s: StepResult): string {
   return (
     `  ${kind.padEnd(8)} ${fmtInt(s.rate).padStart(6)}/s: replies ${fmtInt(s.achieved).padStart(6)}/s  p50 ${fmt1(s.p50).padStart(6)}  p99 ${fmt1(s.p99).padStart(7)} ms` +
     (lags ? ` | lag p50/p99 ms ${lags}` : '') +
-    ` | cpu/cmd: service ${fmtInt(s.cpu.service)}, nats ${fmtInt(s.cpu.nats)}, pg ${fmtInt(s.cpu.pg)}, load ${fmtInt(s.cpu.load)} us` +
+    ` | cpu/cmd: service ${fmtInt(s.cpu.service)}${kind === 'raw' ? ` (consumer ${fmtInt(s.cpu.consumer)})` : ''}, nats ${fmtInt(s.cpu.nats)}, pg ${fmtInt(s.cpu.pg)}, load ${fmtInt(s.cpu.load)} us` +
     ` | ${s.pass ? 'ok' : `FAIL (${s.problems.join('; ')})`}`
   );
 }
@@ -679,7 +682,7 @@ function summary(results: SystemResult[]): void {
       `  nats-server CPU per command at ${fmtInt(FIXED_RATE)}/s: ${fmtInt(strand.fixed.cpu.nats)} us with the read side, ${fmtInt(commands.fixed.cpu.nats)} us without` +
         (raw ? `, ${fmtInt(raw.fixed.cpu.nats)} us raw pipeline` : '') +
         `; Strand process ${fmtInt(strand.fixed.cpu.service)} us vs ${fmtInt(commands.fixed.cpu.service)} us` +
-        (raw ? ` (raw loop + consumer ${fmtInt(raw.fixed.cpu.service)} us)` : '') +
+        (raw ? ` (raw loop + consumer ${fmtInt(raw.fixed.cpu.service)} us, the consumer ${fmtInt(raw.fixed.cpu.consumer)})` : '') +
         `; PostgreSQL ${fmtInt(strand.fixed.cpu.pg)} us` +
         (raw ? ` vs raw ${fmtInt(raw.fixed.cpu.pg)} us` : ''),
     );
