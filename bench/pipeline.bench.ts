@@ -29,6 +29,7 @@
  * --max-lag-ms (1,000) and it caught up within 10 s of the last reply. Saturation = the highest
  * rate that passed.
  *
+ * After the warmup, 3 s with no commands give each process's idle CPU (share of one core).
  * CPU per command over a step (from before its first send to its projections' catch-up): the
  * service process(es), nats-server, PostgreSQL (postmaster and every child), the load generator.
  * PostgreSQL's CPU is split by backend: Strand's runners each hold one connection, named by
@@ -102,6 +103,7 @@ const PGSS = !args.has('no-pgss');
 const PROFILE = args.has('profile');
 const TIME_LIMIT_S = intArg(args, 'time-limit', 600);
 const CATCH_UP_MS = 10_000;
+const IDLE_SECONDS = 3;
 
 type Kind = 'raw' | 'strand' | 'commands';
 const LABEL: Record<Kind, string> = { raw: 'raw pipeline', strand: 'strand (all roles)', commands: 'strand STRAND_ROLES=commands' };
@@ -594,6 +596,13 @@ async function runSystem(ctx: Ctx, kind: Kind): Promise<SystemResult> {
       console.log(`  warmup: ${fmtInt(w.commands)} commands at 1,000/s ${w.pass ? 'ok' : `(${w.problems.join('; ')})`}`);
       await waitCaughtUp(d);
     }
+    // What the system costs with no commands at all (heartbeats, polls, consumers waiting).
+    const idle0 = cpuSnapshot(ctx, sys);
+    const idleT0 = performance.now();
+    await sleep(IDLE_SECONDS * 1000);
+    const idle1 = cpuSnapshot(ctx, sys);
+    const share = (a: number, b: number): string => `${fmt1(((b - a) / 1e3 / (performance.now() - idleT0)) * 100)}%`;
+    console.log(`  idle ${IDLE_SECONDS} s, share of one core: service ${share(idle0.service, idle1.service)}, nats-server ${share(idle0.nats, idle1.nats)}, PostgreSQL ${share(idle0.pg, idle1.pg)}`);
     const fixed = await runStep(ctx, d, FIXED_RATE, FIXED_SECONDS);
     console.log(stepLine(kind, fixed) + '  [fixed rate]');
     console.log(detail(fixed));

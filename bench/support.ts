@@ -268,13 +268,14 @@ export function hardLimit(ms: number, cleanup: () => Promise<void>): NodeJS.Time
  * CPU time (user + system, all threads) a process has used so far, in microseconds, from
  * /proc/<pid>/stat; undefined where there is no /proc.
  */
-export function processCpuMicros(pid: number | undefined): number | undefined {
+export function processCpuMicros(pid: number | undefined, reapedChildren = false): number | undefined {
   if (pid === undefined) return undefined;
   try {
     const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
     const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-    // fields[0] is field 3 (state); utime and stime are fields 14 and 15.
-    const ticks = Number(fields[11]) + Number(fields[12]);
+    // fields[0] is field 3 (state); utime and stime are fields 14 and 15, cutime and cstime
+    // (children that exited and were waited for) 16 and 17.
+    const ticks = Number(fields[11]) + Number(fields[12]) + (reapedChildren ? Number(fields[13]) + Number(fields[14]) : 0);
     return Number.isFinite(ticks) ? (ticks * 1e6) / CLOCK_TICKS : undefined;
   } catch {
     return undefined;
@@ -309,11 +310,12 @@ export function childrenCpuMicros(parent: number): Map<number, number> {
 }
 
 /**
- * CPU time of a PostgreSQL server: the postmaster and its current children (backends, WAL
- * writer, …), microseconds; undefined where there is no /proc.
+ * CPU time of a PostgreSQL server: the postmaster, its current children (backends, WAL
+ * writer, …) and those that have exited, microseconds; undefined where there is no /proc.
  */
 export function postgresCpuMicros(postmaster: number): number | undefined {
-  const own = processCpuMicros(postmaster);
+  // With the backends that have exited (the postmaster waits for them): the total only grows.
+  const own = processCpuMicros(postmaster, true);
   if (own === undefined) return undefined;
   let total = own;
   for (const cpu of childrenCpuMicros(postmaster).values()) total += cpu;
