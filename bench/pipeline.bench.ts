@@ -596,7 +596,8 @@ async function runSystem(ctx: Ctx, kind: Kind): Promise<SystemResult> {
       console.log(`  warmup: ${fmtInt(w.commands)} commands at 1,000/s ${w.pass ? 'ok' : `(${w.problems.join('; ')})`}`);
       await waitCaughtUp(d);
     }
-    // What the system costs with no commands at all (heartbeats, polls, consumers waiting).
+    // What the system costs with no commands at all (heartbeats, polls, consumers waiting), after a second to settle.
+    await sleep(1_000);
     const idle0 = cpuSnapshot(ctx, sys);
     const idleT0 = performance.now();
     await sleep(IDLE_SECONDS * 1000);
