@@ -103,6 +103,10 @@ const PGSS = !args.has('no-pgss');
 const PROFILE = args.has('profile');
 const TIME_LIMIT_S = intArg(args, 'time-limit', 600);
 const CATCH_UP_MS = 10_000;
+/** Set when the benchmark is being stopped (a signal, the time limit): no more commands are sent. */
+let aborting = false;
+/** Strand's data directories not yet removed. */
+const tempDirs = new Set<string>();
 const IDLE_SECONDS = 3;
 
 type Kind = 'raw' | 'strand' | 'commands';
@@ -235,6 +239,7 @@ async function startStrand(ctx: Ctx, kind: 'strand' | 'commands'): Promise<Syste
   await deleteStream(ctx.jsm, STREAM);
   await deleteStream(ctx.jsm, `KV_${STREAM}_snapshots`);
   const dataDir = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-bench-pipeline-'));
+  tempDirs.add(dataDir);
   const port = await freePort();
   let svc: ServiceProcess | undefined;
   let live: Awaited<ReturnType<typeof openLiveClient>> | undefined;
@@ -242,6 +247,7 @@ async function startStrand(ctx: Ctx, kind: 'strand' | 'commands'): Promise<Syste
     live?.ws.terminate();
     if (svc) await report(svc, await svc.stop());
     await fs.rm(dataDir, { recursive: true, force: true }).catch(() => undefined);
+    tempDirs.delete(dataDir);
   };
   try {
     svc = await startStrandService(
@@ -391,6 +397,7 @@ async function pgActivity(ctx: Ctx, database: string): Promise<Map<number, strin
 }
 
 async function runStep(ctx: Ctx, d: Driver, rate: number, seconds: number): Promise<StepResult> {
+  if (aborting) throw new Error('stopped');
   const sys = d.sys;
   const total = Math.max(1, Math.round(rate * seconds));
   const sentAt = new Float64Array(total);
@@ -442,14 +449,14 @@ async function runStep(ctx: Ctx, d: Driver, rate: number, seconds: number): Prom
   await new Promise<void>((resolve) => {
     const tick = setInterval(() => {
       const due = Math.min(total, Math.floor(((performance.now() - t0) * rate) / 1000));
-      while (sent < due) {
+      while (sent < due && !aborting) {
         if (sent - replies >= MAX_OUTSTANDING) {
           capped = true;
           break;
         }
         sendOne(sent++);
       }
-      if (sent >= total || capped) {
+      if (sent >= total || capped || aborting) {
         clearInterval(tick);
         resolve();
       }
@@ -723,13 +730,29 @@ async function main(): Promise<number> {
   let bench: BenchServer | undefined;
   let nc: NatsConnection | undefined;
   let db: BenchDatabase | undefined;
-  const cleanup = async (): Promise<void> => {
-    await stopAllServices();
-    await nc?.close().catch(() => undefined);
-    await bench?.cleanup();
-    await db?.cleanup();
-  };
+  // One cleanup, however many callers (a signal, the time limit, main's own finally): all wait for it.
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      aborting = true;
+      await stopAllServices();
+      for (const dir of tempDirs) await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+      await nc?.close().catch(() => undefined);
+      await bench?.cleanup();
+      await db?.cleanup();
+    })());
   const limit = hardLimit(TIME_LIMIT_S * 1000, cleanup);
+  // Ctrl-C, a kill, or a throw in a callback: the servers and temporary folders go too.
+  const abort = (why: string, code: number): void => {
+    if (cleaning) return;
+    process.stderr.write(`pipeline.bench: ${why}; cleaning up\n`);
+    void cleanup().finally(() => process.exit(code));
+  };
+  // `on`, not `once`: the embedded PostgreSQL's own handler re-raises a signal it believes nobody
+  // else listens to, which would end this process before its cleanup.
+  process.on('SIGINT', () => abort('SIGINT', 130));
+  process.on('SIGTERM', () => abort('SIGTERM', 143));
+  process.once('uncaughtException', (err) => abort(`uncaught ${err.stack ?? err.message}`, 1));
   const started = performance.now();
   try {
     db = await startBenchDatabase('strand-bench-pipeline-', PGSS ? { shared_preload_libraries: 'pg_stat_statements' } : undefined);
