@@ -23,17 +23,17 @@
  * Per system: a warmup (--warmup-seconds at 1,000/s), a step at the fixed --rate (2,000/s), then
  * the saturation search: steps from --start-rate up by --factor until one fails (down until one
  * passes when the first fails), then --refine bisections between the last pass and the first
- * failure. A step passes when every command
- * succeeded, the replies kept up with the offered rate (>= 95 %), no more than --max-outstanding
- * were in flight, command p99 <= --max-p99-ms (1,000) and every projection's lag p99 <=
- * --max-lag-ms (1,000) and it caught up within 10 s of the last reply. Saturation = the highest
- * rate that passed.
+ * failure. A step passes when every command succeeded, the replies kept up with the offered
+ * rate (>= 95 %), no more than --max-outstanding were in flight, command p99 <= --max-p99-ms
+ * (1,000) and every projection's lag p99 <= --max-lag-ms (1,000) and it caught up within 10 s
+ * of the last reply. Saturation = the highest rate that passed. The write path alone also runs
+ * one step at the all-in-one's saturation rate: a p99 ratio at a rate both carry.
  *
  * After the warmup, 3 s with no commands give each process's idle CPU (share of one core).
  * CPU per command over a step (from before its first send to its projections' catch-up): the
  * service process(es), nats-server, PostgreSQL (postmaster and every child), the load generator.
  * PostgreSQL's CPU is split by backend: Strand's runners each hold one connection, named by
- * the tables their last statement touched (pg_stat_activity); the raw consumer has one. With
+ * the projection their last statement names (pg_stat_activity); the raw consumer has one. With
  * pg_stat_statements (loaded by default, --no-pgss to leave it out) the statements' execution
  * time per event is printed per projection too.
  *
@@ -48,7 +48,6 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import pg from 'pg';
 import { WebSocket } from 'ws';
 import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
