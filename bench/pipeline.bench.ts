@@ -48,6 +48,7 @@
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import pg from 'pg';
 import { WebSocket } from 'ws';
 import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
@@ -347,6 +348,9 @@ interface Driver {
   next: number;
   /** The highest seq a reply named so far. */
   lastSeq: number;
+  /** Commands answered ok, by kind: what the read models must hold. */
+  created: number;
+  assigned: number;
   readonly toAssign: string[];
   readonly advances: Map<string, { t: number[]; seq: number[] }>;
   readonly sub?: Subscription;
@@ -374,7 +378,7 @@ function driver(ctx: Ctx, sys: System): Driver {
       },
     });
   }
-  return { sys, next: 0, lastSeq: 0, toAssign: [], advances, ...(sub ? { sub } : {}) };
+  return { sys, next: 0, lastSeq: 0, created: 0, assigned: 0, toAssign: [], advances, ...(sub ? { sub } : {}) };
 }
 
 /** Waits (up to 30 s) until every projection's feed has reached the last seq a reply named. */
@@ -442,7 +446,10 @@ async function runStep(ctx: Ctx, d: Driver, rate: number, seconds: number): Prom
       }
       seqOf[i] = Number(/"seq":(\d+)/.exec(text)?.[1] ?? 0);
       if (seqOf[i]! > d.lastSeq) d.lastSeq = seqOf[i]!;
-      if (command === 'CreateTask') d.toAssign.push(id);
+      if (command === 'CreateTask') {
+        d.created++;
+        d.toAssign.push(id);
+      } else d.assigned++;
     });
   };
   await new Promise<void>((resolve) => {
@@ -585,6 +592,35 @@ function detail(s: StepResult): string {
   return lines.join('\n');
 }
 
+/**
+ * What the read models hold once caught up, against the commands answered ok: every CreateTask
+ * a task (Strand's start probe adds one or a few) and a `created` count, every command a history
+ * row. Both pipelines must have done the same work.
+ */
+async function checkReadModels(ctx: Ctx, d: Driver): Promise<string> {
+  const u = new URL(ctx.db.pgServer.url);
+  u.pathname = `/${d.sys.database}`;
+  const c = new pg.Client({ connectionString: u.toString(), application_name: 'bench-check' });
+  c.on('error', () => undefined);
+  await c.connect();
+  try {
+    const r = await c.query(
+      'SELECT (SELECT count(*) FROM task_list_view)::int AS tasks, (SELECT count(*) FROM member_task_history)::int AS history, ' +
+        "(SELECT coalesce(sum(created), 0) FROM task_analytics)::int AS created, (SELECT count(*) FROM task_list_view WHERE version = 2)::int AS reassigned",
+    );
+    const got = r.rows[0] as { tasks: number; history: number; created: number; reassigned: number };
+    const slack = d.sys.kind === 'raw' ? 0 : 5; // Strand's readiness probes
+    const ok =
+      got.tasks >= d.created && got.tasks <= d.created + slack && got.created === got.tasks && got.reassigned === d.assigned && got.history === got.tasks + d.assigned;
+    return (
+      `  read models: ${fmtInt(got.tasks)} tasks, ${fmtInt(got.reassigned)} reassigned, ${fmtInt(got.history)} history rows, analytics created ${fmtInt(got.created)} ` +
+      `(commands ok: ${fmtInt(d.created)} CreateTask, ${fmtInt(d.assigned)} AssignTask) ${ok ? 'consistent' : 'MISMATCH'}`
+    );
+  } finally {
+    await c.end().catch(() => undefined);
+  }
+}
+
 interface SystemResult {
   readonly kind: Kind;
   readonly fixed: StepResult;
@@ -649,6 +685,10 @@ async function runSystem(ctx: Ctx, kind: Kind, strandSaturation?: number): Promi
       await waitCaughtUp(d);
       atStrandSaturation = await runStep(ctx, d, strandSaturation, STEP_SECONDS);
       console.log(stepLine(kind, atStrandSaturation) + "  [the all-in-one's saturation rate]");
+    }
+    if (sys.feed) {
+      await waitCaughtUp(d);
+      console.log(await checkReadModels(ctx, d));
     }
     if (best) {
       console.log(`  saturation ${fmtInt(best.rate)}/s (first failure at ${firstFail ? `${fmtInt(firstFail.rate)}/s` : `none up to ${fmtInt(best.rate)}/s`})`);
