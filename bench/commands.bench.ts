@@ -25,8 +25,9 @@ import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
-import type { Msg, NatsConnection } from '@nats-io/nats-core';
+import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
+import { checkReply, deleteStream, freshRawStream, planner, startRaw, type Kind } from './command-load.js';
 import { summarizeCpuProfile } from './cpuprofile.js';
 import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
 import {
@@ -62,59 +63,7 @@ const TIME_LIMIT_S = intArg(args, 'time-limit', 290);
 /** STRAND_ROLES of the Strand service: the command path only by default, like the raw loop. */
 const ROLES = args.get('roles') ?? 'commands';
 
-type Kind = 'raw' | 'strand';
-const RAW_STREAM = 'RAW';
 const STRAND_STREAM = 'EVENTS';
-const decoder = new TextDecoder();
-
-/** The i-th command of a plan over `ids` aggregates: round 0 creates each, later rounds reassign. */
-function planner(kind: Kind, prefix: string, ids: number): (i: number) => { subject: string; body: string } {
-  return (i) => {
-    const round = Math.floor(i / ids);
-    const n = i % ids;
-    const id = `${prefix}${n}`;
-    const command = round === 0 ? 'CreateTask' : 'AssignTask';
-    const body =
-      round === 0
-        ? `{"title":"Benchmark task ${n}","memberId":"member-${n % 1000}","assignedTo":"user-${n % 100}"}`
-        : `{"assignedTo":"user-${round}-${n % 100}"}`;
-    return { subject: kind === 'raw' ? `rawcmd.${id}.${command}` : `cmd.task.${id}.${command}`, body };
-  };
-}
-
-function checkReply(m: Msg): string | undefined {
-  if (m.headers?.code === 503) return 'no responders';
-  let r: { ok?: boolean; error?: { code?: string; message?: string } };
-  try {
-    r = JSON.parse(decoder.decode(m.data)) as typeof r;
-  } catch {
-    return `unreadable reply ${decoder.decode(m.data).slice(0, 200)}`;
-  }
-  return r.ok === true ? undefined : `${r.error?.code ?? '?'}: ${r.error?.message ?? decoder.decode(m.data).slice(0, 200)}`;
-}
-
-async function deleteStream(jsm: JetStreamManager, name: string): Promise<void> {
-  try {
-    await jsm.streams.delete(name);
-  } catch (err) {
-    const e = err as { name?: string; api_error?: { err_code?: number } };
-    if (e.name === 'StreamNotFoundError' || e.api_error?.err_code === 10059) return;
-    throw err;
-  }
-}
-
-async function freshRawStream(jsm: JetStreamManager): Promise<void> {
-  await deleteStream(jsm, RAW_STREAM);
-  await jsm.streams.add({
-    name: RAW_STREAM,
-    subjects: ['rawevt.>'],
-    storage: 'file' as never,
-    retention: 'limits' as never,
-    num_replicas: 1,
-    duplicate_window: 120_000 * 1_000_000,
-    allow_direct: true,
-  });
-}
 
 interface RunResult extends OpenLoopResult {
   readonly kind: Kind;
@@ -122,17 +71,6 @@ interface RunResult extends OpenLoopResult {
   readonly serviceLogLines: number;
   /** CPU microseconds per measured command: the service, nats-server, this load generator. */
   readonly cpu?: { service: number; server: number; load: number };
-}
-
-async function startRaw(url: string, profileDir: string | undefined): Promise<ServiceProcess> {
-  const nodeArgs = profileDir ? ['--cpu-prof', '--cpu-prof-dir', path.join(profileDir, `${Date.now()}-raw`)] : [];
-  const svc = startService('raw-service', 'bench/raw-service.ts', { NATS_URL: url }, nodeArgs);
-  let ready = false;
-  svc.child.stdout!.on('data', (s: string) => {
-    if (s.includes('ready')) ready = true;
-  });
-  await waitReady(svc, () => ready, 30_000);
-  return svc;
 }
 
 async function startStrandService(url: string, requester: LeanRequester, run: number, profileDir: string | undefined, dataDir: string): Promise<ServiceProcess> {

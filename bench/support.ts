@@ -72,12 +72,12 @@ export interface BenchServer {
   cleanup(): Promise<void>;
 }
 
-/** A private nats-server on a free port with a temporary store (never the machine's own 4222). */
-export async function startBenchServer(sync: SyncMode): Promise<BenchServer> {
+/** A private nats-server on a free port with a temporary store (never the machine's own 4222), with optional subject mappings. */
+export async function startBenchServer(sync: SyncMode, mappings?: Readonly<Record<string, string>>): Promise<BenchServer> {
   const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-bench-'));
   let server: RunningNatsServer;
   try {
-    server = await startNatsServer({ storeDir, sync });
+    server = await startNatsServer({ storeDir, sync, ...(mappings ? { mappings } : {}) });
   } catch (err) {
     await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
     throw err;
@@ -126,11 +126,17 @@ export class LeanRequester {
     return this.pending.size;
   }
 
-  /** Sends one request; `cb` runs with its (single) reply. */
-  send(subject: string, payload: string | Uint8Array, cb: (m: Msg) => void, headers?: MsgHdrs): void {
+  /** Sends one request; `cb` runs with its (single) reply. Returns the request's number (for {@link forget}). */
+  send(subject: string, payload: string | Uint8Array, cb: (m: Msg) => void, headers?: MsgHdrs): number {
     const id = this.next++;
     this.pending.set(id, cb);
     this.nc.publish(subject, payload, headers ? { reply: this.prefix + id, headers } : { reply: this.prefix + id });
+    return id;
+  }
+
+  /** Stops waiting for a request's reply (the caller gave up on it); a late reply is dropped. */
+  forget(id: number): void {
+    this.pending.delete(id);
   }
 
   /** Sends one request and feeds every reply to `onMsg` until it returns true (batch direct get). */
@@ -172,7 +178,8 @@ export interface OpenLoopResult {
 /**
  * Sends `count` requests keeping exactly `outstanding` of them in flight; `plan(i)` gives the
  * i-th request. Every reply is checked with `check` (returns an error text or undefined).
- * Fails when nothing completes for `stallMs`.
+ * Fails when nothing completes for `stallMs`. With `durationMs`, stops sending once that much
+ * time has passed (or `count` were sent) and resolves when the requests in flight are answered.
  */
 export function runClosedLoop(
   requester: LeanRequester,
@@ -182,6 +189,7 @@ export function runClosedLoop(
   check: (m: Msg) => string | undefined,
   stallMs = 20_000,
   recordLatency = true,
+  durationMs = Number.POSITIVE_INFINITY,
 ): Promise<OpenLoopResult> {
   const encoder = new TextEncoder();
   const started = recordLatency ? new Float64Array(count) : undefined;
@@ -193,6 +201,7 @@ export function runClosedLoop(
   let lastProgress = Date.now();
   return new Promise<OpenLoopResult>((resolve, reject) => {
     const t0 = performance.now();
+    const sendUntil = t0 + durationMs;
     const watchdog = setInterval(() => {
       if (Date.now() - lastProgress > stallMs) {
         clearInterval(watchdog);
@@ -212,15 +221,15 @@ export function runClosedLoop(
         }
         done++;
         lastProgress = Date.now();
-        if (sent < count) sendOne();
-        else if (done === count) {
+        if (sent < count && (durationMs === Number.POSITIVE_INFINITY || performance.now() < sendUntil)) sendOne();
+        else if (done === sent) {
           clearInterval(watchdog);
           const seconds = (performance.now() - t0) / 1000;
-          const sorted = latency ? Float64Array.from(latency).sort() : new Float64Array(0);
+          const sorted = latency ? Float64Array.from(latency.subarray(0, done)).sort() : new Float64Array(0);
           resolve({
-            commands: count,
+            commands: done,
             seconds,
-            perSecond: count / seconds,
+            perSecond: done / seconds,
             p50: percentile(sorted, 0.5),
             p99: percentile(sorted, 0.99),
             failures,
