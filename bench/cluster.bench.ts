@@ -4,7 +4,7 @@
  *
  * Per topology (a private nats-server, or three routed ones on loopback, temporary stores):
  *   raw          — bench/raw-service.ts, the no-framework loop of `npm run bench` (its stream
- *                  at the topology's replicas), the same run's baseline;
+ *                  at the topology's replicas), measured right before each configuration;
  *   N instances  — N = 1, 2, 3 `node --import tsx src/main.ts` processes (what `npm start` runs),
  *                  STRAND_ROLES=commands, one shared throwaway PostgreSQL, a fresh stream each;
  *                  senders publish the public `cmd.task.<id>.<Command>` request-reply, so
@@ -18,9 +18,11 @@
  *                  resent after 1 s without a reply or on UNAVAILABLE), one killed with SIGKILL:
  *                  the time until every one of its partitions answers again, and the longest
  *                  any command took from its first send to its reply.
- * Each run measures for --seconds after --warmup-seconds on other aggregates; before and after,
- * it reads every process's CPU time from /proc/<pid>/stat and every instance's /metrics
- * (conflicts, forwarded commands, commands handled). Cold activation, which bounds what a
+ * Each Strand configuration is measured for --seconds after --warmup-seconds per instance on other
+ * aggregates (a new process's JIT needs it), right after a raw run of half that on the same servers
+ * (the raw service stays up, idle in between); the ratio to it is printed. Before and after, it
+ * reads every process's CPU time from /proc/<pid>/stat and every instance's /metrics (conflicts,
+ * forwarded commands, commands handled); an instance's idle CPU is sampled for 1 s first. Cold activation, which bounds what a
  * moved partition costs per aggregate, is `npm run bench:cold`.
  *
  *   npm run bench:cluster -- [--seconds 12] [--warmup-seconds 3] [--topologies single,cluster]
@@ -263,6 +265,8 @@ interface Result extends OpenLoopResult {
   readonly handled: number[];
   /** The raw loop measured right before, on the same servers (undefined for raw itself). */
   readonly raw?: Result;
+  /** CPU of each Strand instance while idle (settled, before the warmup), in ms per second. */
+  readonly idle: number[];
 }
 
 const strandCpu = (c: Cpu): number => c.strand.reduce((a, b) => a + b, 0);
@@ -273,6 +277,10 @@ async function measure(topo: Topology, requester: LeanRequester, label: string, 
   // A new process needs its JIT warmed: every instance gets about WARMUP_SECONDS of the whole load.
   const warmupMs = kind === 'raw' ? 1000 : WARMUP_SECONDS * 1000 * Math.max(1, instances.length);
   const seconds = kind === 'raw' ? Math.max(3, Math.round(SECONDS / 2)) : SECONDS;
+  // What an instance spends with no command (heartbeats, the cluster bucket's watcher, timers): part of each command's share at low rates.
+  const idle0 = instances.map((x) => processCpuMicros(x.pid));
+  if (instances.length > 0) await sleep(1_000);
+  const idle = instances.map((x, i) => ((processCpuMicros(x.pid) ?? Number.NaN) - (idle0[i] ?? Number.NaN)) / 1000);
   if (warmupMs > 0) {
     const w = await runClosedLoop(requester, MAX_COMMANDS, OUTSTANDING, planner(kind, `w${prefix}-`, 2_000), checkReply, 20_000, false, warmupMs);
     if (w.failures > 0) throw new Error(`${label} warmup: ${w.failures} failed replies, first: ${w.firstFailure}`);
@@ -303,6 +311,7 @@ async function measure(topo: Topology, requester: LeanRequester, label: string, 
     forwardedShare: kind === 'raw' ? 0 : delta('forwarded').reduce((a, b) => a + b, 0) / r.commands,
     handled: handled.map((h) => (handledSum > 0 ? h / handledSum : 0)),
     ...(raw ? { raw } : {}),
+    idle,
   };
   printResult(res);
   return res;
@@ -315,7 +324,10 @@ function printResult(r: Result): void {
       `(${fmtInt(r.commands)} in ${fmt2(r.seconds)} s, failures ${r.failures}${r.firstFailure ? `, first: ${r.firstFailure}` : ''})`,
   );
   if (r.instances > 0) {
-    console.log(`      conflicts/command ${r.conflictsPerCommand.toFixed(4)}  forwarded ${(r.forwardedShare * 100).toFixed(1)} %  commands run by instance: ${r.handled.map((h) => `${(h * 100).toFixed(0)} %`).join(' / ')}`);
+    console.log(
+      `      conflicts/command ${r.conflictsPerCommand.toFixed(4)}  forwarded ${(r.forwardedShare * 100).toFixed(1)} %  commands run by instance: ${r.handled.map((h) => `${(h * 100).toFixed(0)} %`).join(' / ')}` +
+        `  idle cpu by instance (1 s before the warmup): ${r.idle.map((x) => fmt1(x)).join(' / ')} ms/s`,
+    );
   }
   const c = r.cpu;
   console.log(
