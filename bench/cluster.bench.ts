@@ -13,7 +13,10 @@
  *   3 mapped     — 3 instances on servers (started anew) with the subject mapping of
  *                  docs/operations.md, delivering each command straight to its owner's
  *                  `strand.cmd.<partition>.…`: no forwarding hop. The CPU per command against
- *                  the queue group's prices the hop;
+ *                  the queue group's prices the hop; since CPU per command falls as the rate
+ *                  rises, both 3-instance setups also run at one fixed rate (--hop-rate, by
+ *                  default 60 % of what the queue group's 3 instances did), and that pair
+ *                  gives the hop's cost;
  *   failover     — 3 instances under a resending load (each command keeps its Strand-Command-Id,
  *                  resent after 1 s without a reply or on UNAVAILABLE), one killed with SIGKILL:
  *                  the time until every one of its partitions answers again, and the longest
@@ -27,10 +30,11 @@
  *
  *   npm run bench:cluster -- [--seconds 12] [--warmup-seconds 3] [--topologies single,cluster]
  *                            [--instances 1,2,3] [--outstanding 256] [--aggregates 10000]
- *                            [--no-mapped] [--no-failover] [--sync default|always] [--time-limit 720]
+ *                            [--no-mapped] [--hop-rate <cmd/s>] [--no-failover] [--sync default|always]
+ *                            [--time-limit 720]
  *
- * BENCH_SECONDS and BENCH_WARMUP_SECONDS set the durations' defaults (e.g. BENCH_SECONDS=5 for
- * a quick look); the defaults keep the whole run to about 6 minutes.
+ * BENCH_SECONDS, BENCH_WARMUP_SECONDS and BENCH_HOP_RATE set the defaults (e.g. BENCH_SECONDS=5
+ * for a quick look); the defaults keep the whole run to about 8 minutes.
  */
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -87,6 +91,15 @@ for (const n of INSTANCES) if (!Number.isInteger(n) || n < 1 || n > 9) throw new
 
 /** Strand's default partition count, set explicitly so the mapping agrees. */
 const PARTITIONS = 64;
+/**
+ * The fixed rate at which 3 instances with and without the forwarding hop are compared: by
+ * default 60 % of what the 3 instances with forwarding did as fast as they could on the same
+ * topology (CPU per command rises steeply at low rates, where every message wakes a process).
+ */
+const HOP_RATE = args.has('hop-rate') || process.env['BENCH_HOP_RATE'] ? intArg(args, 'hop-rate', envInt('BENCH_HOP_RATE', 1_000)) : undefined;
+const HOP_SHARE = 0.6;
+/** The rate chosen per topology kind (the queue group's 3-instance run sets it for the mapped one). */
+const hopRates = new Map<string, number>();
 /** A command without a reply this long is resent (failover run). */
 const RESEND_AFTER_MS = 1_000;
 /** Upper bound of commands in one measured run (arrays of latencies are allocated for it). */
@@ -265,30 +278,45 @@ interface Result extends OpenLoopResult {
   readonly handled: number[];
   /** The raw loop measured right before, on the same servers (undefined for raw itself). */
   readonly raw?: Result;
-  /** CPU of each Strand instance while idle (settled, before the warmup), in ms per second. */
+  /** CPU of each Strand instance while idle (after the warmup), in ms per second. */
   readonly idle: number[];
+  /** The fixed rate it was sent at (undefined: as fast as replies came). */
+  readonly rate?: number;
 }
 
 const strandCpu = (c: Cpu): number => c.strand.reduce((a, b) => a + b, 0);
 const serverCpu = (c: Cpu): number => c.servers.reduce((a, s) => a + s.us, 0);
 const allCpu = (c: Cpu): number => strandCpu(c) + serverCpu(c) + c.load;
 
-async function measure(topo: Topology, requester: LeanRequester, label: string, kind: 'raw' | 'strand', pids: number[], instances: readonly Instance[], prefix: string, raw?: Result): Promise<Result> {
+interface MeasureOptions {
+  /** The raw run right before (for the ratio). */
+  readonly raw?: Result;
+  /** A fixed rate (cmd/s) instead of as fast as replies come; the processes are warm already. */
+  readonly rate?: number;
+  /** Idle CPU sampled before (for a second measurement on the same instances). */
+  readonly idle?: number[];
+}
+
+async function measure(topo: Topology, requester: LeanRequester, label: string, kind: 'raw' | 'strand', pids: number[], instances: readonly Instance[], prefix: string, o: MeasureOptions = {}): Promise<Result> {
   // A new process needs its JIT warmed: every instance gets about WARMUP_SECONDS of the whole load.
-  const warmupMs = kind === 'raw' ? 1000 : WARMUP_SECONDS * 1000 * Math.max(1, instances.length);
+  const warmupMs = o.rate !== undefined ? 0 : kind === 'raw' ? 1000 : WARMUP_SECONDS * 1000 * Math.max(1, instances.length);
   const seconds = kind === 'raw' ? Math.max(3, Math.round(SECONDS / 2)) : SECONDS;
-  // What an instance spends with no command (heartbeats, the cluster bucket's watcher, timers): part of each command's share at low rates.
-  const idle0 = instances.map((x) => processCpuMicros(x.pid));
-  if (instances.length > 0) await sleep(1_000);
-  const idle = instances.map((x, i) => ((processCpuMicros(x.pid) ?? Number.NaN) - (idle0[i] ?? Number.NaN)) / 1000);
   if (warmupMs > 0) {
     const w = await runClosedLoop(requester, MAX_COMMANDS, OUTSTANDING, planner(kind, `w${prefix}-`, 2_000), checkReply, 20_000, false, warmupMs);
     if (w.failures > 0) throw new Error(`${label} warmup: ${w.failures} failed replies, first: ${w.firstFailure}`);
   }
+  // What an instance spends with no command (heartbeats, the cluster bucket's watcher, timers): part of each command's share at low rates.
+  let idle = o.idle ?? [];
+  if (o.idle === undefined && instances.length > 0) {
+    await sleep(500);
+    const idle0 = instances.map((x) => processCpuMicros(x.pid));
+    await sleep(2_000);
+    idle = instances.map((x, i) => ((processCpuMicros(x.pid) ?? Number.NaN) - (idle0[i] ?? Number.NaN)) / 2_000);
+  }
   const servers = topo.servers();
   const m0 = await Promise.all(instances.map(scrape));
   const cpu0 = { procs: pids.map(processCpuMicros), servers: servers.map((s) => processCpuMicros(s.pid)), load: process.cpuUsage() };
-  const r = await runClosedLoop(requester, MAX_COMMANDS, OUTSTANDING, planner(kind, `r${prefix}-`, AGGREGATES), checkReply, 20_000, true, seconds * 1000);
+  const r = await runClosedLoop(requester, MAX_COMMANDS, OUTSTANDING, planner(kind, `r${prefix}-`, AGGREGATES), checkReply, 20_000, true, seconds * 1000, o.rate);
   const cpu1 = { procs: pids.map(processCpuMicros), servers: servers.map((s) => processCpuMicros(s.pid)), load: process.cpuUsage(cpu0.load) };
   const m1 = await Promise.all(instances.map(scrape));
   const per = (a: number | undefined, b: number | undefined): number => (a === undefined || b === undefined ? Number.NaN : (b - a) / r.commands);
@@ -310,15 +338,16 @@ async function measure(topo: Topology, requester: LeanRequester, label: string, 
     conflictsPerCommand: kind === 'raw' ? 0 : delta('conflicts').reduce((a, b) => a + b, 0) / r.commands,
     forwardedShare: kind === 'raw' ? 0 : delta('forwarded').reduce((a, b) => a + b, 0) / r.commands,
     handled: handled.map((h) => (handledSum > 0 ? h / handledSum : 0)),
-    ...(raw ? { raw } : {}),
+    ...(o.raw ? { raw: o.raw } : {}),
     idle,
+    ...(o.rate !== undefined ? { rate: o.rate } : {}),
   };
   printResult(res);
   return res;
 }
 
 function printResult(r: Result): void {
-  const ratio = r.raw ? `  ${fmt2(r.perSecond / r.raw.perSecond)} x raw` : '';
+  const ratio = r.rate !== undefined ? ` (paced at ${fmtInt(r.rate)})` : r.raw ? `  ${fmt2(r.perSecond / r.raw.perSecond)} x raw` : '';
   console.log(
     `  ${r.label.padEnd(44)} ${fmtInt(r.perSecond).padStart(7)} cmd/s${ratio}  p50 ${fmt1(r.p50)} ms  p99 ${fmt1(r.p99)} ms  ` +
       `(${fmtInt(r.commands)} in ${fmt2(r.seconds)} s, failures ${r.failures}${r.firstFailure ? `, first: ${r.firstFailure}` : ''})`,
@@ -326,7 +355,7 @@ function printResult(r: Result): void {
   if (r.instances > 0) {
     console.log(
       `      conflicts/command ${r.conflictsPerCommand.toFixed(4)}  forwarded ${(r.forwardedShare * 100).toFixed(1)} %  commands run by instance: ${r.handled.map((h) => `${(h * 100).toFixed(0)} %`).join(' / ')}` +
-        `  idle cpu by instance (1 s before the warmup): ${r.idle.map((x) => fmt1(x)).join(' / ')} ms/s`,
+        `  idle cpu by instance: ${r.idle.map((x) => fmt1(x)).join(' / ')} ms/s`,
     );
   }
   const c = r.cpu;
@@ -347,10 +376,11 @@ let rawRuns = 0;
 
 /** The raw loop, right before a Strand configuration on the same servers (half its duration). */
 function rawRun(topo: Topology, requester: LeanRequester, svc: ServiceProcess): Promise<Result> {
-  return measure(topo, requester, 'raw (bench/raw-service.ts)', 'raw', [svc.child.pid!], [], `raw${rawRuns++}`);
+  return measure(topo, requester, 'raw (bench/raw-service.ts)', 'raw', [svc.child.pid!], [], `raw${rawRuns++}`, {});
 }
 
-async function strandRun(topo: Topology, nc: NatsConnection, requester: LeanRequester, n: number, db: BenchDatabase, raw: Result): Promise<Result> {
+/** N instances as fast as they go; with `paced`, then again at a fixed rate (to compare CPU per command at the same rate). */
+async function strandRun(topo: Topology, nc: NatsConnection, requester: LeanRequester, n: number, db: BenchDatabase, raw: Result, paced = false): Promise<Result[]> {
   const stream = `BC_${topo.tag}${n}`;
   const jsm = await jetstreamManager(nc);
   await dropStrandStreams(jsm, stream);
@@ -358,7 +388,13 @@ async function strandRun(topo: Topology, nc: NatsConnection, requester: LeanRequ
   try {
     const label = `${n} instance${n > 1 ? 's' : ''} (${topo.tag.endsWith('m') ? 'mapped to the owners' : n > 1 ? 'queue group + forwarding' : 'queue group'})`;
     instances = await startInstances(topo, n, stream, db);
-    return await measure(topo, requester, label, 'strand', instances.map((x) => x.pid), instances, `${topo.tag}${n}`, raw);
+    const pids = instances.map((x) => x.pid);
+    const free = await measure(topo, requester, label, 'strand', pids, instances, `${topo.tag}${n}`, { raw });
+    if (!paced) return [free];
+    const kind = topo.tag.replace('m', '');
+    let rate = HOP_RATE ?? hopRates.get(kind);
+    if (rate === undefined) hopRates.set(kind, (rate = Math.max(100, Math.round((free.perSecond * HOP_SHARE) / 100) * 100)));
+    return [free, await measure(topo, requester, label, 'strand', pids, instances, `${topo.tag}${n}p`, { rate, idle: free.idle })];
   } finally {
     await stopInstances(instances);
     await dropStrandStreams(jsm, stream);
@@ -548,7 +584,7 @@ async function main(): Promise<number> {
         rawSvc = await startRawService(topo, nc);
         for (const n of INSTANCES) {
           const raw = await rawRun(topo, requester, rawSvc);
-          results.push(raw, await strandRun(topo, nc, requester, n, db, raw));
+          results.push(raw, ...(await strandRun(topo, nc, requester, n, db, raw, MAPPED && n === 3)));
         }
         if (FAILOVER) {
           const f = await failoverRun(topo, nc, requester, db);
@@ -570,7 +606,7 @@ async function main(): Promise<number> {
           console.log(`${mapped.label} (servers started anew):`);
           rawSvc = await startRawService(mapped, mnc);
           const raw = await rawRun(mapped, mreq, rawSvc);
-          results.push(raw, await strandRun(mapped, mnc, mreq, 3, db, raw));
+          results.push(raw, ...(await strandRun(mapped, mnc, mreq, 3, db, raw, true)));
         } finally {
           await rawSvc?.stop();
           mreq.close();
@@ -596,7 +632,7 @@ function summary(results: readonly Result[], failovers: readonly FailoverResult[
   console.log('\nsummary');
   const topologies = [...new Set(results.map((r) => r.topology))];
   for (const t of topologies) {
-    const of = (n: number, mapped = false): Result | undefined => results.find((r) => r.topology === t && r.instances === n && r.mapped === mapped);
+    const of = (n: number, mapped = false, paced = false): Result | undefined => results.find((r) => r.topology === t && r.instances === n && r.mapped === mapped && (r.rate !== undefined) === paced);
     const one = of(1);
     const vsRaw = (r: Result): number => (r.raw ? r.perSecond / r.raw.perSecond : Number.NaN);
     console.log(`${t}:`);
@@ -613,23 +649,31 @@ function summary(results: readonly Result[], failovers: readonly FailoverResult[
       );
     }
     const strand = results.filter((r) => r.topology === t && r.instances > 0);
-    const maxConflicts = Math.max(...strand.map((r) => r.conflictsPerCommand));
-    console.log(`  conflicts per command: at most ${maxConflicts.toFixed(4)} over ${strand.length} runs — target 0: ${maxConflicts === 0 ? 'met' : 'MISSED'}`);
-    const q = of(3);
-    const m = of(3, true);
-    if (q && m && q.forwardedShare > 0) {
+    const hopLine = (q: Result, m: Result, what: string): string => {
       // What forwarding adds per forwarded command, against the whole CPU of a command delivered straight to its owner.
       const hop = (a: number, b: number): number => (a - b) / q.forwardedShare;
       const sq = strandCpu(q.cpu);
       const sm = strandCpu(m.cpu);
       const aq = sq + serverCpu(q.cpu);
       const am = sm + serverCpu(m.cpu);
-      console.log(
-        `  forwarding hop (3 instances; queue group ${(q.forwardedShare * 100).toFixed(0)} % forwarded vs mapped ${(m.forwardedShare * 100).toFixed(0)} %): ` +
-          `cpu/command Strand ${fmtInt(sq)} vs ${fmtInt(sm)} µs, Strand + nats-server ${fmtInt(aq)} vs ${fmtInt(am)} µs; ` +
-          `per forwarded command +${fmtInt(hop(aq, am))} µs = ${((hop(aq, am) / am) * 100).toFixed(0)} % of a mapped command's CPU (Strand alone +${fmtInt(hop(sq, sm))} µs = ${((hop(sq, sm) / sm) * 100).toFixed(0)} %) — target <= 25 %: ${hop(aq, am) / am <= 0.25 ? 'met' : 'MISSED'}; ` +
-          `throughput mapped / queue group ${fmt2(m.perSecond / q.perSecond)}`,
+      return (
+        `  forwarding hop, ${what} (3 instances; queue group ${(q.forwardedShare * 100).toFixed(0)} % forwarded vs mapped ${(m.forwardedShare * 100).toFixed(0)} %): ` +
+        `cpu/command Strand ${fmtInt(sq)} vs ${fmtInt(sm)} µs, Strand + nats-server ${fmtInt(aq)} vs ${fmtInt(am)} µs; ` +
+        `per forwarded command +${fmtInt(hop(aq, am))} µs = ${((hop(aq, am) / am) * 100).toFixed(0)} % of a mapped command's CPU (Strand alone +${fmtInt(hop(sq, sm))} µs = ${((hop(sq, sm) / sm) * 100).toFixed(0)} %)`
       );
+    };
+    const maxConflicts = Math.max(...strand.map((r) => r.conflictsPerCommand));
+    console.log(`  conflicts per command: at most ${maxConflicts.toFixed(4)} over ${strand.length} runs — target 0: ${maxConflicts === 0 ? 'met' : 'MISSED'}`);
+    const q = of(3);
+    const m = of(3, true);
+    if (q && m && q.forwardedShare > 0) console.log(`${hopLine(q, m, 'as fast as each goes')}; throughput mapped / queue group ${fmt2(m.perSecond / q.perSecond)}`);
+    const qp = of(3, false, true);
+    const mp = of(3, true, true);
+    if (qp && mp && qp.forwardedShare > 0) {
+      const am = strandCpu(mp.cpu) + serverCpu(mp.cpu);
+      const cost = (strandCpu(qp.cpu) + serverCpu(qp.cpu) - am) / qp.forwardedShare / am;
+      const short = [qp, mp].some((r) => r.perSecond < 0.95 * r.rate!) ? ' (one did not keep up with the rate: compare with care)' : '';
+      console.log(`${hopLine(qp, mp, `both at ${fmtInt(qp.rate!)} cmd/s`)} — target <= 25 %: ${cost <= 0.25 ? 'met' : 'MISSED'}${short}`);
     }
   }
   for (const f of failovers) {

@@ -180,6 +180,8 @@ export interface OpenLoopResult {
  * i-th request. Every reply is checked with `check` (returns an error text or undefined).
  * Fails when nothing completes for `stallMs`. With `durationMs`, stops sending once that much
  * time has passed (or `count` were sent) and resolves when the requests in flight are answered.
+ * With `ratePerSecond`, sends no faster than that (at most `outstanding` in flight): a fixed
+ * load, so that CPU per request can be compared between setups that differ in speed.
  */
 export function runClosedLoop(
   requester: LeanRequester,
@@ -190,10 +192,13 @@ export function runClosedLoop(
   stallMs = 20_000,
   recordLatency = true,
   durationMs = Number.POSITIVE_INFINITY,
+  ratePerSecond = Number.POSITIVE_INFINITY,
 ): Promise<OpenLoopResult> {
   const encoder = new TextEncoder();
   const started = recordLatency ? new Float64Array(count) : undefined;
   const latency = recordLatency ? new Float64Array(count) : undefined;
+  const timed = durationMs !== Number.POSITIVE_INFINITY;
+  const paced = ratePerSecond !== Number.POSITIVE_INFINITY;
   let sent = 0;
   let done = 0;
   let failures = 0;
@@ -202,9 +207,30 @@ export function runClosedLoop(
   return new Promise<OpenLoopResult>((resolve, reject) => {
     const t0 = performance.now();
     const sendUntil = t0 + durationMs;
+    /** Whether sending is over (all sent, or the time is up). */
+    const over = (): boolean => sent >= count || (timed && performance.now() >= sendUntil);
+    /** Whether one more may go now. */
+    const may = (): boolean => !over() && (!paced || sent < ((performance.now() - t0) / 1000) * ratePerSecond);
+    let pacer: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      clearInterval(watchdog);
+      clearInterval(pacer);
+      const seconds = (performance.now() - t0) / 1000;
+      const sorted = latency ? Float64Array.from(latency.subarray(0, done)).sort() : new Float64Array(0);
+      resolve({
+        commands: done,
+        seconds,
+        perSecond: done / seconds,
+        p50: percentile(sorted, 0.5),
+        p99: percentile(sorted, 0.99),
+        failures,
+        ...(firstFailure !== undefined ? { firstFailure } : {}),
+      });
+    };
     const watchdog = setInterval(() => {
       if (Date.now() - lastProgress > stallMs) {
         clearInterval(watchdog);
+        clearInterval(pacer);
         reject(new Error(`stalled: ${done}/${count} replies after ${sent} sent, nothing for ${stallMs} ms`));
       }
     }, 500);
@@ -221,24 +247,19 @@ export function runClosedLoop(
         }
         done++;
         lastProgress = Date.now();
-        if (sent < count && (durationMs === Number.POSITIVE_INFINITY || performance.now() < sendUntil)) sendOne();
-        else if (done === sent) {
-          clearInterval(watchdog);
-          const seconds = (performance.now() - t0) / 1000;
-          const sorted = latency ? Float64Array.from(latency.subarray(0, done)).sort() : new Float64Array(0);
-          resolve({
-            commands: done,
-            seconds,
-            perSecond: done / seconds,
-            p50: percentile(sorted, 0.5),
-            p99: percentile(sorted, 0.99),
-            failures,
-            ...(firstFailure !== undefined ? { firstFailure } : {}),
-          });
-        }
+        if (may()) sendOne();
+        else if (done === sent && over()) finish();
       });
     };
-    for (let k = 0; k < Math.min(outstanding, count); k++) sendOne();
+    if (paced) {
+      pacer = setInterval(() => {
+        lastProgress = Math.max(lastProgress, done === sent ? Date.now() : lastProgress);
+        while (sent - done < outstanding && may()) sendOne();
+        if (done === sent && over()) finish();
+      }, 2);
+    } else {
+      for (let k = 0; k < Math.min(outstanding, count); k++) sendOne();
+    }
   });
 }
 
