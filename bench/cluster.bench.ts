@@ -28,7 +28,7 @@
  * forwarded commands, commands handled); an instance's idle CPU is sampled for 1 s first. Cold activation, which bounds what a
  * moved partition costs per aggregate, is `npm run bench:cold`.
  *
- *   npm run bench:cluster -- [--seconds 12] [--warmup-seconds 3] [--topologies single,cluster]
+ *   npm run bench:cluster -- [--seconds 10] [--warmup-seconds 3] [--topologies single,cluster]
  *                            [--instances 1,2,3] [--outstanding 256] [--aggregates 10000]
  *                            [--no-mapped] [--hop-rate <cmd/s>] [--no-failover] [--sync default|always]
  *                            [--time-limit 720]
@@ -77,7 +77,7 @@ const envInt = (name: string, dflt: number): number => {
   return n;
 };
 const sync = syncArg(args);
-const SECONDS = intArg(args, 'seconds', envInt('BENCH_SECONDS', 12));
+const SECONDS = intArg(args, 'seconds', envInt('BENCH_SECONDS', 10));
 const WARMUP_SECONDS = intArg(args, 'warmup-seconds', envInt('BENCH_WARMUP_SECONDS', 3), 0);
 const OUTSTANDING = intArg(args, 'outstanding', 256);
 const AGGREGATES = intArg(args, 'aggregates', 10_000);
@@ -647,6 +647,17 @@ function summary(results: readonly Result[], failovers: readonly FailoverResult[
           (three ? `  — target 3/1 >= 0.80: ${three.perSecond / one.perSecond >= 0.8 ? 'met' : 'MISSED'}` : '') +
           `; 1 instance / raw ${fmt2(vsRaw(one))}`,
       );
+      // On a machine where CPU runs out (this one), throughput goes as 1 / (CPU per command of every process together).
+      const predicted = INSTANCES.filter((n) => n > 1)
+        .map((n) => of(n))
+        .filter((r): r is Result => r !== undefined)
+        .map((r) => `${r.instances}/1 ${fmt2(allCpu(one.cpu) / allCpu(r.cpu))}`);
+      console.log(`  scaling as CPU decides it on shared cores (CPU/command of all processes, 1 instance / N): ${predicted.join(', ')}`);
+      // With a core per process, each Strand instance caps the rate at 1e6 / its CPU per command.
+      const caps = [one, ...INSTANCES.filter((n) => n > 1).map((n) => of(n))]
+        .filter((r): r is Result => r !== undefined)
+        .map((r) => `${r.instances}: ${fmtInt(1e6 / Math.max(...r.cpu.strand))} cmd/s, nats-server(s) ${fmtInt(serverCpu(r.cpu))} µs/command`);
+      console.log(`  with a core per Strand instance, the busiest instance caps the rate at (instances: cap): ${caps.join('; ')}`);
     }
     const strand = results.filter((r) => r.topology === t && r.instances > 0);
     const hopLine = (q: Result, m: Result, what: string): string => {
