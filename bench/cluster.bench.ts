@@ -556,15 +556,20 @@ function printFailover(f: FailoverResult): void {
 
 async function main(): Promise<number> {
   let db: BenchDatabase | undefined;
-  const cleanup = async (): Promise<void> => {
-    await stopAllServices();
-    for (const c of [...cleanups]) await c();
-    await db?.cleanup();
-  };
+  // One cleanup, however many callers (a signal, the time limit, main's own end): all wait for it.
+  let cleaning: Promise<void> | undefined;
+  const cleanup = (): Promise<void> =>
+    (cleaning ??= (async () => {
+      await stopAllServices();
+      for (const c of [...cleanups]) await c();
+      await db?.cleanup();
+    })());
   const limit = hardLimit(TIME_LIMIT_S * 1000, cleanup);
+  // `on`, not `once`: with no listener left, the embedded PostgreSQL's own hook would end the
+  // process at once (it stands back only while another listener handles the signal).
   const onSignal = (): void => void cleanup().finally(() => process.exit(130));
-  process.once('SIGINT', onSignal);
-  process.once('SIGTERM', onSignal);
+  process.on('SIGINT', onSignal);
+  process.on('SIGTERM', onSignal);
   const results: Result[] = [];
   const failovers: FailoverResult[] = [];
   try {
