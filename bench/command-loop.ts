@@ -12,6 +12,25 @@ import type { LeanRequester } from './support.js';
 
 const decoder = new TextDecoder();
 
+export type Kind = 'raw' | 'strand';
+
+/** The i-th command of a plan over `ids` aggregates: round 0 creates each, later rounds reassign. */
+export function planner(kind: Kind, prefix: string, ids: number): (i: number) => { subject: string; body: string } {
+  return (i) => {
+    const round = Math.floor(i / ids);
+    const n = i % ids;
+    const id = `${prefix}${n}`;
+    const command = round === 0 ? 'CreateTask' : 'AssignTask';
+    const body = round === 0 ? createBody(n) : assignBody(round, n);
+    return { subject: kind === 'raw' ? `rawcmd.${id}.${command}` : `cmd.task.${id}.${command}`, body };
+  };
+}
+
+/** The body of the n-th aggregate's CreateTask. */
+export const createBody = (n: number): string => `{"title":"Benchmark task ${n}","memberId":"member-${n % 1000}","assignedTo":"user-${n % 100}"}`;
+/** The body of the n-th aggregate's AssignTask in round `round`. */
+export const assignBody = (round: number, n: number): string => `{"assignedTo":"user-${round}-${n % 100}"}`;
+
 /** Why a command reply is not `{"ok":true,…}`, or undefined when it is. */
 export function checkReply(m: Msg): string | undefined {
   if (m.headers?.code === 503) return 'no responders';
@@ -38,14 +57,15 @@ export async function deleteStream(jsm: JetStreamManager, name: string): Promise
 /** The raw loop's stream, `RAW` on `rawevt.>`, empty. */
 export const RAW_STREAM = 'RAW';
 
-export async function freshRawStream(jsm: JetStreamManager): Promise<void> {
+/** An empty `RAW` stream (`replicas` 3 on a cluster). */
+export async function freshRawStream(jsm: JetStreamManager, replicas = 1): Promise<void> {
   await deleteStream(jsm, RAW_STREAM);
   await jsm.streams.add({
     name: RAW_STREAM,
     subjects: ['rawevt.>'],
     storage: 'file' as never,
     retention: 'limits' as never,
-    num_replicas: 1,
+    num_replicas: replicas,
     duplicate_window: 120_000 * 1_000_000,
     allow_direct: true,
   });

@@ -28,7 +28,7 @@ import { connect } from '@nats-io/transport-node';
 import type { NatsConnection } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { mainThreadProfile, summarizeCpuProfile } from './cpuprofile.js';
-import { checkReply, cpuProfArgs, deleteStream, freshRawStream, startRawService, startStrandService } from './command-loop.js';
+import { checkReply, cpuProfArgs, deleteStream, freshRawStream, planner, startRawService, startStrandService, type Kind } from './command-loop.js';
 import { stopAllServices, type ServiceProcess } from './service.js';
 import {
   LeanRequester,
@@ -63,23 +63,7 @@ const TIME_LIMIT_S = intArg(args, 'time-limit', 290);
 /** STRAND_ROLES of the Strand service: the command path only by default, like the raw loop. */
 const ROLES = args.get('roles') ?? 'commands';
 
-type Kind = 'raw' | 'strand';
 const STRAND_STREAM = 'EVENTS';
-
-/** The i-th command of a plan over `ids` aggregates: round 0 creates each, later rounds reassign. */
-function planner(kind: Kind, prefix: string, ids: number): (i: number) => { subject: string; body: string } {
-  return (i) => {
-    const round = Math.floor(i / ids);
-    const n = i % ids;
-    const id = `${prefix}${n}`;
-    const command = round === 0 ? 'CreateTask' : 'AssignTask';
-    const body =
-      round === 0
-        ? `{"title":"Benchmark task ${n}","memberId":"member-${n % 1000}","assignedTo":"user-${n % 100}"}`
-        : `{"assignedTo":"user-${round}-${n % 100}"}`;
-    return { subject: kind === 'raw' ? `rawcmd.${id}.${command}` : `cmd.task.${id}.${command}`, body };
-  };
-}
 
 interface RunResult extends OpenLoopResult {
   readonly kind: Kind;

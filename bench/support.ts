@@ -73,12 +73,12 @@ export interface BenchServer {
   cleanup(): Promise<void>;
 }
 
-/** A private nats-server on a free port with a temporary store (never the machine's own 4222). */
-export async function startBenchServer(sync: SyncMode): Promise<BenchServer> {
+/** A private nats-server on a free port with a temporary store (never the machine's own 4222), with optional subject mappings. */
+export async function startBenchServer(sync: SyncMode, mappings?: Readonly<Record<string, string>>): Promise<BenchServer> {
   const storeDir = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-bench-'));
   let server: RunningNatsServer;
   try {
-    server = await startNatsServer({ storeDir, sync });
+    server = await startNatsServer({ storeDir, sync, ...(mappings ? { mappings } : {}) });
   } catch (err) {
     await fs.rm(storeDir, { recursive: true, force: true }).catch(() => undefined);
     throw err;
@@ -127,11 +127,17 @@ export class LeanRequester {
     return this.pending.size;
   }
 
-  /** Sends one request; `cb` runs with its (single) reply. */
-  send(subject: string, payload: string | Uint8Array, cb: (m: Msg) => void, headers?: MsgHdrs): void {
+  /** Sends one request; `cb` runs with its (single) reply. Returns the request's number (for {@link forget}). */
+  send(subject: string, payload: string | Uint8Array, cb: (m: Msg) => void, headers?: MsgHdrs): number {
     const id = this.next++;
     this.pending.set(id, cb);
     this.nc.publish(subject, payload, headers ? { reply: this.prefix + id, headers } : { reply: this.prefix + id });
+    return id;
+  }
+
+  /** Stops waiting for a request's reply (the caller gave up on it); a late reply is dropped. */
+  forget(id: number): void {
+    this.pending.delete(id);
   }
 
   /** Sends one request and feeds every reply to `onMsg` until it returns true (batch direct get). */
@@ -173,7 +179,10 @@ export interface OpenLoopResult {
 /**
  * Sends `count` requests keeping exactly `outstanding` of them in flight; `plan(i)` gives the
  * i-th request. Every reply is checked with `check` (returns an error text or undefined).
- * Fails when nothing completes for `stallMs`.
+ * Fails when nothing completes for `stallMs`. With `durationMs`, stops sending once that much
+ * time has passed (or `count` were sent) and resolves when the requests in flight are answered.
+ * With `ratePerSecond`, sends no faster than that (at most `outstanding` in flight): a fixed
+ * load, so that CPU per request can be compared between setups that differ in speed.
  */
 export function runClosedLoop(
   requester: LeanRequester,
@@ -183,10 +192,14 @@ export function runClosedLoop(
   check: (m: Msg) => string | undefined,
   stallMs = 20_000,
   recordLatency = true,
+  durationMs = Number.POSITIVE_INFINITY,
+  ratePerSecond = Number.POSITIVE_INFINITY,
 ): Promise<OpenLoopResult> {
   const encoder = new TextEncoder();
   const started = recordLatency ? new Float64Array(count) : undefined;
   const latency = recordLatency ? new Float64Array(count) : undefined;
+  const timed = durationMs !== Number.POSITIVE_INFINITY;
+  const paced = ratePerSecond !== Number.POSITIVE_INFINITY;
   let sent = 0;
   let done = 0;
   let failures = 0;
@@ -194,9 +207,31 @@ export function runClosedLoop(
   let lastProgress = Date.now();
   return new Promise<OpenLoopResult>((resolve, reject) => {
     const t0 = performance.now();
+    const sendUntil = t0 + durationMs;
+    /** Whether sending is over (all sent, or the time is up). */
+    const over = (): boolean => sent >= count || (timed && performance.now() >= sendUntil);
+    /** Whether one more may go now. */
+    const may = (): boolean => !over() && (!paced || sent < ((performance.now() - t0) / 1000) * ratePerSecond);
+    let pacer: NodeJS.Timeout | undefined;
+    const finish = (): void => {
+      clearInterval(watchdog);
+      clearInterval(pacer);
+      const seconds = (performance.now() - t0) / 1000;
+      const sorted = latency ? Float64Array.from(latency.subarray(0, done)).sort() : new Float64Array(0);
+      resolve({
+        commands: done,
+        seconds,
+        perSecond: done / seconds,
+        p50: percentile(sorted, 0.5),
+        p99: percentile(sorted, 0.99),
+        failures,
+        ...(firstFailure !== undefined ? { firstFailure } : {}),
+      });
+    };
     const watchdog = setInterval(() => {
       if (Date.now() - lastProgress > stallMs) {
         clearInterval(watchdog);
+        clearInterval(pacer);
         reject(new Error(`stalled: ${done}/${count} replies after ${sent} sent, nothing for ${stallMs} ms`));
       }
     }, 500);
@@ -213,24 +248,19 @@ export function runClosedLoop(
         }
         done++;
         lastProgress = Date.now();
-        if (sent < count) sendOne();
-        else if (done === count) {
-          clearInterval(watchdog);
-          const seconds = (performance.now() - t0) / 1000;
-          const sorted = latency ? Float64Array.from(latency).sort() : new Float64Array(0);
-          resolve({
-            commands: count,
-            seconds,
-            perSecond: count / seconds,
-            p50: percentile(sorted, 0.5),
-            p99: percentile(sorted, 0.99),
-            failures,
-            ...(firstFailure !== undefined ? { firstFailure } : {}),
-          });
-        }
+        if (may()) sendOne();
+        else if (done === sent && over()) finish();
       });
     };
-    for (let k = 0; k < Math.min(outstanding, count); k++) sendOne();
+    if (paced) {
+      pacer = setInterval(() => {
+        lastProgress = Math.max(lastProgress, done === sent ? Date.now() : lastProgress);
+        while (sent - done < outstanding && may()) sendOne();
+        if (done === sent && over()) finish();
+      }, 2);
+    } else {
+      for (let k = 0; k < Math.min(outstanding, count); k++) sendOne();
+    }
   });
 }
 

@@ -8,7 +8,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { connect } from '@nats-io/transport-node';
 import { jetstreamManager } from '@nats-io/jetstream';
-import { launchNatsServer, resolveNatsServerBinary, type RunningNatsServer } from './server.js';
+import { launchNatsServer, mappingsConfig, resolveNatsServerBinary, type RunningNatsServer } from './server.js';
 
 /** Options of {@link startNatsCluster}. */
 export interface NatsClusterOptions {
@@ -22,6 +22,8 @@ export interface NatsClusterOptions {
   readonly name?: string;
   /** Also open each node's monitoring endpoint. */
   readonly monitor?: boolean;
+  /** Subject mappings on every node (see NatsServerOptions.mappings). */
+  readonly mappings?: Readonly<Record<string, string>>;
 }
 
 /** One node: its server while it runs, and how to stop, kill and start it again. */
@@ -103,6 +105,7 @@ export async function startNatsCluster(o: NatsClusterOptions): Promise<NatsClust
         `  listen: "127.0.0.1:${routePorts[i]}"`,
         `  routes: [${routes.map(q).join(', ')}]`,
         '}',
+        ...mappingsConfig(o.mappings),
         '',
       ].join('\n'),
     );

@@ -29,6 +29,8 @@ export interface NatsServerOptions {
   logFile?: string;
   /** Also open the HTTP monitoring endpoint (/varz, /healthz, …) on a free port. */
   monitor?: boolean;
+  /** Subject mappings of the global account (`mappings = { from: to }`), e.g. Strand's partition mapping. */
+  mappings?: Readonly<Record<string, string>>;
   /** How long to wait for the server to come up. Default 10 s. */
   startTimeoutMs?: number;
   /** Progress of finding (or fetching) the binary, line by line; see resolveNatsServerBinary(). */
@@ -180,8 +182,15 @@ function renderConfig(opts: NatsServerOptions, storeDir: string): string {
   } else {
     lines.push("  # sync_interval left at nats-server's default (2 minutes)");
   }
-  lines.push('}', '');
+  lines.push('}', ...mappingsConfig(opts.mappings), '');
   return lines.join('\n');
+}
+
+/** The `mappings` block of a config (no lines for none). */
+export function mappingsConfig(mappings: Readonly<Record<string, string>> | undefined): string[] {
+  const entries = Object.entries(mappings ?? {});
+  if (entries.length === 0) return [];
+  return ['mappings = {', ...entries.map(([from, to]) => `  ${q(from)}: ${q(to)}`), '}'];
 }
 
 /** Start a nats-server with JetStream on 127.0.0.1 for the given store directory. */
