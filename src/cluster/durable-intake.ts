@@ -1,0 +1,259 @@
+/**
+ * Durable command intake: commands published to `cmdq.<aggregate>.<id>.<Command>` are kept in the
+ * work-queue stream `<STREAM>_COMMANDS` until the owner of their partition has processed them,
+ * so one published while no instance runs is processed when one starts. The stream's subject
+ * transform stores each as `cmdq.<partition>.…` (nats-server computes the partition with the
+ * same FNV-1a hash as Strand), and each partition's owner reads only its partition, through a
+ * durable consumer opened when the region activates the partition and closed when it hands it
+ * over.
+ *
+ * A command runs through the region, as a request-reply command does, under its command ID
+ * (`Strand-Command-Id`, else `cmdq-<stream sequence>`): a redelivery is answered by the actor from
+ * the command it remembers, so its events are written once. Its outcome is recorded by command ID
+ * (the first one stays), and only then is the message acknowledged. Bad input is recorded as its
+ * error and terminated, never redelivered; `UNAVAILABLE` is retried after a pause.
+ */
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
+import type { NatsConnection } from '@nats-io/nats-core';
+import type { Logger } from 'pino';
+import { commandStreamConfig, commandStreamName, durablePartitionCommands, parseDurableCommandSubject, type EventStreamOptions } from '../../subjects/index.js';
+import { isCommandId, type CommandIntake } from '../commands/intake.js';
+import { failed, type CommandReply } from '../commands/types.js';
+import { ErrorCode } from '../errors.js';
+import { IncompatibleStream, streamInfo } from '../eventstore/jetstream.js';
+import type { StrandMetrics } from '../observability/metrics.js';
+import type { OutcomeStore } from './outcomes.js';
+import { headerValues, type PartitionListener, type Region } from './region.js';
+
+/** Settings of the durable intake (documented in docs/configuration.md). */
+export interface DurableIntakeOptions extends EventStreamOptions {
+  /** STRAND_PARTITIONS: the stream's transform computes the same partitions. */
+  readonly partitions: number;
+  /** Commands of one partition delivered and not yet acknowledged (the consumer's max_ack_pending). */
+  readonly maxPending: number;
+  /** How long a delivered command may go unacknowledged before it is delivered again. */
+  readonly ackWaitMs: number;
+  /** Longest a handoff waits for the partition's durable commands in progress. */
+  readonly drainTimeoutMs: number;
+}
+
+const NANOS_PER_MS = 1_000_000;
+/** Pause before a command answered UNAVAILABLE (or whose outcome could not be recorded) is delivered again. */
+const RETRY_DELAY_MS = 500;
+/** Pause before a message that reached a partition no longer active here goes back (to the next owner). */
+const HANDBACK_DELAY_MS = 100;
+/** Pause before a consumer that could not be opened is tried again. */
+const REOPEN_DELAY_MS = 1000;
+/** Outcomes of malformed commands: terminated (recorded, never delivered again) rather than acknowledged. */
+const MALFORMED: ReadonlySet<string> = new Set([ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.UNKNOWN_COMMAND, ErrorCode.VALIDATION_FAILED]);
+
+/**
+ * Creates the durable command stream, or checks an existing one: a work queue on
+ * `cmdq.*.*.*`. A transform for another partition count is replaced (with a warning: commands
+ * already stored keep the partition they were given).
+ */
+export async function ensureCommandStream(nc: NatsConnection, o: EventStreamOptions & { readonly partitions: number }, log: Logger): Promise<void> {
+  const jsm = await jetstreamManager(nc);
+  const wanted = commandStreamConfig(o);
+  const existing = await streamInfo(jsm, wanted.name);
+  if (!existing) {
+    await jsm.streams.add(wanted);
+    log.info({ stream: wanted.name, replicas: o.replicas, partitions: o.partitions }, 'created durable command stream');
+    return;
+  }
+  const diffs: string[] = [];
+  if (existing.retention !== wanted.retention) diffs.push(`retention is ${existing.retention}, need ${wanted.retention}`);
+  if (JSON.stringify(existing.subjects) !== JSON.stringify(wanted.subjects)) diffs.push(`subjects are ${JSON.stringify(existing.subjects)}, need ${JSON.stringify(wanted.subjects)}`);
+  if (diffs.length > 0) throw new IncompatibleStream(wanted.name, diffs);
+  if (existing.subject_transform?.dest !== wanted.subject_transform?.dest) {
+    log.warn({ stream: wanted.name, was: existing.subject_transform?.dest, now: wanted.subject_transform?.dest }, 'durable command stream partitions changed: commands stored before keep their old partition');
+    await jsm.streams.update(wanted.name, { ...existing, subject_transform: wanted.subject_transform! });
+  }
+}
+
+/** One partition's durable consumer here. */
+interface Lane {
+  readonly partition: number;
+  active: boolean;
+  messages: ConsumerMessages | undefined;
+  opening: Promise<void> | undefined;
+  retry: NodeJS.Timeout | undefined;
+  /** Commands taken and not yet settled. */
+  readonly inFlight: Set<Promise<void>>;
+}
+
+export class DurableIntake implements PartitionListener {
+  private readonly lanes = new Map<number, Lane>();
+  private readonly stream: string;
+  private stopped = false;
+
+  constructor(
+    private readonly nc: NatsConnection,
+    private readonly region: Region,
+    private readonly intake: CommandIntake,
+    private readonly outcomes: OutcomeStore,
+    private readonly o: DurableIntakeOptions,
+    private readonly metrics: StrandMetrics,
+    private readonly log: Logger,
+  ) {
+    this.stream = commandStreamName(o.name);
+  }
+
+  private consumerName(partition: number): string {
+    return `strand_cmdq_p${partition}`;
+  }
+
+  activated(partition: number): void {
+    if (this.stopped) return;
+    let lane = this.lanes.get(partition);
+    if (!lane) this.lanes.set(partition, (lane = { partition, active: false, messages: undefined, opening: undefined, retry: undefined, inFlight: new Set() }));
+    if (lane.active) return;
+    lane.active = true;
+    this.open(lane);
+  }
+
+  /** Stops taking the partition's commands and waits (bounded) for those in progress to be recorded. */
+  async releasing(partition: number): Promise<void> {
+    const lane = this.lanes.get(partition);
+    if (!lane) return;
+    lane.active = false;
+    clearTimeout(lane.retry);
+    await lane.opening;
+    lane.messages?.stop();
+    lane.messages = undefined;
+    if (lane.inFlight.size === 0) return;
+    let timer: NodeJS.Timeout | undefined;
+    const finished = await Promise.race([
+      Promise.all(lane.inFlight).then(() => true),
+      new Promise<boolean>((r) => (timer = setTimeout(() => r(false), this.o.drainTimeoutMs))),
+    ]);
+    clearTimeout(timer);
+    if (!finished) this.log.warn({ partition, inFlight: lane.inFlight.size }, 'durable commands still in progress at handoff; the next owner gets them again (their command IDs keep them from taking effect twice)');
+  }
+
+  /** Closes every consumer (the region has released its partitions by now). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    await Promise.all([...this.lanes.keys()].map((p) => this.releasing(p)));
+  }
+
+  private open(lane: Lane): void {
+    lane.opening = this.openConsumer(lane)
+      .catch((err: unknown) => {
+        if (!lane.active || this.stopped) return;
+        this.log.warn({ err, partition: lane.partition }, 'durable command consumer not opened; trying again');
+        this.reopenLater(lane);
+      })
+      .finally(() => (lane.opening = undefined));
+  }
+
+  private reopenLater(lane: Lane): void {
+    clearTimeout(lane.retry);
+    lane.retry = setTimeout(() => {
+      if (lane.active && !this.stopped && !lane.messages && !lane.opening) this.open(lane);
+    }, REOPEN_DELAY_MS);
+    lane.retry.unref();
+  }
+
+  /**
+   * Binds to the partition's durable consumer. One with commands delivered and not acknowledged
+   * (its previous owner died or was cut off with them) is recreated: in a work queue what is
+   * left in the stream is exactly what was not processed, so the new consumer delivers those at
+   * once rather than after their ack wait.
+   */
+  private async openConsumer(lane: Lane): Promise<void> {
+    const jsm = await jetstreamManager(this.nc);
+    const name = this.consumerName(lane.partition);
+    const config = {
+      durable_name: name,
+      description: `Strand durable commands of partition ${lane.partition}`,
+      filter_subject: durablePartitionCommands(lane.partition),
+      deliver_policy: DeliverPolicy.All,
+      ack_policy: AckPolicy.Explicit,
+      ack_wait: this.o.ackWaitMs * NANOS_PER_MS,
+      max_ack_pending: this.o.maxPending,
+    };
+    const info = await jsm.consumers.info(this.stream, name).catch((err: unknown) => {
+      if ((err as { name?: string }).name === 'ConsumerNotFoundError' || (err as { api_error?: { err_code?: number } }).api_error?.err_code === 10014) return undefined;
+      throw err;
+    });
+    const same = info && info.num_ack_pending === 0 && info.config.ack_wait === config.ack_wait && info.config.max_ack_pending === config.max_ack_pending && info.config.filter_subject === config.filter_subject;
+    if (!same) {
+      if (info) {
+        await jsm.consumers.delete(this.stream, name);
+        if (info.num_ack_pending > 0) this.log.info({ partition: lane.partition, unacknowledged: info.num_ack_pending }, 'durable command consumer recreated to deliver what its previous owner left unacknowledged');
+      }
+      await jsm.consumers.add(this.stream, config);
+    }
+    if (!lane.active || this.stopped) return;
+    const consumer = await jetstream(this.nc).consumers.get(this.stream, name);
+    const messages = await consumer.consume({ max_messages: this.o.maxPending, callback: (m) => this.take(lane, m) });
+    if (!lane.active || this.stopped) {
+      messages.stop();
+      return;
+    }
+    lane.messages = messages;
+    void messages.closed().then(
+      (err) => this.ended(lane, messages, err),
+      (err: unknown) => this.ended(lane, messages, err),
+    );
+  }
+
+  /** A consumer that ended while its partition is still active here (deleted, its server gone) is opened again. */
+  private ended(lane: Lane, messages: ConsumerMessages, err: unknown): void {
+    if (lane.messages !== messages || !lane.active || this.stopped) return;
+    lane.messages = undefined;
+    this.log.warn({ err, partition: lane.partition }, 'durable command consumer ended; opening it again');
+    this.reopenLater(lane);
+  }
+
+  private take(lane: Lane, m: JsMsg): void {
+    // Handed over meanwhile: back to the stream, for the partition's next owner.
+    if (!lane.active || !this.region.isActive(lane.partition)) return m.nak(HANDBACK_DELAY_MS);
+    const p = this.process(m).catch((err: unknown) => {
+      this.log.error({ err, partition: lane.partition, seq: m.seq }, 'durable command failed unexpectedly; delivering it again');
+      m.nak(RETRY_DELAY_MS);
+    });
+    lane.inFlight.add(p);
+    void p.finally(() => lane.inFlight.delete(p));
+  }
+
+  /** Runs one stored command (synchronously up to the region, so commands reach the actors in stream order), records its outcome, then acknowledges it. */
+  private async process(m: JsMsg): Promise<void> {
+    const t0 = performance.now();
+    const s = parseDurableCommandSubject(m.subject);
+    const h = headerValues(m.headers);
+    const derived = `cmdq-${m.seq}`;
+    let commandId = h.commandId ?? derived;
+    let reply: CommandReply;
+    if (!s) reply = failed(ErrorCode.BAD_REQUEST, `subject must be cmdq.<aggregate>.<id>.<Command>, stored as ${m.subject.slice(0, 300)}`);
+    else if (!isCommandId(commandId)) {
+      // Recorded under the ID the sender can still find: the stream sequence its publish was acknowledged with.
+      commandId = derived;
+      reply = failed(ErrorCode.BAD_REQUEST, 'header Strand-Command-Id must be 1-128 printable ASCII characters');
+    } else {
+      const parsed = this.intake.parse(s.aggregate, s.id, s.command, m.data, { ...h, commandId });
+      reply = 'ok' in parsed ? parsed : await this.region.submit(parsed, m.data);
+    }
+    const aggregate = s?.aggregate ?? '';
+    const command = s?.command ?? '';
+    if (!reply.ok && reply.error.code === ErrorCode.UNAVAILABLE) {
+      this.metrics.durableCommands.labels('retried').inc();
+      return m.nak(RETRY_DELAY_MS);
+    }
+    let recorded: boolean;
+    try {
+      recorded = await this.outcomes.record({ ...reply, commandId, aggregate, id: s?.id ?? '', command, recordedAt: new Date().toISOString() });
+    } catch (err) {
+      this.log.warn({ err, commandId }, 'outcome of a durable command not recorded; delivering it again');
+      this.metrics.durableCommands.labels('retried').inc();
+      return m.nak(RETRY_DELAY_MS);
+    }
+    const result = reply.ok ? (reply.duplicate || !recorded ? 'duplicate' : 'ok') : recorded ? reply.error.code : 'duplicate';
+    this.metrics.durableCommands.labels(result).inc();
+    const known = this.intake.registry.get(aggregate)?.commands.has(command) === true;
+    this.metrics.command(known ? aggregate : '_invalid', known ? command : '_invalid', result, (performance.now() - t0) / 1000);
+    if (!reply.ok && MALFORMED.has(reply.error.code)) m.term(`${reply.error.code}: ${reply.error.message}`.slice(0, 200));
+    else m.ack();
+  }
+}
