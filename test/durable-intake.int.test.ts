@@ -10,7 +10,10 @@ import type { Strand } from '../src/app.js';
 import type { CommandOutcome } from '../src/cluster/outcomes.js';
 import { partitionOf } from '../src/cluster/partition.js';
 import { OUTCOME_REQUEST, commandStreamName, durableCommandSubject } from '../subjects/index.js';
+import { startTestCluster, type TestCluster } from './support/cluster.js';
+import { spawnInstance, type InstanceProcess } from './support/instance.js';
 import { startTestNats, type TestNats } from './support/nats.js';
+import { createTestDatabase, type TestDatabase } from './support/postgres.js';
 import { eventually, startStrand, streamEvents } from './support/strand.js';
 
 const P = 64;
@@ -153,5 +156,60 @@ describe('durable command intake', { timeout: 120_000 }, () => {
     } finally {
       await Promise.all(both.map((s) => s.stop()));
     }
+  });
+});
+
+describe('durable command intake on a 3-node cluster (R3)', { timeout: 240_000 }, () => {
+  let cluster: TestCluster;
+  let db: TestDatabase;
+  let nc: NatsConnection;
+  const running: InstanceProcess[] = [];
+  beforeAll(async () => {
+    cluster = await startTestCluster();
+    db = await createTestDatabase();
+    nc = await connect({ servers: cluster.urls.split(','), maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+  });
+  afterAll(async () => {
+    await Promise.all(running.splice(0).map((i) => i.kill9()));
+    await nc?.close();
+    await db?.drop();
+    await cluster?.cleanup();
+  });
+
+  async function instance(extra: Record<string, string> = {}): Promise<InstanceProcess> {
+    const i = await spawnInstance({ NATS_URL: cluster.urls, DATABASE_URL: db.url, STRAND_ROLES: 'commands', STRAND_STREAM_REPLICAS: '3', ...extra });
+    running.push(i);
+    return i;
+  }
+
+  it('an owner killed (-9) mid-stream, after a command took effect and before its outcome was recorded: every command is processed exactly once, in publish order', async () => {
+    // The first instance kills itself at its 60th durable command, right after the command took effect.
+    const doomed = await instance({ STRAND_FAILPOINT: 'intake.beforeRecord:60' });
+    const survivor = await instance();
+    await Promise.all([doomed.ready(), survivor.ready()]);
+    const jsm = await jetstreamManager(nc);
+    expect((await jsm.streams.info(commandStreamName(STREAM))).config.num_replicas).toBe(3);
+
+    const tasks = Array.from({ length: 30 }, (_, i) => `k9-${i}`);
+    const rounds = 10;
+    for (let n = 0; n < rounds; n++) {
+      for (const task of tasks) {
+        if (n === 0) await publish(nc, 'task', task, 'CreateTask', { title: 't', memberId: 'M1', assignedTo: 'CC0' }, { 'Strand-Command-Id': `${task}-c0` });
+        else await publish(nc, 'task', task, 'AssignTask', { assignedTo: `${task}-who-${n}` }, { 'Strand-Command-Id': `${task}-c${n}` });
+      }
+    }
+    expect(await doomed.exited).toBeNull(); // killed by its signal
+    await eventually(async () => (await waiting(nc)) === 0, 'every durable command to be processed by the survivor', 60_000);
+
+    for (const task of tasks) {
+      const events = await streamEvents(nc, STREAM, 'task', task);
+      expect(events.map((e) => e.envelope.version)).toEqual(Array.from({ length: rounds }, (_, n) => n + 1));
+      expect(events.map((e) => e.envelope.metadata.commandId)).toEqual(Array.from({ length: rounds }, (_, n) => `${task}-c${n}`));
+      expect(events.slice(1).map((e) => (e.envelope.data as { assignedTo: string }).assignedTo)).toEqual(Array.from({ length: rounds - 1 }, (_, n) => `${task}-who-${n + 1}`));
+    }
+    // What the dead owner had taken and not acknowledged came to the survivor at once, not after the ack wait.
+    expect(survivor.output()).toContain('durable command consumer recreated to deliver what its previous owner left unacknowledged');
+    for (const task of tasks) expect(await outcomeOverNats(nc, `${task}-c${rounds - 1}`)).toMatchObject({ ok: true, version: rounds });
+    expect(await survivor.stop()).toBe(0);
   });
 });

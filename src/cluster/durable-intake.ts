@@ -20,6 +20,7 @@ import { commandStreamConfig, commandStreamName, durablePartitionCommands, parse
 import { isCommandId, type CommandIntake } from '../commands/intake.js';
 import { failed, type CommandReply } from '../commands/types.js';
 import { ErrorCode } from '../errors.js';
+import { failpoint } from '../failpoints.js';
 import { IncompatibleStream, streamInfo } from '../eventstore/jetstream.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { OutcomeStore } from './outcomes.js';
@@ -235,6 +236,8 @@ export class DurableIntake implements PartitionListener {
       const parsed = this.intake.parse(s.aggregate, s.id, s.command, m.data, { ...h, commandId });
       reply = 'ok' in parsed ? parsed : await this.region.submit(parsed, m.data);
     }
+    // Tests crash here: the command has taken effect, its outcome is not recorded, the message not acknowledged.
+    failpoint('intake.beforeRecord');
     const aggregate = s?.aggregate ?? '';
     const command = s?.command ?? '';
     if (!reply.ok && reply.error.code === ErrorCode.UNAVAILABLE) {
