@@ -111,6 +111,15 @@ export class Strand {
       );
       const access = deps.access ?? allowAll;
       const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES, decideCheck: (principal, command) => decideCheck(access, principal, command) });
+      // Before joining the cluster: once this instance is a member, the others hand it partitions, so
+      // nothing slow may come between its joining and its region taking them.
+      let outcomes: OutcomeStore | undefined;
+      if (config.STRAND_DURABLE_INTAKE) {
+        const intakeLog = log.child({ component: 'durable-intake' });
+        // Created by every instance, so commands can be published durably before any instance takes them.
+        await untilReady('durable command stream', () => ensureCommandStream(nc, { ...stream, partitions: config.STRAND_PARTITIONS }, intakeLog), isTransientJetStream, wait);
+        outcomes = await untilReady('outcome bucket', () => OutcomeStore.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, ttlMs: config.STRAND_OUTCOME_TTL_MS }, intakeLog), isTransientJetStream, wait);
+      }
       /** Names this instance in the cluster, and in what it publishes for other instances (the live feed). */
       const instance = randomUUID();
       const cluster = await untilReady(
@@ -146,25 +155,20 @@ export class Strand {
             log.child({ component: 'region' }),
           )
         : undefined;
-      let outcomes: OutcomeStore | undefined;
-      let durable: DurableIntake | undefined;
-      if (config.STRAND_DURABLE_INTAKE) {
-        const intakeLog = log.child({ component: 'durable-intake' });
-        // Created by every instance, so commands can be published durably before any instance takes them.
-        await untilReady('durable command stream', () => ensureCommandStream(nc, { ...stream, partitions: config.STRAND_PARTITIONS }, intakeLog), isTransientJetStream, wait);
-        outcomes = await untilReady('outcome bucket', () => OutcomeStore.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, ttlMs: config.STRAND_OUTCOME_TTL_MS }, intakeLog), isTransientJetStream, wait);
-        if (region) {
-          durable = new DurableIntake(
+      const durable = region && outcomes
+        ? new DurableIntake(
             nc,
             region,
             intake,
             outcomes,
             { ...stream, partitions: config.STRAND_PARTITIONS, maxPending: config.STRAND_INTAKE_MAX_PENDING, ackWaitMs: config.STRAND_INTAKE_ACK_WAIT_MS, drainTimeoutMs: config.STRAND_DRAIN_TIMEOUT_MS },
             metrics,
-            intakeLog,
-          );
-          region.addPartitionListener(durable);
-        }
+            log.child({ component: 'durable-intake' }),
+          )
+        : undefined;
+      if (region && durable) {
+        region.addPartitionListener(durable);
+        durable.start();
       }
       let pool: Pool | undefined;
       let readSide: ReadSide | undefined;

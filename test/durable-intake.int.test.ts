@@ -145,6 +145,11 @@ describe('durable command intake', { timeout: 120_000 }, () => {
     const both = [a!, b!];
     try {
       await eventually(() => both.every((s) => s.region!.ready), 'every instance to hold its share', 20_000);
+      // Nothing waits in the stream: consumers the earlier instances left are deleted once idle,
+      // and no partition opens one (on R3 each would be a raft group).
+      const jsm = await jetstreamManager(nc);
+      const consumers = async () => (await jsm.consumers.list(commandStreamName(STREAM)).next()).length;
+      await eventually(async () => (await consumers()) === 0, 'idle consumers to be deleted', 40_000);
       const ids = Array.from({ length: 40 }, (_, i) => `live-${i}`);
       for (const id of ids) await publish(nc, 'task', id, 'CreateTask', { title: 't', memberId: 'M1', assignedTo: 'CC0' }, { 'Strand-Command-Id': `${id}-create` });
       await eventually(async () => (await waiting(nc)) === 0, 'the durable commands to be processed', 20_000);
@@ -153,6 +158,11 @@ describe('durable command intake', { timeout: 120_000 }, () => {
         expect(await counter(s, 'strand_durable_commands_total', { result: 'ok' })).toBe(mine);
       }
       for (const id of ids) expect((await outcomeOverNats(nc, `${id}-create`))['ok']).toBe(true);
+      // A publish opened its partition's consumer; once idle, each is deleted again.
+      expect(await consumers()).toBeGreaterThan(0);
+      await eventually(async () => (await consumers()) === 0, 'the idle consumers to be deleted', 40_000);
+      await publish(nc, 'task', ids[0]!, 'AssignTask', { assignedTo: 'again' }, { 'Strand-Command-Id': 'after-idle' });
+      await eventually(async () => (await outcomeOverNats(nc, 'after-idle'))['ok'] === true, 'a command after the consumers were closed', 10_000);
     } finally {
       await Promise.all(both.map((s) => s.stop()));
     }

@@ -4,8 +4,11 @@
  * so one published while no instance runs is processed when one starts. The stream's subject
  * transform stores each as `cmdq.<partition>.…` (nats-server computes the partition with the
  * same FNV-1a hash as Strand), and each partition's owner reads only its partition, through a
- * durable consumer opened when the region activates the partition and closed when it hands it
- * over.
+ * durable consumer. Consumers exist only while their partition has commands to process (on an
+ * R3 cluster each is a raft group of its own): the owner opens one when it activates a partition
+ * that has a backlog, or when a publish on `cmdq.*.*.*` (a plain subscription: the doorbell)
+ * names the partition, and deletes it once the partition has been idle for a while. It stops
+ * reading, and leaves the consumer to the next owner, when it hands the partition over.
  *
  * A command runs through the region, as a request-reply command does, under its command ID
  * (`Strand-Command-Id`, else `cmdq-<stream sequence>`): a redelivery is answered by the actor from
@@ -13,10 +16,10 @@
  * (the first one stays), and only then is the message acknowledged. Bad input is recorded as its
  * error and terminated, never redelivered; `UNAVAILABLE` is retried after a pause.
  */
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
-import type { NatsConnection } from '@nats-io/nats-core';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg, type MsgRequest } from '@nats-io/jetstream';
+import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import type { Logger } from 'pino';
-import { commandStreamConfig, commandStreamName, durablePartitionCommands, parseDurableCommandSubject, type EventStreamOptions } from '../../subjects/index.js';
+import { DURABLE_COMMAND_PREFIX, commandStreamConfig, commandStreamName, durablePartitionCommands, parseDurableCommandSubject, type EventStreamOptions } from '../../subjects/index.js';
 import { isCommandId, type CommandIntake } from '../commands/intake.js';
 import { failed, type CommandReply } from '../commands/types.js';
 import { ErrorCode } from '../errors.js';
@@ -24,6 +27,7 @@ import { failpoint } from '../failpoints.js';
 import { IncompatibleStream, streamInfo } from '../eventstore/jetstream.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { OutcomeStore } from './outcomes.js';
+import { partitionOf } from './partition.js';
 import { headerValues, type PartitionListener, type Region } from './region.js';
 
 /** Settings of the durable intake (documented in docs/configuration.md). */
@@ -43,8 +47,15 @@ const NANOS_PER_MS = 1_000_000;
 const RETRY_DELAY_MS = 500;
 /** Pause before a message that reached a partition no longer active here goes back (to the next owner). */
 const HANDBACK_DELAY_MS = 100;
-/** Pause before a consumer that could not be opened is tried again. */
+/** Pause before a consumer that could not be opened is tried again, doubling after each failure up to the longest. */
 const REOPEN_DELAY_MS = 1000;
+const REOPEN_DELAY_MAX_MS = 30_000;
+/** A partition's consumer with nothing delivered for this long (and nothing pending) is deleted. */
+const IDLE_CLOSE_MS = 10_000;
+/** How often idle consumers are closed, and partitions without a consumer checked for a backlog whose doorbell was missed. */
+const SWEEP_MS = 5_000;
+/** Activations within this long are looked at together. */
+const SCAN_DELAY_MS = 50;
 /** Outcomes of malformed commands: terminated (recorded, never delivered again) rather than acknowledged. */
 const MALFORMED: ReadonlySet<string> = new Set([ErrorCode.BAD_REQUEST, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.UNKNOWN_COMMAND, ErrorCode.VALIDATION_FAILED]);
 
@@ -79,14 +90,25 @@ interface Lane {
   messages: ConsumerMessages | undefined;
   opening: Promise<void> | undefined;
   retry: NodeJS.Timeout | undefined;
+  /** Consecutive failures to open its consumer (the backoff of the next attempt). */
+  failures: number;
   /** Commands taken and not yet settled. */
   readonly inFlight: Set<Promise<void>>;
+  /** performance.now() of the last command delivered (or of opening). */
+  lastAt: number;
+  /** Its idle consumer being deleted. */
+  closing: Promise<void> | undefined;
+  /** A doorbell rang while it was closing: open it again after. */
+  rang: boolean;
 }
 
 export class DurableIntake implements PartitionListener {
   private readonly lanes = new Map<number, Lane>();
   private readonly stream: string;
   private stopped = false;
+  private doorbell: Subscription | undefined;
+  private sweeper: NodeJS.Timeout | undefined;
+  private scanTimer: NodeJS.Timeout | undefined;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -104,13 +126,107 @@ export class DurableIntake implements PartitionListener {
     return `strand_cmdq_p${partition}`;
   }
 
+  /** Listens for publishes (the doorbell) and starts the sweep; call before the region starts. */
+  start(): void {
+    this.doorbell = this.nc.subscribe(`${DURABLE_COMMAND_PREFIX}.*.*.*`, {
+      callback: (err, msg) => (err ? this.log.error({ err }, 'durable command doorbell failed') : this.ring(msg.subject)),
+    });
+    this.sweeper = setInterval(() => void this.sweep(), SWEEP_MS);
+    this.sweeper.unref();
+  }
+
   activated(partition: number): void {
     if (this.stopped) return;
     let lane = this.lanes.get(partition);
-    if (!lane) this.lanes.set(partition, (lane = { partition, active: false, messages: undefined, opening: undefined, retry: undefined, inFlight: new Set() }));
+    if (!lane) {
+      lane = { partition, active: false, messages: undefined, opening: undefined, retry: undefined, failures: 0, inFlight: new Set(), lastAt: 0, closing: undefined, rang: false };
+      this.lanes.set(partition, lane);
+    }
     if (lane.active) return;
     lane.active = true;
-    this.open(lane);
+    // Partitions are activated by the dozen (at start, after a takeover): one look at the stream for all of them.
+    if (!this.scanTimer) {
+      this.scanTimer = setTimeout(() => {
+        this.scanTimer = undefined;
+        void this.openWaiting();
+      }, SCAN_DELAY_MS);
+      this.scanTimer.unref();
+    }
+  }
+
+  /** A command was published: the owner of its partition opens the partition's consumer if it has none. */
+  private ring(subject: string): void {
+    const t = subject.split('.');
+    if (t.length !== 4) return;
+    const lane = this.lanes.get(partitionOf(t[1]!, t[2]!, this.o.partitions));
+    if (!lane?.active || lane.messages) return;
+    // Closing, or opening after finding nothing stored yet: open (again) once that is done.
+    if (lane.closing || lane.opening) lane.rang = true;
+    else this.open(lane, true);
+  }
+
+  /** Deletes idle consumers; opens those of partitions with a backlog and no consumer (a doorbell missed while disconnected). */
+  private async sweep(): Promise<void> {
+    if (this.stopped) return;
+    const now = performance.now();
+    for (const lane of this.lanes.values()) {
+      if (lane.active && lane.messages && !lane.closing && lane.inFlight.size === 0 && now - lane.lastAt > IDLE_CLOSE_MS) this.close(lane);
+    }
+    await this.openWaiting();
+  }
+
+  /**
+   * For every active partition here that is not being read: opens its consumer when commands wait
+   * for it, and deletes one a previous owner left idle. Two requests (the stream's count and the
+   * consumers) when nothing waits and nothing was left.
+   */
+  private async openWaiting(): Promise<void> {
+    const closed = [...this.lanes.values()].filter((l) => l.active && !l.messages && !l.opening && !l.closing && !l.retry);
+    if (closed.length === 0 || this.stopped) return;
+    let waiting: number;
+    const left = new Map<string, { pending: number }>();
+    try {
+      const jsm = await jetstreamManager(this.nc);
+      waiting = (await jsm.streams.info(this.stream)).state.messages;
+      for (const c of await jsm.consumers.list(this.stream).next()) left.set(c.name, { pending: c.num_pending + c.num_ack_pending });
+    } catch {
+      return; // the next sweep asks again
+    }
+    for (const lane of closed) {
+      if (!lane.active || lane.messages || lane.opening || lane.closing || this.stopped) continue;
+      const c = left.get(this.consumerName(lane.partition));
+      if (c && c.pending === 0) this.close(lane);
+      else if (c || waiting > 0) this.open(lane, false);
+    }
+  }
+
+  /** Stops reading an idle partition and deletes its consumer, unless something is pending on it; then looks again for a backlog. */
+  private close(lane: Lane): void {
+    const messages = lane.messages;
+    lane.closing = (async () => {
+      const jsm = await jetstreamManager(this.nc);
+      const name = this.consumerName(lane.partition);
+      const info = await jsm.consumers.info(this.stream, name);
+      if (info.num_pending > 0 || info.num_ack_pending > 0 || lane.inFlight.size > 0) {
+        lane.lastAt = performance.now();
+        return;
+      }
+      lane.messages = undefined;
+      messages?.stop();
+      await jsm.consumers.delete(this.stream, name);
+    })()
+      .catch((err: unknown) => this.log.warn({ err, partition: lane.partition }, 'idle durable command consumer not deleted'))
+      .finally(() => {
+        lane.closing = undefined;
+        // What was published meanwhile (or stored between the check and the delete) is found here.
+        if (lane.active && !lane.messages && !lane.opening && !this.stopped) this.open(lane, this.takeRang(lane));
+      });
+  }
+
+  private takeRang(lane: Lane): boolean {
+    const rang = lane.rang;
+    lane.rang = false;
+    return rang;
   }
 
   /** Stops taking the partition's commands and waits (bounded) for those in progress to be recorded. */
@@ -119,7 +235,8 @@ export class DurableIntake implements PartitionListener {
     if (!lane) return;
     lane.active = false;
     clearTimeout(lane.retry);
-    await lane.opening;
+    lane.retry = undefined;
+    // An opening or closing under way sees the lane inactive and stops reading itself; the handoff does not wait for it.
     lane.messages?.stop();
     lane.messages = undefined;
     if (lane.inFlight.size === 0) return;
@@ -135,24 +252,35 @@ export class DurableIntake implements PartitionListener {
   /** Closes every consumer (the region has released its partitions by now). */
   async stop(): Promise<void> {
     this.stopped = true;
+    clearInterval(this.sweeper);
+    clearTimeout(this.scanTimer);
+    this.doorbell?.unsubscribe();
     await Promise.all([...this.lanes.keys()].map((p) => this.releasing(p)));
   }
 
-  private open(lane: Lane): void {
-    lane.opening = this.openConsumer(lane)
+  /** Opens the partition's consumer; unless `force`, only when one exists already or the partition has commands waiting. */
+  private open(lane: Lane, force: boolean): void {
+    clearTimeout(lane.retry);
+    lane.retry = undefined;
+    lane.opening = this.openConsumer(lane, force)
       .catch((err: unknown) => {
         if (!lane.active || this.stopped) return;
-        this.log.warn({ err, partition: lane.partition }, 'durable command consumer not opened; trying again');
+        lane.failures++;
+        this.log.warn({ err, partition: lane.partition, failures: lane.failures }, 'durable command consumer not opened; trying again');
         this.reopenLater(lane);
       })
-      .finally(() => (lane.opening = undefined));
+      .finally(() => {
+        lane.opening = undefined;
+        if (this.takeRang(lane) && lane.active && !lane.messages && !lane.closing && !lane.retry && !this.stopped) this.open(lane, true);
+      });
   }
 
   private reopenLater(lane: Lane): void {
     clearTimeout(lane.retry);
     lane.retry = setTimeout(() => {
-      if (lane.active && !this.stopped && !lane.messages && !lane.opening) this.open(lane);
-    }, REOPEN_DELAY_MS);
+      lane.retry = undefined;
+      if (lane.active && !this.stopped && !lane.messages && !lane.opening && !lane.closing) this.open(lane, true);
+    }, Math.min(REOPEN_DELAY_MAX_MS, REOPEN_DELAY_MS * 2 ** Math.min(lane.failures, 5)));
     lane.retry.unref();
   }
 
@@ -162,7 +290,7 @@ export class DurableIntake implements PartitionListener {
    * left in the stream is exactly what was not processed, so the new consumer delivers those at
    * once rather than after their ack wait.
    */
-  private async openConsumer(lane: Lane): Promise<void> {
+  private async openConsumer(lane: Lane, force: boolean): Promise<void> {
     const jsm = await jetstreamManager(this.nc);
     const name = this.consumerName(lane.partition);
     const config = {
@@ -178,6 +306,9 @@ export class DurableIntake implements PartitionListener {
       if ((err as { name?: string }).name === 'ConsumerNotFoundError' || (err as { api_error?: { err_code?: number } }).api_error?.err_code === 10014) return undefined;
       throw err;
     });
+    // No consumer, and nothing stored for the partition: nothing to read until a doorbell rings.
+    // (nats.js types leave next_by_subj out of getMessage's request, though the server and the call take it.)
+    if (!info && !force && !(await jsm.streams.getMessage(this.stream, { next_by_subj: durablePartitionCommands(lane.partition), seq: 0 } as unknown as MsgRequest))) return;
     const same = info && info.num_ack_pending === 0 && info.config.ack_wait === config.ack_wait && info.config.max_ack_pending === config.max_ack_pending && info.config.filter_subject === config.filter_subject;
     if (!same) {
       if (info) {
@@ -194,6 +325,8 @@ export class DurableIntake implements PartitionListener {
       return;
     }
     lane.messages = messages;
+    lane.failures = 0;
+    lane.lastAt = performance.now();
     void messages.closed().then(
       (err) => this.ended(lane, messages, err),
       (err: unknown) => this.ended(lane, messages, err),
@@ -211,6 +344,7 @@ export class DurableIntake implements PartitionListener {
   private take(lane: Lane, m: JsMsg): void {
     // Handed over meanwhile: back to the stream, for the partition's next owner.
     if (!lane.active || !this.region.isActive(lane.partition)) return m.nak(HANDBACK_DELAY_MS);
+    lane.lastAt = performance.now();
     const p = this.process(m).catch((err: unknown) => {
       this.log.error({ err, partition: lane.partition, seq: m.seq }, 'durable command failed unexpectedly; delivering it again');
       m.nak(RETRY_DELAY_MS);
