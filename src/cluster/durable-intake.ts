@@ -16,7 +16,7 @@
  * (the first one stays), and only then is the message acknowledged. Bad input is recorded as its
  * error and terminated, never redelivered; `UNAVAILABLE` is retried after a pause.
  */
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg, type MsgRequest } from '@nats-io/jetstream';
+import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamManager, type JsMsg, type MsgRequest } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import type { Logger } from 'pino';
 import { DURABLE_COMMAND_PREFIX, commandStreamConfig, commandStreamName, durablePartitionCommands, parseDurableCommandSubject, type EventStreamOptions } from '../../subjects/index.js';
@@ -122,6 +122,13 @@ export class DurableIntake implements PartitionListener {
     this.stream = commandStreamName(o.name);
   }
 
+  private jsm: Promise<JetStreamManager> | undefined;
+
+  /** One manager for the life of the intake, without the account-info request each new one makes. */
+  private manager(): Promise<JetStreamManager> {
+    return (this.jsm ??= jetstreamManager(this.nc, { checkAPI: false }));
+  }
+
   private consumerName(partition: number): string {
     return `strand_cmdq_p${partition}`;
   }
@@ -186,7 +193,7 @@ export class DurableIntake implements PartitionListener {
     let waiting: number;
     const left = new Map<string, { pending: number }>();
     try {
-      const jsm = await jetstreamManager(this.nc);
+      const jsm = await this.manager();
       waiting = (await jsm.streams.info(this.stream)).state.messages;
       for (const c of await jsm.consumers.list(this.stream).next()) left.set(c.name, { pending: c.num_pending + c.num_ack_pending });
     } catch {
@@ -204,7 +211,7 @@ export class DurableIntake implements PartitionListener {
   private close(lane: Lane): void {
     const messages = lane.messages;
     lane.closing = (async () => {
-      const jsm = await jetstreamManager(this.nc);
+      const jsm = await this.manager();
       const name = this.consumerName(lane.partition);
       const info = await jsm.consumers.info(this.stream, name);
       if (info.num_pending > 0 || info.num_ack_pending > 0 || lane.inFlight.size > 0) {
@@ -291,7 +298,7 @@ export class DurableIntake implements PartitionListener {
    * once rather than after their ack wait.
    */
   private async openConsumer(lane: Lane, force: boolean): Promise<void> {
-    const jsm = await jetstreamManager(this.nc);
+    const jsm = await this.manager();
     const name = this.consumerName(lane.partition);
     const config = {
       durable_name: name,
