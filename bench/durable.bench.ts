@@ -89,7 +89,7 @@ async function main(): Promise<number> {
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
     const requester = new LeanRequester(nc);
-    const config = loadConfig({ STRAND_ROLES: 'commands', LOG_LEVEL: 'warn' });
+    const config = loadConfig({ STRAND_ROLES: 'commands', LOG_LEVEL: 'warn', STRAND_DURABLE_INTAKE: 'true' });
     const start = () => Strand.start({ config, aggregates, natsUrl: server.url, log: pino({ level: 'warn' }), defaultMetrics: false });
     const cpu = () => [process.cpuUsage(), processCpuMicros(server.server.pid) ?? 0] as const;
     const perCommand = (c0: ReturnType<typeof cpu>): [number, number] => {

@@ -18,6 +18,8 @@ import { eventually, startStrand, streamEvents } from './support/strand.js';
 
 const P = 64;
 const STREAM = 'EVENTS';
+/** The durable intake is opt-in. */
+const ON = { STRAND_DURABLE_INTAKE: 'true' };
 
 async function counter(s: Strand, name: string, labels: Record<string, string> = {}): Promise<number> {
   const m = (await s.metrics.registry.getMetricsAsJSON()).find((x) => x.name === name);
@@ -59,7 +61,7 @@ describe('durable command intake', { timeout: 120_000 }, () => {
 
   it('processes commands published while every instance was down exactly once, on their owners, in order, with readable outcomes', async () => {
     // A first start creates the stream; then nothing runs while the commands are published.
-    const first = await startStrand(nats.url);
+    const first = await startStrand(nats.url, ON);
     expect(await first.stop()).toBe(true);
 
     const tasks = Array.from({ length: 24 }, (_, i) => `dur-${i}`);
@@ -85,7 +87,7 @@ describe('durable command intake', { timeout: 120_000 }, () => {
     const seq = await publish(nc, 'task', 'dur-noid', 'CreateTask', { title: 't', memberId: 'M1', assignedTo: 'CC0' });
     expect(await waiting(nc)).toBe(tasks.length * 5 + 7);
 
-    const [a, b] = await Promise.all([startStrand(nats.url), startStrand(nats.url)]);
+    const [a, b] = await Promise.all([startStrand(nats.url, ON), startStrand(nats.url, ON)]);
     const both = [a!, b!];
     try {
       await eventually(async () => (await waiting(nc)) === 0, 'every durable command to be processed', 30_000);
@@ -141,7 +143,7 @@ describe('durable command intake', { timeout: 120_000 }, () => {
   });
 
   it('takes a durable command published while it runs, on the owner of its partition, whichever instance that is', async () => {
-    const [a, b] = await Promise.all([startStrand(nats.url), startStrand(nats.url)]);
+    const [a, b] = await Promise.all([startStrand(nats.url, ON), startStrand(nats.url, ON)]);
     const both = [a!, b!];
     try {
       await eventually(() => both.every((s) => s.region!.ready), 'every instance to hold its share', 20_000);
@@ -187,7 +189,7 @@ describe('durable command intake on a 3-node cluster (R3)', { timeout: 240_000 }
   });
 
   async function instance(extra: Record<string, string> = {}): Promise<InstanceProcess> {
-    const i = await spawnInstance({ NATS_URL: cluster.urls, DATABASE_URL: db.url, STRAND_ROLES: 'commands', STRAND_STREAM_REPLICAS: '3', ...extra });
+    const i = await spawnInstance({ NATS_URL: cluster.urls, DATABASE_URL: db.url, STRAND_ROLES: 'commands', STRAND_STREAM_REPLICAS: '3', ...ON, ...extra });
     running.push(i);
     return i;
   }

@@ -93,6 +93,7 @@ beforeAll(async () => {
       STRAND_MIN_SEQ_WAIT_MS: '1000',
       STRAND_PROJECTION_MAX_ATTEMPTS: '1',
       STRAND_PROJECTION_BATCH_MS: '5',
+      STRAND_DURABLE_INTAKE: 'true',
     }),
     aggregates,
     natsUrl: nats.url,

@@ -161,7 +161,7 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
       channels[durable] = {
         address: durableCommandSubject(a.name, '{id}', command),
         title: `${a.name} ${command} (durable)`,
-        description: `Stored in the JetStream stream ${commandStreamName(stream)} (publish with JetStream; the PubAck says it is stored) until the owner of its partition has processed it, exactly once, even if no instance runs at publish time. No reply: read its outcome by command ID on ${OUTCOME_REQUEST} or GET /commands/{commandId}.`,
+        description: `With STRAND_DURABLE_INTAKE=true: stored in the JetStream stream ${commandStreamName(stream)} (publish with JetStream; the PubAck says it is stored) until the owner of its partition has processed it, exactly once, even if no instance runs at publish time. No reply: read its outcome by command ID on ${OUTCOME_REQUEST} or GET /commands/{commandId}.`,
         parameters: { id: ref('#/components/parameters/id') },
         messages: { [command]: ref(`#/components/messages/${id}`) },
       };

@@ -13,7 +13,7 @@ import type { ApiDeps } from './server.js';
  */
 export const outcomeRoute: FastifyPluginAsync<{ api: ApiDeps }> = async (app, { api }) => {
   app.get<{ Params: { commandId: string } }>('/commands/:commandId', async (req): Promise<CommandOutcome> => {
-    if (!api.outcomes) throw new StrandError(ErrorCode.UNAVAILABLE, 'durable command intake is off here (STRAND_DURABLE_INTAKE=false)');
+    if (!api.outcomes) throw new StrandError(ErrorCode.UNAVAILABLE, 'durable command intake is off here (set STRAND_DURABLE_INTAKE=true)');
     const found: CommandOutcome | CommandFailed = await api.outcomes.answer(req.params.commandId);
     if (!('commandId' in found)) throw new StrandError(found.error.code, found.error.message);
     const allowed = checkSubscribe(api.access, principalOf(req), { kind: 'aggregate', aggregate: found.aggregate, id: found.id });
