@@ -9,6 +9,8 @@ import type { Aggregate } from './aggregate/define.js';
 import { CommandIntake } from './commands/intake.js';
 import { ClusterView } from './cluster/view.js';
 import { Region } from './cluster/region.js';
+import { DurableIntake, ensureCommandStream } from './cluster/durable-intake.js';
+import { OutcomeStore } from './cluster/outcomes.js';
 import type { Config } from './config.js';
 import { JetStreamEventStore, ensureEventStream } from './eventstore/jetstream.js';
 import { KvSnapshotStore } from './eventstore/snapshots.js';
@@ -71,6 +73,9 @@ export class Strand {
     readonly readSide: ReadSide | undefined,
     readonly views: ViewReader | undefined,
     readonly live: LiveGateway | undefined,
+    /** Durable commands' outcomes; undefined when STRAND_DURABLE_INTAKE is off. */
+    readonly outcomes: OutcomeStore | undefined,
+    private readonly durable: DurableIntake | undefined,
   ) {}
 
   /** Connects, checks the server, prepares the stream and starts taking commands. */
@@ -106,6 +111,15 @@ export class Strand {
       );
       const access = deps.access ?? allowAll;
       const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES, decideCheck: (principal, command) => decideCheck(access, principal, command) });
+      // Before joining the cluster: once this instance is a member, the others hand it partitions, so
+      // nothing slow may come between its joining and its region taking them.
+      let outcomes: OutcomeStore | undefined;
+      if (config.STRAND_DURABLE_INTAKE) {
+        const intakeLog = log.child({ component: 'durable-intake' });
+        // Created by every instance, so commands can be published durably before any instance takes them.
+        await untilReady('durable command stream', () => ensureCommandStream(nc, { ...stream, partitions: config.STRAND_PARTITIONS }, intakeLog), isTransientJetStream, wait);
+        outcomes = await untilReady('outcome bucket', () => OutcomeStore.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, ttlMs: config.STRAND_OUTCOME_TTL_MS }, intakeLog), isTransientJetStream, wait);
+      }
       /** Names this instance in the cluster, and in what it publishes for other instances (the live feed). */
       const instance = randomUUID();
       const cluster = await untilReady(
@@ -141,6 +155,21 @@ export class Strand {
             log.child({ component: 'region' }),
           )
         : undefined;
+      const durable = region && outcomes
+        ? new DurableIntake(
+            nc,
+            region,
+            intake,
+            outcomes,
+            { ...stream, partitions: config.STRAND_PARTITIONS, maxPending: config.STRAND_INTAKE_MAX_PENDING, ackWaitMs: config.STRAND_INTAKE_ACK_WAIT_MS, drainTimeoutMs: config.STRAND_DRAIN_TIMEOUT_MS },
+            metrics,
+            log.child({ component: 'durable-intake' }),
+          )
+        : undefined;
+      if (region && durable) {
+        region.addPartitionListener(durable);
+        durable.start();
+      }
       let pool: Pool | undefined;
       let readSide: ReadSide | undefined;
       let views: ViewReader | undefined;
@@ -196,6 +225,7 @@ export class Strand {
           stream: config.STRAND_STREAM,
           natsUrl: deps.natsUrl,
           access,
+          outcomes,
         },
       });
       let live: LiveGateway | undefined;
@@ -218,9 +248,10 @@ export class Strand {
         const gateway = live;
         readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
-      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live);
+      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable);
       app.watchConnection();
       if (readSide && config.STRAND_ROLES.includes('projections')) await untilReady('read model database', () => readSide.start(), isTransientPg, wait);
+      outcomes?.serve(nc, config.STRAND_QUEUE_GROUP);
       if (region) await region.start();
       log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;
@@ -240,6 +271,8 @@ export class Strand {
     // Partitions go to the other instances (commands in progress finish first, those waiting go with them).
     const [clean] = await Promise.all([this.region ? this.region.stop() : this.cluster.leave().then(() => true), this.http.close()]);
     if (!clean) this.log.warn({ pending: this.region?.pending ?? 0 }, 'drain timed out with commands in progress');
+    await this.durable?.stop();
+    this.outcomes?.stop();
     await this.readSide?.stop();
     this.actors.stop();
     this.store.close();

@@ -72,6 +72,10 @@ export const ConfigSchema = z.object({
   STRAND_OWNER_WAIT_MS: int(0, 120_000).default(5000),
   STRAND_HANDOFF_WAIT_MS: int(0, 120_000).default(2000),
   STRAND_PARTITION_BUFFER: int(1).default(10_000),
+  STRAND_DURABLE_INTAKE: bool.default(false),
+  STRAND_OUTCOME_TTL_MS: int(1000).default(86_400_000),
+  STRAND_INTAKE_MAX_PENDING: int(1, 100_000).default(128),
+  STRAND_INTAKE_ACK_WAIT_MS: int(1000, 3_600_000).default(30_000),
   STRAND_ROLES: z
     .string()
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))

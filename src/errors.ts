@@ -48,6 +48,8 @@ export const ErrorCode = {
   REBUILD_IN_PROGRESS: 'REBUILD_IN_PROGRESS',
   /** HTTP: retrying a parked event failed again; the message is its error. */
   RETRY_FAILED: 'RETRY_FAILED',
+  /** No outcome recorded for that command ID: not processed yet, never published, or past its TTL. */
+  OUTCOME_NOT_FOUND: 'OUTCOME_NOT_FOUND',
 } as const;
 export type ErrorCode = (typeof ErrorCode)[keyof typeof ErrorCode];
 
@@ -67,6 +69,7 @@ export const HttpStatus: Readonly<Record<ErrorCode, number>> = {
   ROW_NOT_FOUND: 404,
   UNKNOWN_PROJECTION: 404,
   DEAD_LETTER_NOT_FOUND: 404,
+  OUTCOME_NOT_FOUND: 404,
   WRONG_VERSION: 409,
   CONFLICT: 409,
   REBUILD_IN_PROGRESS: 409,

@@ -32,5 +32,11 @@ export {
   partitionCommands,
   partitionMapping,
   type RoutedSubject,
+  DURABLE_COMMAND_PREFIX,
+  OUTCOME_REQUEST,
+  durableCommandSubject,
+  durableCommandTransform,
+  durablePartitionCommands,
+  parseDurableCommandSubject,
 } from './subjects.js';
-export { clusterBucketName, compareStreamConfig, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';
+export { clusterBucketName, commandStreamConfig, commandStreamName, compareStreamConfig, outcomeBucketName, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';

@@ -1,5 +1,5 @@
 import type { StreamConfig } from '@nats-io/jetstream';
-import { ALL_EVENTS } from './subjects.js';
+import { ALL_EVENTS, DURABLE_COMMAND_PREFIX, durableCommandTransform } from './subjects.js';
 
 /** The event stream's settings that a deployment chooses. */
 export interface EventStreamOptions {
@@ -72,4 +72,34 @@ export function snapshotBucketName(streamName: string): string {
 /** The JetStream KV bucket that holds a deployment's membership and partition claims. */
 export function clusterBucketName(streamName: string): string {
   return `${streamName}_cluster`.replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
+/** The stream of durable commands for an event stream: `<STREAM>_COMMANDS`. */
+export function commandStreamName(streamName: string): string {
+  return `${streamName}_COMMANDS`;
+}
+
+/** The JetStream KV bucket that holds durable commands' outcomes, by command ID. */
+export function outcomeBucketName(streamName: string): string {
+  return `${streamName}_outcomes`.replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
+/**
+ * The durable command stream's configuration. A work queue: a command is removed once its
+ * partition's owner has recorded its outcome and acknowledged it, so the stream holds exactly
+ * the commands not yet processed. `discard: new` refuses a publish when an operator's limit is
+ * reached, rather than dropping a command nobody has processed.
+ */
+export function commandStreamConfig(o: EventStreamOptions & { readonly partitions: number }): Partial<StreamConfig> & { name: string } {
+  return {
+    name: commandStreamName(o.name),
+    description: `Strand durable commands: ${DURABLE_COMMAND_PREFIX}.<aggregate>.<id>.<Command>, stored as ${DURABLE_COMMAND_PREFIX}.<partition>.<aggregate>.<id>.<Command>`,
+    subjects: [`${DURABLE_COMMAND_PREFIX}.*.*.*`],
+    subject_transform: durableCommandTransform(o.partitions),
+    retention: 'workqueue' as StreamConfig['retention'],
+    storage: 'file' as StreamConfig['storage'],
+    num_replicas: o.replicas,
+    discard: 'new' as StreamConfig['discard'],
+    duplicate_window: o.duplicateWindowMs * NANOS_PER_MS,
+  };
 }

@@ -103,6 +103,41 @@ export function parseEventSubject(subject: string): { aggregate: string; id: str
   return { aggregate: parts[1]!, id: parts[2]!, type: parts[3]! };
 }
 
+/**
+ * Durable command intake: `cmdq.<aggregate>.<id>.<Command>` is captured by the stream
+ * `<STREAM>_COMMANDS`, which stores it as `cmdq.<partition>.<aggregate>.<id>.<Command>` (a subject
+ * transform computes the partition with the same hash as Strand). Its own prefix, never `cmd.`:
+ * a stream capturing request subjects would answer every request with its PubAck.
+ */
+export const DURABLE_COMMAND_PREFIX = 'cmdq';
+
+/** `cmdq.<aggregate>.<id>.<Command>`: where a client publishes a durable command. */
+export function durableCommandSubject(aggregate: string, id: string, command: string): string {
+  return `${DURABLE_COMMAND_PREFIX}.${aggregate}.${id}.${command}`;
+}
+
+/** `cmdq.<partition>.>`: one partition's stored durable commands (its owner's consumer filter). */
+export function durablePartitionCommands(partition: number): string {
+  return `${DURABLE_COMMAND_PREFIX}.${partition}.>`;
+}
+
+/** The stream's subject transform: `cmdq.<a>.<id>.<C>` stored as `cmdq.<partition>.<a>.<id>.<C>`. */
+export function durableCommandTransform(partitions: number): { readonly src: string; readonly dest: string } {
+  return { src: `${DURABLE_COMMAND_PREFIX}.*.*.*`, dest: `${DURABLE_COMMAND_PREFIX}.{{partition(${partitions},1,2)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}` };
+}
+
+/** A stored durable command's subject taken apart, or undefined when it is not `cmdq.<p>.<a>.<id>.<C>`. */
+export function parseDurableCommandSubject(subject: string): { partition: number; aggregate: string; id: string; command: string } | undefined {
+  const t = subject.split('.');
+  if (t.length !== 5 || t[0] !== DURABLE_COMMAND_PREFIX) return undefined;
+  const partition = Number(t[1]);
+  if (!Number.isInteger(partition) || partition < 0) return undefined;
+  return { partition, aggregate: t[2]!, id: t[3]!, command: t[4]! };
+}
+
+/** Request subject answering a durable command's outcome: the body is the command ID. */
+export const OUTCOME_REQUEST = 'strand.outcome.get';
+
 /** Prefix of the live change feed (core NATS, not stored): projections publish, gateways listen. */
 export const LIVE_PREFIX = 'strand.live';
 /** Every projection's change feed. */

@@ -7,6 +7,8 @@
  * test makes what it reads, so any one runs alone (`-t`) and in any order (`--sequence.shuffle`).
  */
 import { STATUS_CODES } from 'node:http';
+import { jetstream } from '@nats-io/jetstream';
+import { headers as natsHeaders } from '@nats-io/transport-node';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it, type RunnerTestCase, type RunnerTestFile, type RunnerTestSuite } from 'vitest';
 import { eligibilityCheck } from '../actors/eligibility-check/eligibility-check.js';
@@ -91,6 +93,7 @@ beforeAll(async () => {
       STRAND_MIN_SEQ_WAIT_MS: '1000',
       STRAND_PROJECTION_MAX_ATTEMPTS: '1',
       STRAND_PROJECTION_BATCH_MS: '5',
+      STRAND_DURABLE_INTAKE: 'true',
     }),
     aggregates,
     natsUrl: nats.url,
@@ -611,6 +614,19 @@ describe('projections admin', () => {
   });
 });
 
+describe('GET /commands/:commandId', () => {
+  it('answers the outcome of a durable command, OUTCOME_NOT_FOUND before it has one, BAD_REQUEST for what cannot be an ID', async () => {
+    expectError(await get('/commands/http-durable-1'), 404, ErrorCode.OUTCOME_NOT_FOUND);
+    expectError(await get(`/commands/${'x'.repeat(129)}`), 400, ErrorCode.BAD_REQUEST);
+    const h = natsHeaders();
+    h.set('Strand-Command-Id', 'http-durable-1');
+    await jetstream(client.nc).publish('cmdq.order.http-durable-o1.PlaceOrder', JSON.stringify({ customerId: 'c1', items: [{ sku: 's', quantity: 1, priceCents: 100 }] }), { headers: h });
+    await eventually(async () => (await get('/commands/http-durable-1')).status === 200, 'the durable command to be processed', 10_000);
+    const r = await get('/commands/http-durable-1');
+    expect(r.body).toMatchObject({ ok: true, aggregate: 'order', id: 'http-durable-o1', command: 'PlaceOrder', commandId: 'http-durable-1', version: 1, events: [{ type: 'OrderPlaced', version: 1 }] });
+  });
+});
+
 describe('GET /cluster', () => {
   it('shows this instance owning every partition, as the only member', async () => {
     await eventually(() => strand.region!.ready, 'the instance to hold its share', 10_000);
@@ -678,6 +694,10 @@ describe('GET /catalog, /asyncapi.json, /openapi.json', () => {
         expect(Object.keys(d.channels[key].parameters)).toEqual(['id']);
         expect(d.operations[key]).toMatchObject({ action: 'receive', channel: { $ref: `#/channels/${key}` }, reply: { channel: { $ref: '#/channels/commandReply' } } });
         expect(d.components.messages[key].headers).toEqual({ $ref: '#/components/schemas/CommandHeaders' });
+        // The same command, durably: stored in a stream, no reply (its outcome is read back).
+        expect(d.channels[`cmdq.${a.name}.${cmd}`].address).toBe(`cmdq.${a.name}.{id}.${cmd}`);
+        expect(d.operations[`cmdq.${a.name}.${cmd}`]).toMatchObject({ action: 'receive', messages: [{ $ref: `#/channels/cmdq.${a.name}.${cmd}/messages/${cmd}` }] });
+        expect(d.operations[`cmdq.${a.name}.${cmd}`].reply).toBeUndefined();
       }
       for (const [type, ev] of a.events) {
         const key = `evt.${a.name}.${type}`;
@@ -691,6 +711,7 @@ describe('GET /catalog, /asyncapi.json, /openapi.json', () => {
       }
     }
     expect(Object.keys(d.components.schemas.CommandHeaders.properties)).toEqual(['Strand-Command-Id', 'Strand-Correlation-Id', 'Strand-Causation-Id', 'Strand-Actor', 'Strand-Expected-Version']);
+    expect(d.operations['strand.outcome.get']).toMatchObject({ action: 'receive', reply: { channel: { $ref: '#/channels/outcomeReply' } } });
     for (const key of Object.keys(d.channels)) expect(key).toMatch(/^[A-Za-z0-9._-]+$/);
     expectRefsResolve(d);
   });

@@ -697,7 +697,7 @@ export class Region {
 }
 
 /** The optional command headers of a message, as intake takes them. */
-function headerValues(h: MsgHdrs | undefined): CommandHeaders {
+export function headerValues(h: MsgHdrs | undefined): CommandHeaders {
   return {
     commandId: h?.get(CommandHeader.CommandId) || undefined,
     correlationId: h?.get(CommandHeader.CorrelationId) || undefined,

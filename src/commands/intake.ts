@@ -39,6 +39,11 @@ const TRACE_ID = /^[\x21-\x7e]{1,128}$/;
 const ISSUER = /^([A-Za-z0-9_.-]{1,64}):([\x21-\x7e]{1,128})$/;
 const decoder = new TextDecoder('utf-8', { fatal: true });
 
+/** Whether a text is a valid `Strand-Command-Id` (and correlation or causation ID): 1-128 printable ASCII characters. */
+export function isCommandId(text: string): boolean {
+  return TRACE_ID.test(text);
+}
+
 /** An issuer from its `Strand-Actor` form `<type>:<id>`, or undefined when the text is not one. */
 export function parseIssuer(text: string): Issuer | undefined {
   const m = ISSUER.exec(text);

@@ -68,7 +68,7 @@ export async function ensureEventStream(nc: NatsConnection, o: EventStreamOption
   return existing;
 }
 
-async function streamInfo(jsm: JetStreamManager, name: string): Promise<StreamConfig | undefined> {
+export async function streamInfo(jsm: JetStreamManager, name: string): Promise<StreamConfig | undefined> {
   try {
     return (await jsm.streams.info(name)).config;
   } catch (err) {

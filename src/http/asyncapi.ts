@@ -1,7 +1,8 @@
 import type { FastifyPluginAsync } from 'fastify';
 import type { Aggregate } from '../aggregate/define.js';
-import { CommandHeader, EventHeader, JetStreamHeader, commandSubject, eventSubject } from '../../subjects/index.js';
+import { CommandHeader, EventHeader, JetStreamHeader, OUTCOME_REQUEST, commandStreamName, commandSubject, durableCommandSubject, eventSubject } from '../../subjects/index.js';
 import {
+  CommandOutcomeSchema,
   CommandReplySchema,
   EXPECTED_VERSION_PATTERN,
   ID_PATTERN,
@@ -97,6 +98,40 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
     messages: { CommandReply: ref('#/components/messages/CommandReply') },
   };
 
+  messages['OutcomeRequest'] = {
+    name: 'OutcomeRequest',
+    title: 'Outcome request',
+    summary: 'The command ID of a durable command, as the body (plain text)',
+    contentType: 'text/plain',
+    payload: { type: 'string', pattern: TRACE_ID_PATTERN },
+  };
+  messages['OutcomeReply'] = {
+    name: 'OutcomeReply',
+    title: 'Outcome of a durable command',
+    summary: 'The outcome as recorded, or {ok:false,error:{code:"OUTCOME_NOT_FOUND",...}} while there is none',
+    contentType: 'application/json',
+    payload: { oneOf: [ref('#/components/schemas/CommandOutcome'), ref('#/components/schemas/CommandReply')] },
+  };
+  channels['outcomeReply'] = {
+    address: null,
+    title: 'Outcome replies',
+    description: "The outcome request's reply subject (an inbox the sender chose).",
+    messages: { OutcomeReply: ref('#/components/messages/OutcomeReply') },
+  };
+  channels[OUTCOME_REQUEST] = {
+    address: OUTCOME_REQUEST,
+    title: 'Outcome of a durable command',
+    description: 'Request-reply: the body is a command ID; any instance answers (queue group) from the outcome bucket.',
+    messages: { OutcomeRequest: ref('#/components/messages/OutcomeRequest') },
+  };
+  operations[OUTCOME_REQUEST] = {
+    action: 'receive',
+    title: 'Read the outcome of a durable command',
+    channel: ref(`#/channels/${OUTCOME_REQUEST}`),
+    messages: [ref(`#/channels/${OUTCOME_REQUEST}/messages/OutcomeRequest`)],
+    reply: { channel: ref('#/channels/outcomeReply'), messages: [ref('#/channels/outcomeReply/messages/OutcomeReply')] },
+  };
+
   for (const a of aggregates.values()) {
     for (const [command, schema] of a.commands) {
       const id = `cmd.${a.name}.${command}`;
@@ -121,6 +156,21 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
         channel: ref(`#/channels/${id}`),
         messages: [ref(`#/channels/${id}/messages/${command}`)],
         reply: { channel: ref('#/channels/commandReply'), messages: [ref('#/channels/commandReply/messages/CommandReply')] },
+      };
+      const durable = `cmdq.${a.name}.${command}`;
+      channels[durable] = {
+        address: durableCommandSubject(a.name, '{id}', command),
+        title: `${a.name} ${command} (durable)`,
+        description: `With STRAND_DURABLE_INTAKE=true: stored in the JetStream stream ${commandStreamName(stream)} (publish with JetStream; the PubAck says it is stored) until the owner of its partition has processed it, exactly once, even if no instance runs at publish time. No reply: read its outcome by command ID on ${OUTCOME_REQUEST} or GET /commands/{commandId}.`,
+        parameters: { id: ref('#/components/parameters/id') },
+        messages: { [command]: ref(`#/components/messages/${id}`) },
+      };
+      operations[durable] = {
+        action: 'receive',
+        title: `Take ${a.name} ${command} durably`,
+        summary: `The partition's owner decides ${command} on the ${a.name} instance and records its outcome under the command ID (Strand-Command-Id, else cmdq-<stream sequence>)`,
+        channel: ref(`#/channels/${durable}`),
+        messages: [ref(`#/channels/${durable}/messages/${command}`)],
       };
     }
     for (const [type, ev] of a.events) {
@@ -155,7 +205,7 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
     info: {
       title: 'Strand NATS contract',
       version: releaseVersion(),
-      description: 'Commands on cmd.<aggregate>.<id>.<Command> (request-reply); events on evt.<aggregate>.<id>.<EventType> in a JetStream stream. See docs/contract.md.',
+      description: 'Commands on cmd.<aggregate>.<id>.<Command> (request-reply) or, durably, cmdq.<aggregate>.<id>.<Command> (a JetStream stream; outcomes on strand.outcome.get); events on evt.<aggregate>.<id>.<EventType> in a JetStream stream. See docs/contract.md.',
     },
     defaultContentType: 'application/json',
     servers: asyncApiServers(natsUrl),
@@ -164,6 +214,7 @@ export function buildAsyncApi(aggregates: ReadonlyMap<string, Aggregate>, stream
     components: {
       schemas: {
         CommandReply: jsonSchema(CommandReplySchema, { target: 'draft-7' }),
+        CommandOutcome: jsonSchema(CommandOutcomeSchema, { target: 'draft-7' }),
         CommandHeaders: commandHeadersSchema(),
       },
       parameters: {

@@ -83,6 +83,19 @@ export const CommandFailedSchema = z
 
 export const CommandReplySchema = z.union([CommandAcceptedSchema, CommandFailedSchema]).describe('The reply to every command');
 
+/** What a durable command's outcome adds to its reply. */
+const OutcomeFields = {
+  commandId: z.string().describe('Strand-Command-Id, or cmdq-<stream sequence> when the message had none (or a bad one)'),
+  aggregate: z.string().describe("As the subject named it (a malformed command's name may not be a valid one)"),
+  id: z.string(),
+  command: z.string(),
+  recordedAt: z.string().describe('ISO time the outcome was recorded'),
+};
+
+export const CommandOutcomeSchema = z
+  .union([CommandAcceptedSchema.extend(OutcomeFields), CommandFailedSchema.extend(OutcomeFields)])
+  .describe('The outcome of a durable command (cmdq.<aggregate>.<id>.<Command>): the reply request-reply would have given, and what it was for');
+
 /** JSON Schema flavours: OpenAPI 3.1 and the catalog use 2020-12, AsyncAPI 3.0 draft-07. */
 export type SchemaTarget = 'draft-2020-12' | 'draft-7';
 

@@ -6,6 +6,7 @@ import {
   AGGREGATE_NAME_PATTERN,
   CommandAcceptedSchema,
   CommandFailedSchema,
+  CommandOutcomeSchema,
   EXPECTED_VERSION_PATTERN,
   EventEnvelopeSchema,
   ID_PATTERN,
@@ -90,6 +91,7 @@ function schemas(): Obj {
     },
     CommandAccepted: jsonSchema(CommandAcceptedSchema),
     CommandFailed: jsonSchema(CommandFailedSchema),
+    CommandOutcome: jsonSchema(CommandOutcomeSchema),
     EventEnvelope: envelope,
     StoredEvent: {
       description: 'An envelope with its stream sequence',
@@ -287,6 +289,14 @@ function routes(api: ApiDeps): RouteDoc[] {
         ErrorCode.BAD_REQUEST, ErrorCode.VALIDATION_FAILED, ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.UNKNOWN_COMMAND, ErrorCode.REJECTED,
         ErrorCode.WRONG_VERSION, ErrorCode.CONFLICT, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL,
       ],
+    },
+    {
+      method: 'get', path: '/commands/{commandId}', operationId: 'getOutcome', tag: 'commands',
+      summary: 'The outcome of a durable command (published to cmdq.<aggregate>.<id>.<Command>), by its command ID',
+      description: 'As its partition\'s owner recorded it: accepted with version, seq and events, or the error. Readable by whoever may read the aggregate instance it was for. 404 OUTCOME_NOT_FOUND while none is recorded (not processed yet, never published, or past STRAND_OUTCOME_TTL_MS). The same answer over NATS: a request to strand.outcome.get with the ID as its body.',
+      parameters: [pathParameter('commandId', 'Strand-Command-Id of the durable command, or cmdq-<seq> (the stream sequence of its PubAck) when it was published without one', { type: 'string', pattern: TRACE_ID_PATTERN })],
+      responses: { 200: { description: 'The outcome', content: json(ref('CommandOutcome')) } },
+      errors: [ErrorCode.BAD_REQUEST, ErrorCode.FORBIDDEN, ErrorCode.OUTCOME_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
       method: 'get', path: '/views', operationId: 'listViews', tag: 'views',

@@ -7,6 +7,7 @@ import type { AccessPolicy } from '../auth/access.js';
 import type { Authenticator } from '../auth/tokens.js';
 import type { CommandIntake } from '../commands/intake.js';
 import type { CommandReply, CommandRequest } from '../commands/types.js';
+import type { OutcomeStore } from '../cluster/outcomes.js';
 import type { RegionStatus } from '../cluster/region.js';
 import type { EventStore } from '../eventstore/types.js';
 import type { StrandMetrics } from '../observability/metrics.js';
@@ -23,6 +24,7 @@ import { dashboardRoutes } from '../live/dashboard.js';
 import { healthRoutes, type ReadinessCheck } from './health.js';
 import { metricsRoute } from './metrics.js';
 import { openApiRoute } from './openapi.js';
+import { outcomeRoute } from './outcomes.js';
 import { projectionRoutes } from './projections.js';
 import { viewRoutes } from './views.js';
 
@@ -51,6 +53,8 @@ export interface ApiDeps {
   readonly natsUrl?: string;
   /** Who may read, send and operate what (docs/security.md). */
   readonly access: AccessPolicy;
+  /** Durable commands' outcomes, for `GET /commands/:commandId`; absent when the durable intake is off. */
+  readonly outcomes?: OutcomeStore | undefined;
 }
 
 /** What the HTTP server is assembled from. */
@@ -88,6 +92,7 @@ export function buildHttpServer(deps: HttpDeps): FastifyInstance {
   void app.register(metricsRoute, { registry: deps.registry });
   void app.register(aggregateRoutes, { api: deps.api });
   void app.register(commandRoutes, { api: deps.api });
+  void app.register(outcomeRoute, { api: deps.api });
   void app.register(viewRoutes, { api: deps.api });
   void app.register(projectionRoutes, { api: deps.api });
   void app.register(clusterRoute, { api: deps.api });

@@ -51,6 +51,12 @@ export class StrandMetrics {
   readonly clusterLost = new Counter({ name: 'strand_cluster_partitions_lost_total', help: 'Partitions this instance found owned by another while it believed it owned them (paused, or cut off past its membership)', registers: [this.registry] });
   readonly clusterHandoffs = new Counter({ name: 'strand_cluster_handoffs_total', help: 'Partitions that changed hands here, by kind (out: handed over, in: received with a handoff, takeover: taken from an owner that was gone)', labelNames: ['kind'], registers: [this.registry] });
   readonly clusterForwarded = new Counter({ name: 'strand_cluster_commands_forwarded_total', help: 'Commands this instance forwarded to the owner of their partition', registers: [this.registry] });
+  readonly durableCommands = new Counter({
+    name: 'strand_durable_commands_total',
+    help: 'Durable commands (cmdq.>) settled here, by result (ok, duplicate, an error code recorded as the outcome, or retried: UNAVAILABLE, delivered again)',
+    labelNames: ['result'],
+    registers: [this.registry],
+  });
   readonly clusterWaiting = new Gauge({ name: 'strand_cluster_commands_waiting', help: 'Commands held here while their partition has no owner or changes hands', registers: [this.registry] });
 
   readonly liveConnections = new Gauge({ name: 'strand_live_connections', help: 'Open WebSocket connections', registers: [this.registry] });
