@@ -101,6 +101,7 @@ export class RemoteReadSide implements ReadSideApi {
   private state = { caughtUp: false, streamReaders: 0 };
   private readonly ready: Promise<void>;
   private exited = false;
+  private stopping = false;
   private peersTimer: NodeJS.Timeout | undefined;
   private offPeers: (() => void) | undefined;
 
@@ -124,7 +125,7 @@ export class RemoteReadSide implements ReadSideApi {
       });
       this.worker.on('exit', (code) => {
         this.exited = true;
-        if (code !== 0) this.log.error({ code }, 'read side worker exited');
+        if (!this.stopping) this.log.error({ code }, 'read side worker exited');
         reject(new Error(`read side worker exited with code ${code}`));
         for (const c of this.calls.values()) c.reject(new StrandError(ErrorCode.UNAVAILABLE, 'read side worker stopped'));
         this.calls.clear();
@@ -212,6 +213,7 @@ export class RemoteReadSide implements ReadSideApi {
   }
 
   async stop(): Promise<void> {
+    this.stopping = true;
     clearInterval(this.peersTimer);
     this.offPeers?.();
     if (!this.exited) {

@@ -4,6 +4,9 @@
  * `workerData` exports. The main thread's RemoteReadSide (remote.ts) forwards calls here and
  * receives the live feed and the projections' state.
  */
+import { readlinkSync } from 'node:fs';
+import { setPriority } from 'node:os';
+import { basename } from 'node:path';
 import { parentPort, workerData } from 'node:worker_threads';
 import { connectNats, natsServers } from '../nats/connect.js';
 import { StrandMetrics } from '../observability/metrics.js';
@@ -16,6 +19,9 @@ import type { Projection } from './types.js';
 const port = parentPort!;
 const data = workerData as ReadSideWorkerData & { pretty?: boolean };
 const post = (m: FromWorker): void => port.postMessage(m);
+
+/** The worker thread's nice value: the command path (nice 0) goes first when the cores are busy. */
+const READ_SIDE_NICE = 10;
 
 /** The cluster as the main thread last described it. */
 class PeersProxy implements ProjectionPeers {
@@ -54,8 +60,25 @@ class PeersProxy implements ProjectionPeers {
   }
 }
 
+/**
+ * Gives this thread a lower CPU priority than the command path's (Linux: a thread's nice value
+ * is its own, set through its thread ID): when the cores are busy, a command's turn comes
+ * before a batch's. Where that is not possible the thread runs at the process's priority.
+ */
+function yieldCpuToCommands(nice: number): number | undefined {
+  try {
+    const tid = Number(basename(readlinkSync('/proc/thread-self')));
+    if (!Number.isInteger(tid) || tid <= 0 || tid === process.pid) return undefined;
+    setPriority(tid, nice);
+    return tid;
+  } catch {
+    return undefined;
+  }
+}
+
 async function main(): Promise<void> {
   const { config } = data;
+  const tid = yieldCpuToCommands(READ_SIDE_NICE);
   const log = createLogger(data.logLevel, data.pretty === undefined ? {} : { pretty: data.pretty }).child({ component: 'projections', thread: 'read-side' });
   const mod = (await import(data.module.url)) as Record<string, unknown>;
   const projections = mod[data.module.name ?? 'projections'] as readonly Projection[] | undefined;
@@ -84,6 +107,7 @@ async function main(): Promise<void> {
     peers,
   );
   readSide.onLiveFeed((message) => post({ type: 'live', message }));
+  log.debug({ tid, nice: tid === undefined ? undefined : READ_SIDE_NICE }, 'read side thread started');
   let last = '';
   const state = setInterval(() => {
     const s = { caughtUp: readSide.caughtUp(), streamReaders: readSide.streamReaders };
