@@ -83,6 +83,22 @@ describe('the read side on a worker thread', { timeout: 120_000 }, () => {
       expect(await s.readSide!.rebuild('order_list')).toBe(2);
       await eventually(async () => (await s.readSide!.status()).find((x) => x.name === 'order_list')!.activeGeneration === 2, 'order_list switched', 20_000);
 
+      // A worker that dies is replaced: the new one takes the locks again and applies what followed.
+      await (s.readSide as unknown as { worker: { terminate(): Promise<number> } }).worker.terminate();
+      const later = await createTask('th-3', 'CC1');
+      await eventually(
+        async () => {
+          try {
+            return (await s.readSide!.waitFor('task_list_view', later.seq, 1000)).reached;
+          } catch {
+            return false; // UNAVAILABLE until the new worker is up
+          }
+        },
+        'a new worker applying',
+        20_000,
+      );
+      await eventually(async () => (await s.readSide!.status()).every((x) => x.local), 'every projection applied by the new worker', 10_000);
+
       // Another instance on the same database stands by: the worker holds the advisory locks.
       const other = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' });
       try {

@@ -93,46 +93,86 @@ function workerEntry(): { entry: string; tsx: boolean } {
  * and the projections' state; the worker's metrics join this thread's on `/metrics`.
  */
 export class RemoteReadSide implements ReadSideApi {
-  private readonly worker: Worker;
+  private worker: Worker;
   private readonly byName: ReadonlyMap<string, Projection>;
   private nextId = 1;
   private readonly calls = new Map<number, { resolve: (v: unknown) => void; reject: (err: unknown) => void }>();
   private live: ((message: LiveFeedMessage) => void) | undefined;
   private state = { caughtUp: false, streamReaders: 0 };
-  private readonly ready: Promise<void>;
+  private ready: Promise<void>;
   private exited = false;
   private stopping = false;
+  /** start() succeeded once: a worker that ends on its own is replaced. */
+  private started = false;
+  /** Restarts tried since the worker last ran (backoff). */
+  private restarts = 0;
   private peersTimer: NodeJS.Timeout | undefined;
   private offPeers: (() => void) | undefined;
 
   constructor(
     projections: readonly Projection[],
-    data: ReadSideWorkerData,
+    private readonly data: ReadSideWorkerData,
     private readonly log: Logger,
     private readonly peers?: ProjectionPeers,
   ) {
     this.byName = new Map(projections.map((p) => [p.name, p]));
-    this.worker = new Worker(new URL('./worker-boot.mjs', import.meta.url), { workerData: { ...data, ...workerEntry() }, name: 'strand-read-side' });
-    this.ready = new Promise<void>((resolve, reject) => {
-      this.worker.on('message', (m: FromWorker) => {
+    [this.worker, this.ready] = this.spawn();
+  }
+
+  /** Starts a worker thread; resolves once it has connected and loaded the projections. */
+  private spawn(): [Worker, Promise<void>] {
+    const worker = new Worker(new URL('./worker-boot.mjs', import.meta.url), { workerData: { ...this.data, ...workerEntry() }, name: 'strand-read-side' });
+    this.exited = false;
+    const ready = new Promise<void>((resolve, reject) => {
+      worker.on('message', (m: FromWorker) => {
         if (m.type === 'ready') resolve();
         else if (m.type === 'failed') reject(fromWire(m.error));
         else this.onMessage(m);
       });
-      this.worker.on('error', (err) => {
+      worker.on('error', (err) => {
         this.log.error({ err }, 'read side worker failed');
         reject(err);
       });
-      this.worker.on('exit', (code) => {
+      worker.on('exit', (code) => {
+        if (worker !== this.worker) return;
         this.exited = true;
-        if (!this.stopping) this.log.error({ code }, 'read side worker exited');
         reject(new Error(`read side worker exited with code ${code}`));
         for (const c of this.calls.values()) c.reject(new StrandError(ErrorCode.UNAVAILABLE, 'read side worker stopped'));
         this.calls.clear();
+        this.state = { caughtUp: false, streamReaders: 0 };
+        if (this.stopping) return;
+        this.log.error({ code }, 'read side worker exited');
+        // Its PostgreSQL connections closed with it, and its locks with them: a new worker takes them again.
+        if (this.started) this.respawn(++this.restarts);
       });
     });
     // Never unhandled: start() awaits it.
-    this.ready.catch(() => undefined);
+    ready.catch(() => undefined);
+    return [worker, ready];
+  }
+
+  /** A new worker after one ended on its own, started like the first (retried with backoff). */
+  private respawn(attempt: number): void {
+    const delay = Math.min(30_000, 1000 * 2 ** (attempt - 1));
+    const t = setTimeout(() => {
+      if (this.stopping) return;
+      [this.worker, this.ready] = this.spawn();
+      void (async () => {
+        try {
+          await this.ready;
+          this.sendPeers();
+          await this.call('start');
+          this.restarts = 0;
+          this.log.info({ attempt }, 'read side worker restarted');
+        } catch (err) {
+          if (this.stopping) return;
+          this.log.warn({ err, attempt }, 'read side worker not restarted yet; retrying');
+          // Its exit schedules the next try.
+          if (!this.exited) await this.worker.terminate();
+        }
+      })();
+    }, delay);
+    t.unref();
   }
 
   private onMessage(m: FromWorker): void {
@@ -210,6 +250,7 @@ export class RemoteReadSide implements ReadSideApi {
       this.peersTimer.unref();
     }
     await this.call('start');
+    this.started = true;
   }
 
   async stop(): Promise<void> {
