@@ -72,7 +72,7 @@ function useBackend(kind: 'server' | 'cluster'): void {
 async function workload(prefix: string, tasks: number): Promise<number> {
   let last = 0;
   const ok = (r: unknown) => {
-    expect(r).toMatchObject({ ok: true });
+    expect(r, JSON.stringify(r)).toMatchObject({ ok: true });
     last = Math.max(last, (r as CommandAccepted).seq);
   };
   const batch = async (fns: (() => Promise<unknown>)[]) => {
@@ -215,7 +215,7 @@ function exactlyOnce(): void {
                   ['CompleteTask', { notes: 'n' }, { 'Strand-Actor': `user:CC${w}` }],
                 ] as const) {
                   const r = await c.send(`cmd.task.${id}.${cmd}`, body, h);
-                  expect(r).toMatchObject({ ok: true });
+                  expect(r, JSON.stringify(r)).toMatchObject({ ok: true });
                   last = Math.max(last, (r as CommandAccepted).seq);
                 }
               }
@@ -350,7 +350,7 @@ function exactlyOnce(): void {
           }),
         );
         replies.forEach((r, j) => {
-          expect(r).toMatchObject({ ok: true });
+          expect(r, JSON.stringify(r)).toMatchObject({ ok: true });
           seqs.set(`pipe-${i + j}`, (r as CommandAccepted).seq);
           last = Math.max(last, (r as CommandAccepted).seq);
         });
