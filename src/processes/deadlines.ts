@@ -126,7 +126,8 @@ export class Deadlines {
    * Creates the stream `<stream>_DEADLINES` when missing, and refuses an existing one whose
    * configuration would lose or misdeliver deadlines (IncompatibleStream, naming each difference).
    */
-  static async open(nc: NatsConnection, opts: DeadlinesOptions, log: Logger): Promise<Deadlines> {
+  static async open(nc: NatsConnection, opts: DeadlinesOptions, parentLog: Logger): Promise<Deadlines> {
+    const log = parentLog.child({ component: 'deadlines' });
     const timeoutMs = opts.timeoutMs ?? 5_000;
     const jsm = await jetstreamManager(nc, { timeout: timeoutMs });
     const wanted = deadlineStreamConfig({ name: opts.stream, replicas: opts.replicas });
