@@ -9,9 +9,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Strand } from '../src/app.js';
 import type { CommandReply } from '../src/commands/types.js';
+import { Deadlines } from '../src/processes/deadlines.js';
 import { launchNatsServer, resolveNatsServerBinary, type RunningNatsServer } from '../src/nats/server.js';
 import { LiveClient } from './support/live.js';
 import { makeTempDir } from './support/nats.js';
@@ -95,6 +97,25 @@ describe('deploy/nats/accounts.conf', () => {
     // A snapshot was written (every 2 events) and reloading the instance from it works.
     strand.actors.passivate('task', 'acc-1');
     expect(await send(client, 'cmd.task.acc-1.CancelTask', { reason: 'x' })).toMatchObject({ ok: false, error: { code: 'REJECTED', reason: 'TASK_CLOSED' } });
+  });
+
+  it('lets the strand user set, list, cancel and consume deadlines (message schedules on dl.>)', async () => {
+    const nc = await connect({ servers: server.url, user: 'strand', pass: STRAND_PASSWORD, reconnect: false });
+    const deadlines = await Deadlines.open(nc, { stream: 'EVENTS', replicas: 1 }, pino({ level: 'silent' }));
+    try {
+      const fired: string[] = [];
+      await deadlines.consume(['accounts-check'], async (d) => void fired.push(`${d.id}/${d.token}`));
+      await deadlines.set({ owner: 'accounts-check', id: 'a1', name: 'soon' }, new Date(Date.now() + 300), { token: 'fires' });
+      await deadlines.set({ owner: 'accounts-check', id: 'a1', name: 'later' }, new Date(Date.now() + 60_000), { token: 'cancelled' });
+      expect((await deadlines.pending('accounts-check', 'a1')).map((d) => d.name).sort()).toEqual(['later', 'soon']);
+      await deadlines.cancel({ owner: 'accounts-check', id: 'a1', name: 'later' });
+      for (let i = 0; i < 100 && fired.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(fired).toEqual(['a1/fires']);
+      expect(await deadlines.pending('accounts-check', 'a1')).toEqual([]);
+    } finally {
+      await deadlines.close();
+      await nc.close();
+    }
   });
 
   it('refuses, in nats-server, a publish outside cmd.task.> and a subscription outside _INBOX.>', async () => {
