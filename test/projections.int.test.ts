@@ -226,6 +226,8 @@ function exactlyOnce(): void {
         }
         // Every projection gets there, those that saw none of these events too.
         await waitCaughtUp(s, last);
+        // Every projection applied from one reading of the stream (each event decoded once).
+        await eventually(async () => s.readSide!.streamReaders === 1, 'one stream reader', 10_000);
         const rows = (await s.pool!.query("SELECT status, count(*)::int AS n FROM task_list_view WHERE task_id LIKE 'stream-%' GROUP BY status")).rows;
         expect(rows).toEqual([{ status: 'completed', n: 12 * 30 }]);
         expect(await dumpViews(db.url)).toEqual(await rebuildFromScratch(last));
@@ -293,6 +295,8 @@ function exactlyOnce(): void {
         expect(await metric(s, 'strand_projection_rebuild_progress', { projection: 'task_list_view', generation: '2' })).toBe(1);
         expect(served.every((n) => n === before['task_list_view']!.length || n === Math.min(500, before['task_list_view']!.length))).toBe(true);
         expect(await dumpViews(db.url)).toEqual(before);
+        // One reading of the stream again: the rebuild's feed merged with the others' once it caught up.
+        await eventually(async () => s.readSide!.streamReaders === 1, 'one stream reader', 10_000);
         // The old generation's schema is dropped once nobody applies it.
         await eventually(async () => (await s.pool!.query("SELECT 1 FROM pg_namespace WHERE nspname = 'proj_task_list_view_g1'")).rowCount === 0, 'generation 1 dropped');
 

@@ -7,6 +7,7 @@ import { spread } from '../cluster/assignment.js';
 import { ErrorCode, StrandError } from '../errors.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import { dropRetiredGenerations, ensureBookkeeping, listProjectionRows, plan, requestRebuild, type ProjectionRow } from './catalog.js';
+import { EventFeeds } from './feed.js';
 import { ProjectionRunner, rebuildProgress, type LiveFeedMessage, type RunnerOptions } from './runner.js';
 import type { Projection, ProjectionEvent } from './types.js';
 
@@ -86,6 +87,8 @@ export class ReadSide {
   private supervising: Promise<void> | undefined;
   /** Whether this instance applies projections (STRAND_ROLES); otherwise it only reads. */
   private started = false;
+  /** The instance's reading of the event stream, shared by its runners. */
+  private readonly feeds: EventFeeds;
 
   constructor(
     readonly pool: Pool,
@@ -110,6 +113,16 @@ export class ReadSide {
       }
     }
     this.byName = m;
+    this.feeds = new EventFeeds(
+      nc,
+      {
+        stream: o.stream,
+        subjects: [...new Set(projections.flatMap((p) => p.filterSubjects))].sort(),
+        fetch: Math.max(500, o.batchSize * 2),
+        highWater: Math.max(2000, o.batchSize * 6),
+      },
+      log,
+    );
   }
 
   projection(name: string): Projection | undefined {
@@ -170,6 +183,12 @@ export class ReadSide {
     await this.supervising;
     await Promise.all([...this.runners.values()].map((r) => r.stop()));
     this.runners.clear();
+    this.feeds.stop();
+  }
+
+  /** How many ordered consumers read the event stream for this instance's runners (1 when they apply the same stretch of it). */
+  get streamReaders(): number {
+    return this.feeds.count;
   }
 
   /** True when every projection this instance applies has caught up with the stream. */
@@ -413,7 +432,7 @@ export class ReadSide {
     for (const t of targets) {
       const key = `${p.name}/${t.generation}`;
       if (this.runners.has(key) || this.stopping) continue;
-      const runner = new ProjectionRunner(p, t, this.pool, this.nc, { ...this.o, watched: (n) => this.watched(n), localFeed: (m) => this.localFeed?.(m) }, this.metrics, this.log.child({ projection: p.name }), () => {
+      const runner = new ProjectionRunner(p, t, this.pool, this.nc, this.feeds, { ...this.o, watched: (n) => this.watched(n), localFeed: (m) => this.localFeed?.(m) }, this.metrics, this.log.child({ projection: p.name }), () => {
         void this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'supervision after switch-over failed'));
       });
       if (await runner.tryStart()) {

@@ -1,5 +1,3 @@
-import type { JsMsg } from '@nats-io/jetstream';
-
 /** The runner's plumbing: its queue of delivered messages and the signal that wakes its loop. */
 
 /** Wakes the apply loop: a message arrived, a batch settled, the watermark moved, or it must stop. */
@@ -35,8 +33,8 @@ export class Wakeup {
 }
 
 /** Messages waiting to be applied, in stream order: taken from the front without copying the rest. */
-export class MessageQueue {
-  private items: JsMsg[] = [];
+export class MessageQueue<T> {
+  private items: T[] = [];
   /** When each message arrived (performance.now()), beside it. */
   private arrivals: number[] = [];
   private head = 0;
@@ -46,7 +44,7 @@ export class MessageQueue {
   }
 
   /** The oldest waiting message. */
-  get first(): JsMsg | undefined {
+  get first(): T | undefined {
     return this.items[this.head];
   }
 
@@ -55,12 +53,12 @@ export class MessageQueue {
     return this.arrivals[this.head];
   }
 
-  push(m: JsMsg): void {
+  push(m: T): void {
     this.items.push(m);
     this.arrivals.push(performance.now());
   }
 
-  take(n: number): JsMsg[] {
+  take(n: number): T[] {
     const out = this.items.slice(this.head, this.head + n);
     this.head += out.length;
     if (this.head === this.items.length) {
@@ -76,7 +74,7 @@ export class MessageQueue {
   }
 
   /** Puts messages taken earlier back in front, in their order (as if they had just arrived). */
-  putBack(msgs: readonly JsMsg[]): void {
+  putBack(msgs: readonly T[]): void {
     if (msgs.length === 0) return;
     const now = performance.now();
     this.items = [...msgs, ...this.items.slice(this.head)];

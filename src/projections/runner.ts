@@ -1,9 +1,8 @@
-import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JetStreamManager, type JsMsg, type MsgRequest } from '@nats-io/jetstream';
+import { jetstreamManager, type JetStreamManager, type MsgRequest } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
 import type { Pool, PoolClient, QueryResult } from 'pg';
 import type { Logger } from 'pino';
-import { LiveHeader, eventSubject, liveChanges, parseEventSubject } from '../../subjects/index.js';
-import type { EventEnvelope } from '../eventstore/types.js';
+import { LiveHeader, eventSubject, liveChanges } from '../../subjects/index.js';
 import { failpoint } from '../failpoints.js';
 import { feedTexts } from '../live/feed-message.js';
 import type { StrandMetrics } from '../observability/metrics.js';
@@ -22,6 +21,7 @@ import {
   type ViewReadBack,
 } from './batch.js';
 import { lockKey, schemaOf, switchOver, type Target } from './catalog.js';
+import type { EventFeeds, FeedEvent, FeedListener } from './feed.js';
 import { ident } from './sql.js';
 import { MessageQueue, Wakeup } from './queue.js';
 import { YIELD_EVERY, yieldToIo } from './yield.js';
@@ -112,7 +112,7 @@ export function isTransient(err: unknown): boolean {
 
 /** One batch on its way: its messages, what it applies, and the SQL that commits it. */
 interface Batch {
-  readonly msgs: readonly JsMsg[];
+  readonly msgs: readonly FeedEvent[];
   readonly events: readonly ProjectionEvent[];
   /** The checkpoint it was planned after: its transaction fails unless PostgreSQL still has it. */
   readonly from: number;
@@ -142,38 +142,42 @@ function sqlState(err: unknown): string | undefined {
 const decoder = new TextDecoder();
 
 /** A message that is not an event envelope, as the dead-letter table keeps it: its subject's parts and its text. */
-function undecodable(m: JsMsg): ProjectionEvent {
-  const parsed = parseEventSubject(m.subject);
+function undecodable(m: FeedEvent): ProjectionEvent {
+  const parts = m.subject.split('.');
   return {
     seq: m.seq,
     id: '',
-    type: parsed?.type ?? '',
-    aggregate: parsed?.aggregate ?? '',
-    aggregateId: parsed?.id ?? '',
+    type: m.type,
+    aggregate: m.aggregate,
+    aggregateId: m.aggregate === '' ? '' : (parts[2] ?? ''),
     version: 0,
     time: m.timestamp,
-    data: decoder.decode(m.data),
+    data: m.data === undefined ? '' : decoder.decode(m.data),
     metadata: {},
   };
 }
 
 /**
- * Applies one generation of one projection: a durable JetStream consumer filtered to the
- * projection's events, started after the checkpoint kept in PostgreSQL. Each batch is one
+ * Applies one generation of one projection: the projection's events from the instance's event
+ * feed (shared by its runners, see feed.ts), from after the checkpoint kept in PostgreSQL. Each batch is one
  * transaction: its writes, its checkpoint (moved by `strand_advance` from where the batch was
  * planned, so nothing commits after a batch that did not), and, when a gateway watches, the
- * changed rows read back for the live feed. Only then is the batch acked, so a crash at any
- * point neither skips nor double-applies an event (a redelivered event at or below the
- * checkpoint is skipped). Batches are pipelined on one connection, the one that holds the
+ * changed rows read back for the live feed. A crash at any point neither skips nor
+ * double-applies an event: a runner starts again from the checkpoint PostgreSQL has, and an event
+ * at or below it is skipped. Batches are pipelined on one connection, the one that holds the
  * generation's advisory lock: only the lock holder writes, and losing the lock stops it.
  */
-export class ProjectionRunner {
+export class ProjectionRunner implements FeedListener {
   checkpoint = 0;
   pending = 0;
+  /** The last stream sequence the feed gave this runner: every event of its own up to it is held or applied. */
+  position = 0;
+  /** The feed's count of events after the last one it gave this runner. */
+  private feedPending = 0;
   private client: PoolClient | undefined;
   private tables: Map<string, TableMeta> | undefined;
-  private messages: ConsumerMessages | undefined;
-  private readonly queue = new MessageQueue();
+  private leaveFeed: (() => void) | undefined;
+  private readonly queue = new MessageQueue<FeedEvent>();
   private readonly wakeup = new Wakeup();
   private stopped = false;
   private done: Promise<void> | undefined;
@@ -194,7 +198,7 @@ export class ProjectionRunner {
   private planning = false;
   /** The first failure since the pipeline was last whole, and the messages to apply again. */
   private broken: { batch: Batch; err: unknown } | undefined;
-  private returned: JsMsg[] = [];
+  private returned: FeedEvent[] = [];
   /** A stream sequence the checkpoint may move to with no event to apply (the watermark). */
   private watermark = 0;
   /** The checkpoint the live feed last announced. */
@@ -208,6 +212,7 @@ export class ProjectionRunner {
     readonly target: Target,
     private readonly pool: Pool,
     private readonly nc: NatsConnection,
+    private readonly feeds: EventFeeds,
     private readonly o: RunnerOptions,
     private readonly metrics: StrandMetrics,
     private readonly log: Logger,
@@ -216,8 +221,25 @@ export class ProjectionRunner {
     this.schema = schemaOf(projection.name, target.generation);
   }
 
+  /** The durable consumer earlier versions used for this generation (removed at start). */
   get consumerName(): string {
     return `strand_${this.projection.name}_g${this.target.generation}`;
+  }
+
+  /** Events received and not applied yet: the feed holds back while it is high. */
+  get backlog(): number {
+    return this.queue.length + this.returned.length;
+  }
+
+  /** From the feed: an event after `position`. Events of other projections only move the position. */
+  deliver(e: FeedEvent): void {
+    if (e.seq <= this.position || this.stopped) return;
+    this.position = e.seq;
+    this.feedPending = e.pending;
+    if (this.projection.handlerFor(e.aggregate, e.type) !== undefined) {
+      this.queue.push(e);
+      this.wakeup.wake();
+    } else if (this.checkpoint < this.awaited) this.wakeup.wake();
   }
 
   /** False once stopped (asked to, retired, or its lock connection was lost). */
@@ -256,8 +278,10 @@ export class ProjectionRunner {
       const cp = await c.query('SELECT seq FROM public.strand_checkpoints WHERE projection = $1 AND generation = $2', [this.projection.name, this.target.generation]);
       this.checkpoint = Number((cp.rows[0] as { seq: string } | undefined)?.seq ?? 0);
       this.planned = this.checkpoint;
+      this.position = this.checkpoint;
       this.tables = await loadTableMeta(c, this.schema, this.projection.tables);
-      await this.openConsumer();
+      this.leaveFeed = this.feeds.join(this);
+      void this.deleteLegacyConsumer();
     } catch (err) {
       await this.releaseLock();
       throw err;
@@ -280,7 +304,7 @@ export class ProjectionRunner {
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.ticker);
-    this.messages?.stop();
+    this.leaveFeed?.();
     this.wakeup.wake();
     await this.done;
     await this.settling;
@@ -299,37 +323,13 @@ export class ProjectionRunner {
     c.release();
   }
 
-  /** The consumer is recreated at every start from the PostgreSQL checkpoint: that, not the consumer, is the truth. */
-  private async openConsumer(): Promise<void> {
-    const jsm = await jetstreamManager(this.nc);
-    await jsm.consumers.delete(this.o.stream, this.consumerName).catch(() => undefined);
-    await jsm.consumers.add(this.o.stream, {
-      durable_name: this.consumerName,
-      description: `Strand projection ${this.projection.name}, generation ${this.target.generation}`,
-      filter_subjects: [...this.projection.filterSubjects],
-      deliver_policy: DeliverPolicy.StartSequence,
-      opt_start_seq: this.checkpoint + 1,
-      ack_policy: AckPolicy.All,
-      ack_wait: 60_000_000_000,
-      // Delivered and not yet committed: what this runner holds in memory. A few batches keep
-      // the pipeline fed; more would only keep events alive long enough to cost the GC dearly.
-      max_ack_pending: Math.max(2000, this.o.batchSize * 6),
-    });
-    const consumer = await jetstream(this.nc).consumers.get(this.o.stream, this.consumerName);
-    // A callback, not the async iterator: no promise per message.
-    this.messages = await consumer.consume({
-      max_messages: Math.max(1000, this.o.batchSize * 4),
-      callback: (m) => {
-        this.queue.push(m);
-        this.wakeup.wake();
-      },
-    });
-    void this.messages.closed().then(
-      (err) => {
-        if (err && !this.stopped) this.log.warn({ err, projection: this.projection.name }, 'projection consumer ended');
-      },
-      (err: unknown) => this.log.warn({ err, projection: this.projection.name }, 'projection consumer ended'),
-    );
+  /** Earlier versions read the stream through a durable consumer per generation: it is not needed any more. */
+  private async deleteLegacyConsumer(): Promise<void> {
+    try {
+      await (await jetstreamManager(this.nc)).consumers.delete(this.o.stream, this.consumerName);
+    } catch {
+      // none (the usual case), or the stream is away: nothing to do
+    }
   }
 
   private async applyLoop(): Promise<void> {
@@ -368,8 +368,10 @@ export class ProjectionRunner {
         continue;
       }
       if (this.queue.length === 0) {
-        if (this.inFlight.length === 0 && this.watermark > this.planned) {
-          this.send(this.advanceOnly(this.watermark));
+        // A reader waits: the feed's position is a watermark too (every event of ours up to it was received).
+        const mark = Math.max(this.watermark, this.checkpoint < this.awaited ? this.position : 0);
+        if (this.inFlight.length === 0 && mark > this.planned) {
+          this.send(this.advanceOnly(mark));
           continue;
         }
         await this.wakeup.wait();
@@ -384,10 +386,12 @@ export class ProjectionRunner {
         if (this.stopped) break;
       }
       const msgs = this.queue.take(this.o.batchSize);
+      // Nothing of ours left after these: the checkpoint may move past the other events received too.
+      const upTo = this.queue.length === 0 ? Math.max(this.position, this.watermark) : 0;
       this.planning = true;
       let batch: Batch;
       try {
-        batch = await this.plan(msgs);
+        batch = await this.plan(msgs, undefined, upTo);
       } finally {
         this.planning = false;
       }
@@ -401,7 +405,7 @@ export class ProjectionRunner {
    * at once if an earlier batch did not commit), then the writes, then the live read-backs.
    * Never throws: a failure is kept in the batch and handled in order when it settles.
    */
-  private async plan(msgs: readonly JsMsg[], parked?: { error: string; attempts: number }): Promise<Batch> {
+  private async plan(msgs: readonly FeedEvent[], parked?: { error: string; attempts: number }, upTo = 0): Promise<Batch> {
     const started = performance.now();
     const from = this.planned;
     const events: ProjectionEvent[] = [];
@@ -419,7 +423,7 @@ export class ProjectionRunner {
       }
     }
     const lastEvent = events[events.length - 1];
-    const to = Math.max(from, msgs[msgs.length - 1]?.seq ?? from);
+    const to = Math.max(from, msgs[msgs.length - 1]?.seq ?? from, upTo);
     const batch: Batch = {
       msgs,
       events,
@@ -479,8 +483,18 @@ export class ProjectionRunner {
     return batch;
   }
 
-  private decode(m: JsMsg): ProjectionEvent {
-    return toProjectionEvent(this.projection, m.seq, JSON.parse(decoder.decode(m.data)) as EventEnvelope);
+  /** What handlers see: decoded once by the feed, upcast once per aggregate definition, shared by the projections that apply it. */
+  private decode(m: FeedEvent): ProjectionEvent {
+    const env = m.envelope;
+    if (env === undefined) throw m.error;
+    const agg = this.projection.aggregateFor(env.aggregate);
+    const shared = (m.shared ??= new Map());
+    let e = shared.get(agg) as ProjectionEvent | undefined;
+    if (e === undefined) {
+      e = toProjectionEvent(this.projection, m.seq, env);
+      shared.set(agg, e);
+    }
+    return e;
   }
 
   /** A batch with no event: moves the checkpoint to the watermark. */
@@ -536,14 +550,10 @@ export class ProjectionRunner {
     });
   }
 
-  /** A batch committed: ack its messages, move the checkpoint, tell the live feed. */
+  /** A batch committed: move the checkpoint, tell the live feed. */
   private settled(batch: Batch, results: QueryResult[] | undefined): void {
     failpoint('projection.afterCommit');
-    const last = batch.msgs[batch.msgs.length - 1];
-    if (last) {
-      last.ack();
-      this.pending = last.info.pending;
-    }
+    if (batch.msgs.length > 0) this.pending = this.held() + this.feedPending;
     if (batch.to > this.checkpoint) {
       this.advance(batch.to);
     }
@@ -554,6 +564,13 @@ export class ProjectionRunner {
     }
     if (batch.parked) this.metrics.deadLetters.labels(name).inc();
     if (batch.text !== undefined) this.publishLive(batch, results ?? []);
+  }
+
+  /** Events of ours received and not committed yet. */
+  private held(): number {
+    let n = this.queue.length + this.returned.length;
+    for (const b of this.inFlight) n += b.events.length;
+    return n;
   }
 
   /** Somebody waits for what this runner applies: a live client, or a reader until its sequence is applied. */
@@ -635,7 +652,7 @@ export class ProjectionRunner {
       // Not after a failed batch (that is the `broken` one): someone else moved the checkpoint.
       this.log.warn({ err, projection: name, generation: this.target.generation }, 'checkpoint moved under this runner; restarting from PostgreSQL');
       this.stopped = true;
-      this.messages?.stop();
+      this.leaveFeed?.();
       return 0;
     }
     if (isTransient(err) || batch.events.length === 0) {
@@ -661,7 +678,7 @@ export class ProjectionRunner {
   }
 
   /** The slow path after a failed batch: each event alone, retried, then parked so the rest go on. */
-  private async applyOneByOne(msgs: readonly JsMsg[]): Promise<void> {
+  private async applyOneByOne(msgs: readonly FeedEvent[]): Promise<void> {
     for (const m of msgs) {
       if (this.stopped) return;
       if (m.seq <= this.checkpoint) continue;
@@ -709,7 +726,7 @@ export class ProjectionRunner {
   private retire(): void {
     this.log.info({ projection: this.projection.name, generation: this.target.generation }, 'generation retired; runner stopping');
     this.stopped = true;
-    this.messages?.stop();
+    this.leaveFeed?.();
   }
 
   private advance(seq: number): void {
@@ -758,10 +775,9 @@ export class ProjectionRunner {
     try {
       const jsm = await jetstreamManager(this.nc);
       const end = (await jsm.streams.info(this.o.stream)).state.last_seq;
-      const info = await jsm.consumers.info(this.o.stream, this.consumerName);
       this.streamLastSeq = end;
       this.streamEndSeen = true;
-      this.pending = info.num_pending + this.queue.length;
+      this.pending = this.held() + (this.position < end ? this.feedPending : 0);
       await this.findWatermark(jsm, end);
       if (this.target.role === 'active') {
         this.metrics.projectionPending.labels(name).set(this.pending);
