@@ -316,6 +316,10 @@ describe('deadlines: bad input', () => {
     await refused(deadlines.consume([], async () => undefined), /at least one owner/);
     await refused(deadlines.consume(['task.>'], async () => undefined), /owner must match/);
     await refused(deadlines.consume(['task'], async () => undefined, { durable: 'a.b' }), /durable name/);
+    // Two consumers taking the same owner's deadlines: the work queue refuses the second.
+    const first = await deadlines.consume(['shared', 'solo'], async () => undefined);
+    await refused(deadlines.consume(['shared'], async () => undefined), /already takes fired deadlines of one of shared/);
+    await first.stop();
     // Nothing of that reached the stream.
     const info = await (await jetstreamManager(nc)).streams.info(deadlineStreamName('EVENTS'));
     expect(info.state.messages).toBe(0);

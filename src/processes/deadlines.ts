@@ -231,11 +231,18 @@ export class Deadlines {
     const config = deadlineConsumerConfig({ name, owners: sorted, ackWaitMs: opts.ackWaitMs ?? DEFAULT_ACK_WAIT_MS, maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING });
     await this.call(`open deadline consumer ${name}`, async () => {
       try {
-        await this.jsm.consumers.add(this.stream, config);
+        try {
+          await this.jsm.consumers.add(this.stream, config);
+        } catch (err) {
+          // An existing consumer of another configuration (owners, ack wait) is updated in place: what it has delivered stays delivered.
+          if (apiErrorCode(err) !== 10148) throw err;
+          await this.jsm.consumers.update(this.stream, name, config);
+        }
       } catch (err) {
-        // An existing consumer of another configuration (owners, ack wait) is updated in place: what it has delivered stays delivered.
-        if (apiErrorCode(err) !== 10148) throw err;
-        await this.jsm.consumers.update(this.stream, name, config);
+        if (apiErrorCode(err) === 10100) {
+          throw new StrandError(ErrorCode.BAD_REQUEST, `deadline consumer ${name}: another consumer of ${this.stream} already takes fired deadlines of one of ${sorted.join(', ')} (each owner's deadlines go to one consumer)`);
+        }
+        throw err;
       }
     });
     const consumer = await this.call(`open deadline consumer ${name}`, () => this.js.consumers.get(this.stream, name));
