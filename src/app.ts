@@ -128,7 +128,7 @@ export class Strand {
         outcomes = await untilReady('outcome bucket', () => OutcomeStore.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, ttlMs: config.STRAND_OUTCOME_TTL_MS }, intakeLog), isTransientJetStream, wait);
       }
       const deadlines = config.STRAND_DEADLINES
-        ? await untilReady('deadline stream', () => Deadlines.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS }, log), isTransientJetStream, wait)
+        ? await untilReady('deadline stream', () => Deadlines.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, metrics }, log), isTransientJetStream, wait)
         : undefined;
       /** Names this instance in the cluster, and in what it publishes for other instances (the live feed). */
       const instance = randomUUID();

@@ -63,6 +63,16 @@ describe('task overdue deadline', { timeout: 90_000 }, () => {
       expect(Date.parse(overdue.time) - (created + OVERDUE_MS)).toBeGreaterThanOrEqual(0);
       expect(Date.parse(overdue.time) - (created + OVERDUE_MS)).toBeLessThanOrEqual(3_000);
       expect(overdue.actor).toBe('system:deadlines');
+      // Counted on the instances that did each step (the metrics of both together).
+      const count = async (action: string): Promise<number> => {
+        let n = 0;
+        for (const s of [a, b]) {
+          const m = (await s.metrics.registry.getMetricsAsJSON()).find((x) => x.name === 'strand_deadlines_total');
+          for (const v of (m?.values ?? []) as { value: number; labels: Record<string, unknown> }[]) if (v.labels['owner'] === 'task' && v.labels['action'] === action) n += v.value;
+        }
+        return n;
+      };
+      expect([await count('set'), await count('cancelled'), await count('fired'), await count('handled'), await count('failed')]).toEqual([3, 2, 1, 1, 0]);
       expect(await types('od-done')).toEqual(['TaskCreated', 'TaskCompleted']);
       expect(await types('od-cancelled')).toEqual(['TaskCreated', 'TaskCancelled']);
       // The task state says so, and it can still be completed.

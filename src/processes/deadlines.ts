@@ -38,6 +38,7 @@ import {
 } from '../../subjects/index.js';
 import { ErrorCode, StrandError } from '../errors.js';
 import { IncompatibleStream, streamInfo } from '../eventstore/jetstream.js';
+import type { StrandMetrics } from '../observability/metrics.js';
 
 /** Which deadline: `owner` is the process (or aggregate) name, `id` the instance, `name` the deadline's own name. */
 export interface DeadlineRef {
@@ -76,6 +77,8 @@ export interface DeadlinesOptions {
   replicas: number;
   /** How long a request to JetStream may take, in milliseconds (default 5000). */
   timeoutMs?: number;
+  /** Counts sets, cancels, fires and handling (`strand_deadlines_total`), and lateness. */
+  metrics?: StrandMetrics;
 }
 
 /** Options of {@link Deadlines.consume}. */
@@ -117,6 +120,7 @@ export class Deadlines {
     stream: string,
     private readonly timeoutMs: number,
     private readonly log: Logger,
+    private readonly metrics: StrandMetrics | undefined,
   ) {
     this.stream = stream;
     this.js = jetstream(nc, { timeout: timeoutMs });
@@ -147,7 +151,7 @@ export class Deadlines {
       const diffs = compareDeadlineStreamConfig(existing, wanted);
       if (diffs.length > 0) throw new IncompatibleStream(wanted.name, diffs);
     }
-    return new Deadlines(nc, jsm, deadlineStreamName(opts.stream), timeoutMs, log);
+    return new Deadlines(nc, jsm, deadlineStreamName(opts.stream), timeoutMs, log, opts.metrics);
   }
 
   /**
@@ -177,18 +181,21 @@ export class Deadlines {
     // Every older generation of this name goes: only the newest fires (or, when the purge is
     // lost, both do, and the token check drops the older).
     await this.call(`set deadline ${show(ref)} (removing the earlier one)`, () => this.jsm.streams.purge(this.stream, { filter: deadlineSchedules(ref.owner, ref.id, ref.name), seq: ack.seq }));
+    this.metrics?.deadlines.labels(ref.owner, 'set').inc();
   }
 
   /** Cancels the deadline `ref` if it is set and has not fired; nothing when there is none. */
   async cancel(ref: DeadlineRef): Promise<void> {
     checkRef(ref);
-    await this.call(`cancel deadline ${show(ref)}`, () => this.jsm.streams.purge(this.stream, { filter: deadlineSchedules(ref.owner, ref.id, ref.name) }));
+    const r = await this.call(`cancel deadline ${show(ref)}`, () => this.jsm.streams.purge(this.stream, { filter: deadlineSchedules(ref.owner, ref.id, ref.name) }));
+    if (r.purged > 0) this.metrics?.deadlines.labels(ref.owner, 'cancelled').inc();
   }
 
   /** Cancels every deadline of one instance not yet fired (e.g. when a process completes). */
   async cancelAll(owner: string, id: string): Promise<void> {
     checkInstance(owner, id);
-    await this.call(`cancel deadlines of ${owner}/${id}`, () => this.jsm.streams.purge(this.stream, { filter: instanceDeadlineSchedules(owner, id) }));
+    const r = await this.call(`cancel deadlines of ${owner}/${id}`, () => this.jsm.streams.purge(this.stream, { filter: instanceDeadlineSchedules(owner, id) }));
+    if (r.purged > 0) this.metrics?.deadlines.labels(owner, 'cancelled').inc(r.purged);
   }
 
   /**
@@ -317,14 +324,22 @@ export class Deadlines {
       m.term('not a deadline: subject or headers malformed');
       return;
     }
+    if (fired.deliveries === 1) {
+      this.metrics?.deadlines.labels(fired.owner, 'fired').inc();
+      this.metrics?.deadlineLateness.labels(fired.owner).observe(Math.max(0, Date.now() - fired.due.getTime()) / 1000);
+    } else {
+      this.metrics?.deadlines.labels(fired.owner, 'redelivered').inc();
+    }
     try {
       await handler(fired);
     } catch (err) {
+      this.metrics?.deadlines.labels(fired.owner, 'failed').inc();
       const delay = Math.min(RETRY_DELAY_MAX_MS, RETRY_DELAY_MS * 2 ** Math.min(fired.deliveries - 1, 5));
       this.log.warn({ err, owner: fired.owner, id: fired.id, deadline: fired.name, deliveries: fired.deliveries }, 'deadline handler failed; delivering it again');
       m.nak(delay);
       return;
     }
+    this.metrics?.deadlines.labels(fired.owner, 'handled').inc();
     try {
       await m.ackAck({ timeout: this.timeoutMs });
     } catch (err) {
