@@ -19,7 +19,7 @@ import { eventSubject, parseEventSubject } from '../../subjects/index.js';
 import type { CommandHeaders } from '../commands/intake.js';
 import type { CommandReply } from '../commands/types.js';
 import { ErrorCode } from '../errors.js';
-import type { DeadlineConsumer, Deadlines, FiredDeadline } from './deadlines.js';
+import { PULL_EXPIRES_MS, type DeadlineConsumer, type Deadlines, type FiredDeadline } from './deadlines.js';
 
 /** A deadline an aggregate keeps (see the module's comment). */
 export interface AggregateDeadlineRule {
@@ -91,7 +91,7 @@ export class AggregateDeadlines {
     }
     const consumer = await jetstream(this.nc).consumers.get(this.o.stream, DURABLE);
     this.fired ??= await this.deadlines.consume([...new Set(this.rules.map((r) => r.aggregate))].sort(), (d) => this.fire(d));
-    this.events = await consumer.consume({ max_messages: 256, callback: (m) => this.take(m) });
+    this.events = await consumer.consume({ max_messages: 256, expires: PULL_EXPIRES_MS, callback: (m) => this.take(m) });
     void this.events.closed().then((err) => {
       if (!this.stopping) this.log.warn({ err }, 'deadline rule consumer ended');
     });

@@ -105,6 +105,12 @@ const DEFAULT_MAX_PENDING = 256;
 /** Pause before a fired deadline whose handler failed is delivered again, doubling per delivery up to the longest. */
 const RETRY_DELAY_MS = 1_000;
 const RETRY_DELAY_MAX_MS = 30_000;
+/**
+ * A pull request's lifetime (its idle heartbeat is half of it). Short, so that a pull lost with a
+ * node that died (or the consumer's leader moving) is noticed within seconds: with nats.js's 30 s
+ * default a failover held fired deadlines back for about 20 s.
+ */
+export const PULL_EXPIRES_MS = 5_000;
 /** Durable consumer names longer than this are shortened with a hash. */
 const DURABLE_NAME_MAX = 120;
 
@@ -271,7 +277,7 @@ export class Deadlines {
       });
     };
 
-    let messages: ConsumerMessages = await consumer.consume({ max_messages: config.max_ack_pending!, callback: take });
+    let messages: ConsumerMessages = await consumer.consume({ max_messages: config.max_ack_pending!, expires: PULL_EXPIRES_MS, callback: take });
     const watch = (ms: ConsumerMessages): void => {
       void ms.closed().then(
         (err) => ended(ms, err),
@@ -285,7 +291,7 @@ export class Deadlines {
       setTimeout(() => {
         if (stopping) return;
         void consumer
-          .consume({ max_messages: config.max_ack_pending!, callback: take })
+          .consume({ max_messages: config.max_ack_pending!, expires: PULL_EXPIRES_MS, callback: take })
           .then((again) => {
             messages = again;
             watch(again);
