@@ -5,12 +5,12 @@
  */
 import { eligibilityCheck } from './eligibility-check/eligibility-check.js';
 import { order } from './order/order.js';
-import { task } from './task/task.js';
+import { task, taskOverdue } from './task/task.js';
 import { eligibilityMetrics } from './eligibility-check/projections.js';
 import { orderList } from './order/projections.js';
 import { memberTaskHistory, taskAnalytics, taskListView } from './task/projections.js';
 
-export { eligibilityCheck, order, task };
+export { eligibilityCheck, order, task, taskOverdue };
 export { eligibilityMetrics, memberTaskHistory, orderList, taskAnalytics, taskListView };
 export type { EligibilityCheckState, EligibilityCheckStatus } from './eligibility-check/eligibility-check.js';
 export type { OrderItem, OrderState, OrderStatus } from './order/order.js';

@@ -27,6 +27,8 @@ import { connectNats, isTransientJetStream, natsServers, untilReady } from './na
 import { requireServerVersion } from './nats/version.js';
 import { isTransient as isTransientPg } from './projections/runner.js';
 import { StrandMetrics } from './observability/metrics.js';
+import { Deadlines } from './processes/deadlines.js';
+import { AggregateDeadlines, type AggregateDeadlineRule } from './processes/aggregate-deadlines.js';
 
 /** Everything a running Strand needs from outside. */
 export interface StrandDeps {
@@ -46,6 +48,8 @@ export interface StrandDeps {
   readonly defaultMetrics?: boolean;
   /** Aborted when the process is asked to stop while start still waits for NATS or PostgreSQL. */
   readonly signal?: AbortSignal;
+  /** Deadlines aggregates keep (e.g. the task's `overdue`), run with STRAND_DEADLINES on by instances that take commands. */
+  readonly deadlineRules?: readonly AggregateDeadlineRule[];
 }
 
 /**
@@ -76,6 +80,9 @@ export class Strand {
     /** Durable commands' outcomes; undefined when STRAND_DURABLE_INTAKE is off. */
     readonly outcomes: OutcomeStore | undefined,
     private readonly durable: DurableIntake | undefined,
+    /** The deadline store (`<STREAM>_DEADLINES`); undefined when STRAND_DEADLINES is off. */
+    readonly deadlines: Deadlines | undefined,
+    private readonly aggregateDeadlines: AggregateDeadlines | undefined,
   ) {}
 
   /** Connects, checks the server, prepares the stream and starts taking commands. */
@@ -120,6 +127,9 @@ export class Strand {
         await untilReady('durable command stream', () => ensureCommandStream(nc, { ...stream, partitions: config.STRAND_PARTITIONS }, intakeLog), isTransientJetStream, wait);
         outcomes = await untilReady('outcome bucket', () => OutcomeStore.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, ttlMs: config.STRAND_OUTCOME_TTL_MS }, intakeLog), isTransientJetStream, wait);
       }
+      const deadlines = config.STRAND_DEADLINES
+        ? await untilReady('deadline stream', () => Deadlines.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, metrics }, log), isTransientJetStream, wait)
+        : undefined;
       /** Names this instance in the cluster, and in what it publishes for other instances (the live feed). */
       const instance = randomUUID();
       const cluster = await untilReady(
@@ -248,11 +258,26 @@ export class Strand {
         const gateway = live;
         readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
-      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable);
+      const aggregateDeadlines =
+        region && deadlines && (deps.deadlineRules ?? []).length > 0
+          ? new AggregateDeadlines(
+              nc,
+              deadlines,
+              deps.deadlineRules!,
+              (aggregate, id, command, body, headers) => {
+                const parsed = intake.parse(aggregate, id, command, body, headers);
+                return 'ok' in parsed ? Promise.resolve(parsed) : region.submit(parsed, body);
+              },
+              { stream: config.STRAND_STREAM, ackWaitMs: 30_000 },
+              log.child({ component: 'deadline-rules' }),
+            )
+          : undefined;
+      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable, deadlines, aggregateDeadlines);
       app.watchConnection();
       if (readSide && config.STRAND_ROLES.includes('projections')) await untilReady('read model database', () => readSide.start(), isTransientPg, wait);
       outcomes?.serve(nc, config.STRAND_QUEUE_GROUP);
       if (region) await region.start();
+      if (aggregateDeadlines) await untilReady('deadline rules', () => aggregateDeadlines.start(), isTransientJetStream, wait);
       log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;
     } catch (err) {
@@ -268,6 +293,9 @@ export class Strand {
     // Commands stop coming in on both doors; those in progress (NATS and HTTP) are finished.
     // WebSocket clients are told to go elsewhere (1001) and will resume there.
     await this.live?.stop();
+    // Deadline commands in progress go through the region before it stops; fired deadlines not started go back to the stream.
+    await this.aggregateDeadlines?.stop();
+    await this.deadlines?.close();
     // Partitions go to the other instances (commands in progress finish first, those waiting go with them).
     const [clean] = await Promise.all([this.region ? this.region.stop() : this.cluster.leave().then(() => true), this.http.close()]);
     if (!clean) this.log.warn({ pending: this.region?.pending ?? 0 }, 'drain timed out with commands in progress');
