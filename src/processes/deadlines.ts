@@ -268,7 +268,8 @@ export class Deadlines {
       const s = parseDeadlineSubject(m.subject);
       const key = s ? `${s.owner}.${s.id}` : m.subject;
       const previous = tails.get(key) ?? Promise.resolve();
-      const p = previous.then(() => this.handle(m, handler, () => stopping));
+      // Never rejects: a failure to settle one (the connection gone) must not stall the instance's next ones.
+      const p = previous.then(() => this.handle(m, handler, () => stopping)).catch((err: unknown) => this.log.warn({ err, subject: m.subject }, 'fired deadline not settled; it is delivered again after its ack wait'));
       tails.set(key, p);
       inFlight.add(p);
       void p.finally(() => {
