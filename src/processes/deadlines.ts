@@ -144,9 +144,16 @@ export class Deadlines {
     const existing = await streamInfo(jsm, wanted.name);
     if (!existing) {
       try {
-        await jsm.streams.add(wanted);
+        const created = await jsm.streams.add(wanted);
+        // A server older than 2.12 ignores allow_msg_schedules: its "deadlines" would never fire.
+        const diffs = compareDeadlineStreamConfig(created.config, wanted);
+        if (diffs.length > 0) {
+          await jsm.streams.delete(wanted.name).catch(() => undefined);
+          throw new IncompatibleStream(wanted.name, [...diffs, `nats-server ${nc.info?.version ?? '?'} does not keep message schedules (needs 2.12 or newer)`]);
+        }
         log.info({ stream: wanted.name, replicas: opts.replicas }, 'created deadline stream');
       } catch (err) {
+        if (err instanceof IncompatibleStream) throw err;
         // Another instance may have created it meanwhile: then it is checked like any existing one.
         const now = await streamInfo(jsm, wanted.name);
         if (!now) throw err;
