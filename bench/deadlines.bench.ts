@@ -13,12 +13,18 @@
  * handler (received − due: p50, p99, max), the server's own lateness (the fired message's
  * stream timestamp − due, p50/p99/max), and how many fired exactly once, more than once, never.
  *
- *   npx tsx bench/deadlines.bench.ts [--deadlines 10000] [--from 5] [--to 20] [--runs 1] [--sync always|default] [--time-limit 290]
+ * With `--cluster`, both run on a 3-node loopback cluster, the streams at R3.
+ *
+ *   npx tsx bench/deadlines.bench.ts [--deadlines 10000] [--from 5] [--to 20] [--runs 1] [--cluster] [--sync always|default] [--time-limit 290]
  */
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
 import { AckPolicy, jetstream, jetstreamManager, type JetStreamClient } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
 import { connect } from '@nats-io/transport-node';
 import pino from 'pino';
+import { startNatsCluster } from '../src/nats/cluster.js';
 import { Deadlines } from '../src/processes/deadlines.js';
 import { fmt1, fmtInt, hardLimit, intArg, machineLine, parseArgs, percentile, runBenchMain, sleep, startBenchServer, syncArg, syncLabel } from './support.js';
 
@@ -29,6 +35,8 @@ const FROM_S = intArg(args, 'from', 5);
 const TO_S = intArg(args, 'to', 20);
 const RUNS = intArg(args, 'runs', 1);
 const TIME_LIMIT_S = intArg(args, 'time-limit', 290);
+const CLUSTER = args.get('cluster') === 'true';
+const REPLICAS = CLUSTER ? 3 : 1;
 const OUTSTANDING = 64;
 /** After the last due time, how long to wait for stragglers (and duplicates). */
 const GRACE_MS = 5_000;
@@ -83,7 +91,7 @@ async function all(f: (i: number) => Promise<unknown>): Promise<number> {
 }
 
 async function strandRun(nc: NatsConnection, run: number): Promise<Result> {
-  const deadlines = await Deadlines.open(nc, { stream: 'BENCH', replicas: 1 }, pino({ level: 'warn' }));
+  const deadlines = await Deadlines.open(nc, { stream: 'BENCH', replicas: REPLICAS }, pino({ level: 'warn' }));
   const tally = new Tally();
   const t0 = Date.now();
   const owner = `bench${run}`;
@@ -132,15 +140,15 @@ function line(label: string, r: Result): string {
 
 async function main(): Promise<number> {
   if (TO_S <= FROM_S) throw new Error('--to must be after --from');
-  const server = await startBenchServer(sync);
+  const server = CLUSTER ? await benchCluster() : await startBenchServer(sync);
   const limit = hardLimit(TIME_LIMIT_S * 1000, () => server.cleanup());
-  const nc = await connect({ servers: server.url });
+  const nc = await connect({ servers: server.url.split(',') });
   try {
     const js = jetstream(nc);
     const jsm = await jetstreamManager(nc);
-    await jsm.streams.add({ name: RAW_STREAM, subjects: ['raw.at.>', 'raw.fire.>'], retention: 'workqueue' as never, allow_msg_schedules: true, allow_rollup_hdrs: true });
+    await jsm.streams.add({ name: RAW_STREAM, subjects: ['raw.at.>', 'raw.fire.>'], retention: 'workqueue' as never, allow_msg_schedules: true, allow_rollup_hdrs: true, num_replicas: REPLICAS });
     console.log(`deadlines.bench: ${machineLine()}`);
-    console.log(`nats-server ${nc.info?.version} | sync_interval: ${syncLabel(sync)} | ${fmtInt(N)} deadlines due ${FROM_S}-${TO_S} s after the start, set ${OUTSTANDING} at a time, ${RUNS} run(s)`);
+    console.log(`nats-server ${nc.info?.version}${CLUSTER ? ' | 3-node cluster, streams at R3' : ''} | sync_interval: ${syncLabel(sync)} | ${fmtInt(N)} deadlines due ${FROM_S}-${TO_S} s after the start, set ${OUTSTANDING} at a time, ${RUNS} run(s)`);
     const ratios: string[] = [];
     for (let run = 1; run <= RUNS; run++) {
       const s = await strandRun(nc, run);
@@ -157,6 +165,26 @@ async function main(): Promise<number> {
   } finally {
     clearTimeout(limit);
     await server.cleanup();
+  }
+}
+
+/** A 3-node loopback cluster in a temporary folder, removed by cleanup. */
+async function benchCluster(): Promise<{ url: string; cleanup(): Promise<void> }> {
+  const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'strand-bench-deadlines-'));
+  let cleaning: Promise<void> | undefined;
+  try {
+    const c = await startNatsCluster({ dir, sync });
+    return {
+      url: c.urls,
+      cleanup: () =>
+        (cleaning ??= (async () => {
+          await c.stop().catch(() => undefined);
+          await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+        })()),
+    };
+  } catch (err) {
+    await fs.rm(dir, { recursive: true, force: true }).catch(() => undefined);
+    throw err;
   }
 }
 

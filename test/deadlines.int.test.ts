@@ -10,11 +10,11 @@ import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { StrandError } from '../src/errors.js';
 import { IncompatibleStream } from '../src/eventstore/jetstream.js';
-import { startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
+import { launchNatsServer, startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
 import { Deadlines, type FiredDeadline } from '../src/processes/deadlines.js';
 import { deadlineStreamName } from '../subjects/index.js';
 import { startTestCluster, type TestCluster } from './support/cluster.js';
-import { makeTempDir, startTestNats, type TestNats } from './support/nats.js';
+import { makeTempDir, oldNatsServerBinary, startTestNats, type TestNats } from './support/nats.js';
 import { eventually } from './support/strand.js';
 
 const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
@@ -378,6 +378,27 @@ describe('deadlines on a 3-node cluster when the stream leader dies', () => {
       for (const d of r.got) expect(d.receivedAt - d.due.getTime(), `${d.id} handed over after the failover`).toBeLessThanOrEqual(30_000);
     } finally {
       await node!.start();
+    }
+  });
+});
+
+// Needs an installed nats-server older than 2.12 (Debian bookworm's 2.9.10 at /usr/sbin/nats-server on
+// the project's machines, or OLD_NATS_SERVER_BIN); skipped only where none exists to test against.
+describe.skipIf(!oldNatsServerBinary())('deadlines on a nats-server without message schedules', () => {
+  it('are refused at open, naming the server version, and leave no stream behind', async () => {
+    const dir = await makeTempDir();
+    const old = await launchNatsServer({ binary: oldNatsServerBinary()!, args: ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', dir.dir], runDir: dir.dir, storeDir: dir.dir });
+    const c = await connect({ servers: old.url });
+    try {
+      const err = await Deadlines.open(c, { stream: 'EVENTS', replicas: 1 }, log).catch((e: unknown) => e);
+      expect(err).toBeInstanceOf(IncompatibleStream);
+      expect((err as Error).message).toMatch(/allow_msg_schedules is off/);
+      expect((err as Error).message).toMatch(/nats-server 2\.9\.\d+ does not keep message schedules \(needs 2\.12 or newer\)/);
+      expect(await (await jetstreamManager(c)).streams.names().next()).not.toContain(deadlineStreamName('EVENTS'));
+    } finally {
+      await c.close();
+      await old.stop();
+      await dir.cleanup();
     }
   });
 });

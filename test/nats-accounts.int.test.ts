@@ -131,6 +131,7 @@ describe('deploy/nats/accounts.conf', () => {
       return undefined;
     })();
     expect(String(subErr)).toMatch(/Permissions Violation for Subscription to "evt\.>"/);
+    await expect(send(client, 'cmd.task.acc-1.MarkOverdue', { dueAt: '2026-01-01T00:00:00.000Z' })).rejects.toThrow(/Permissions Violation for Publish to "cmd\.task\.acc-1\.MarkOverdue"/);
     client.publish('evt.task.acc-1.TaskCreated', '{}');
     client.publish('$JS.API.STREAM.NAMES', '{}');
     await client.flush();
@@ -147,7 +148,7 @@ describe('deploy/nats/accounts.conf', () => {
     }
     const violations = log.split('\n').filter((l) => /Violation/.test(l));
     const byClients = violations.filter((l) => l.includes('"CLIENTS/user:clients"'));
-    for (const subject of ['cmd.order.o-1.PlaceOrder', 'evt.>', 'evt.task.acc-1.TaskCreated', '$JS.API.STREAM.NAMES']) {
+    for (const subject of ['cmd.order.o-1.PlaceOrder', 'cmd.task.acc-1.MarkOverdue', 'evt.>', 'evt.task.acc-1.TaskCreated', '$JS.API.STREAM.NAMES']) {
       expect(byClients.filter((l) => l.includes(`Subject "${subject}"`)), subject).toHaveLength(1);
     }
     expect(violations.filter((l) => !l.includes('"CLIENTS/user:clients"')), 'violations by Strand itself').toEqual([]);

@@ -1,14 +1,16 @@
 /**
  * The task's `overdue` deadline (STRAND_DEADLINES=true): set by TaskCreated, cancelled when the
  * task is completed or cancelled, MarkOverdue → TaskOverdue once when it fires, with two Strand
- * instances and across a restart of Strand while it falls due.
+ * instances, across a restart of Strand while it falls due, and on a 3-node cluster at R3.
  */
+import { jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { aggregates, taskOverdue } from '../actors/index.js';
 import { Strand } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
+import { R3, startTestCluster, type TestCluster } from './support/cluster.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { CommandClient, eventually, streamEvents } from './support/strand.js';
 
@@ -111,6 +113,41 @@ describe('task overdue deadline', { timeout: 90_000 }, () => {
       expect(await types('od-off')).toEqual(['TaskCreated']);
     } finally {
       await a.stop();
+    }
+  });
+});
+
+describe('task overdue deadline on a 3-node cluster at R3', { timeout: 120_000 }, () => {
+  let c: TestCluster;
+  let nc: NatsConnection;
+  let client: CommandClient;
+  beforeAll(async () => {
+    c = await startTestCluster();
+    nc = await connect({ servers: c.urls.split(',') });
+    client = await CommandClient.connect(c.urls);
+  }, 120_000);
+  afterAll(async () => {
+    await client?.close();
+    await nc?.close();
+    await c?.cleanup();
+  });
+
+  it('marks the open task overdue once and leaves the completed one alone, with two instances', async () => {
+    const a = await start(c.urls, R3);
+    const b = await start(c.urls, R3);
+    try {
+      expect(await create(client, 'r3-open')).toMatchObject({ ok: true });
+      expect(await create(client, 'r3-done')).toMatchObject({ ok: true });
+      expect(await client.send('cmd.task.r3-done.CompleteTask', {}, { 'Strand-Actor': 'user:cc1' })).toMatchObject({ ok: true });
+      const types = async (id: string): Promise<string[]> => (await streamEvents(nc, 'EVENTS', 'task', id)).map((e) => e.envelope.type);
+      await eventually(async () => (await types('r3-open')).includes('TaskOverdue'), 'TaskOverdue on R3', 20_000);
+      await sleep(2_000);
+      expect(await types('r3-open')).toEqual(['TaskCreated', 'TaskOverdue']);
+      expect(await types('r3-done')).toEqual(['TaskCreated', 'TaskCompleted']);
+      expect((await (await jetstreamManager(nc)).streams.info('EVENTS_DEADLINES')).config.num_replicas).toBe(3);
+    } finally {
+      await a.stop();
+      await b.stop();
     }
   });
 });

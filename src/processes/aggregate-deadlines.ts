@@ -109,7 +109,7 @@ export class AggregateDeadlines {
     if (this.stopping) return m.nak();
     const s = parseEventSubject(m.subject);
     const key = s ? `${s.aggregate}.${s.id}` : m.subject;
-    const p = (this.tails.get(key) ?? Promise.resolve()).then(() => this.apply(m));
+    const p = (this.tails.get(key) ?? Promise.resolve()).then(() => this.apply(m)).catch((err: unknown) => this.log.warn({ err, subject: m.subject }, 'deadline rule event not settled; it is delivered again after its ack wait'));
     this.tails.set(key, p);
     this.inFlight.add(p);
     void p.finally(() => {

@@ -144,9 +144,16 @@ export class Deadlines {
     const existing = await streamInfo(jsm, wanted.name);
     if (!existing) {
       try {
-        await jsm.streams.add(wanted);
+        const created = await jsm.streams.add(wanted);
+        // A server older than 2.12 ignores allow_msg_schedules: its "deadlines" would never fire.
+        const diffs = compareDeadlineStreamConfig(created.config, wanted);
+        if (diffs.length > 0) {
+          await jsm.streams.delete(wanted.name).catch(() => undefined);
+          throw new IncompatibleStream(wanted.name, [...diffs, `nats-server ${nc.info?.version ?? '?'} does not keep message schedules (needs 2.12 or newer)`]);
+        }
         log.info({ stream: wanted.name, replicas: opts.replicas }, 'created deadline stream');
       } catch (err) {
+        if (err instanceof IncompatibleStream) throw err;
         // Another instance may have created it meanwhile: then it is checked like any existing one.
         const now = await streamInfo(jsm, wanted.name);
         if (!now) throw err;
@@ -230,8 +237,8 @@ export class Deadlines {
    * every instance that consumes the same owners (each fired deadline goes to one of them). A
    * deadline is acknowledged, and removed, when `handler` resolves; when it throws, it is
    * delivered again after a pause (1 s, doubling up to 30 s). Those of one instance are handled
-   * in order, one at a time; different instances concurrently. Two consumers whose owners overlap
-   * are refused by the stream (a work queue delivers each message to one consumer).
+   * in order, one at a time; different instances concurrently. A consumer whose owners overlap
+   * another's is refused BAD_REQUEST (a work queue delivers each message to one consumer).
    */
   async consume(owners: string[], handler: (d: FiredDeadline) => Promise<void>, opts: Partial<ConsumeOptions> = {}): Promise<DeadlineConsumer> {
     if (!Array.isArray(owners) || owners.length === 0) throw new StrandError(ErrorCode.BAD_REQUEST, 'deadline consumer: name at least one owner');
@@ -268,7 +275,8 @@ export class Deadlines {
       const s = parseDeadlineSubject(m.subject);
       const key = s ? `${s.owner}.${s.id}` : m.subject;
       const previous = tails.get(key) ?? Promise.resolve();
-      const p = previous.then(() => this.handle(m, handler, () => stopping));
+      // Never rejects: a failure to settle one (the connection gone) must not stall the instance's next ones.
+      const p = previous.then(() => this.handle(m, handler, () => stopping)).catch((err: unknown) => this.log.warn({ err, subject: m.subject }, 'fired deadline not settled; it is delivered again after its ack wait'));
       tails.set(key, p);
       inFlight.add(p);
       void p.finally(() => {
