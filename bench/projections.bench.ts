@@ -39,6 +39,7 @@
  * --sql-timing: every statement the read sides send is timed (bench/pg-timing.ts) and the
  * totals per statement are printed for part 1's Strand runs and part 2's load window.
  */
+import type { ReadSide } from '../src/projections/host.js';
 import fs from 'node:fs/promises';
 import http from 'node:http';
 import { Session } from 'node:inspector/promises';
@@ -331,7 +332,7 @@ async function strandApply(ctx: Ctx, url: string, rows: readonly OrderRow[], las
   liveApp = app;
   const tStarted = performance.now();
   let checkpointAtStart = -1;
-  const watch = watchCheckpoints(app.readSide!, ['order_list'], (_name, cp) => {
+  const watch = watchCheckpoints(app.readSide as ReadSide, ['order_list'], (_name, cp) => {
     if (checkpointAtStart < 0) checkpointAtStart = cp;
     if (cp >= lastSeq && reachedAt === 0) {
       reachedAt = performance.now();

@@ -16,6 +16,7 @@
  * NATS_URL and DATABASE_URL are required (the benchmark starts both servers). Prints
  * `ready port=<port> watch=<name>:<hook|poll>,…` on stdout once it serves and applies.
  */
+import type { ReadSide } from '../src/projections/host.js';
 import { aggregates, projections as allProjections } from '../actors/index.js';
 import { Strand } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
@@ -51,7 +52,7 @@ async function main(): Promise<void> {
   const address = app.http.server.address();
   const port = typeof address === 'object' && address ? address.port : config.PORT;
   if (app.readSide && config.STRAND_ROLES.includes('projections')) {
-    watch = watchCheckpoints(app.readSide, projections.map((p) => p.name), (name, seq) => app.nc.publish(`${subject}.${name}`, String(seq)));
+    watch = watchCheckpoints(app.readSide as ReadSide, projections.map((p) => p.name), (name, seq) => app.nc.publish(`${subject}.${name}`, String(seq)));
   }
   if (timer) {
     app.nc.subscribe('bench.sql-timing', {

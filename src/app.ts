@@ -16,7 +16,10 @@ import { JetStreamEventStore, ensureEventStream } from './eventstore/jetstream.j
 import { KvSnapshotStore } from './eventstore/snapshots.js';
 import { buildHttpServer } from './http/server.js';
 import { createPool } from './postgres/connect.js';
-import { ReadSide } from './projections/host.js';
+import { ReadSide, type ReadSideApi } from './projections/host.js';
+import { RemoteReadSide, type ProjectionsModule } from './projections/remote.js';
+import { AggregatorRegistry } from 'prom-client';
+import type { MetricsSource } from './http/metrics.js';
 import type { Projection } from './projections/types.js';
 import { ViewReader } from './projections/views.js';
 import { allowAll, decideCheck, type AccessPolicy } from './auth/access.js';
@@ -30,6 +33,18 @@ import { StrandMetrics } from './observability/metrics.js';
 import { Deadlines } from './processes/deadlines.js';
 import { AggregateDeadlines, type AggregateDeadlineRule } from './processes/aggregate-deadlines.js';
 
+/** `/metrics` with the read side worker's metrics joined to this thread's (each series lives on one side). */
+function joinedMetrics(metrics: StrandMetrics, remote: RemoteReadSide): MetricsSource {
+  return {
+    contentType: metrics.registry.contentType,
+    metrics: async () => {
+      const mine = await metrics.registry.getMetricsAsJSON();
+      const theirs = await remote.metrics().catch(() => []);
+      return AggregatorRegistry.aggregate([mine, theirs]).metrics();
+    },
+  } as MetricsSource;
+}
+
 /** Everything a running Strand needs from outside. */
 export interface StrandDeps {
   readonly config: Config;
@@ -39,6 +54,12 @@ export interface StrandDeps {
   /** PostgreSQL for the read side; without it no projection runs and no view is served. */
   readonly databaseUrl?: string;
   readonly projections?: readonly Projection[];
+  /**
+   * The module that exports `projections` (the same array), so the read side can run on a worker
+   * thread (STRAND_READ_SIDE_THREAD), which imports it itself. Without it the read side runs on
+   * this thread.
+   */
+  readonly projectionsModule?: ProjectionsModule;
   /** Who may read, send and operate what, over HTTP and WebSocket (default: `allowAll`). */
   readonly access?: AccessPolicy;
   /** How HTTP and WebSocket clients authenticate (default: from the configuration). */
@@ -74,7 +95,7 @@ export class Strand {
     private readonly log: Logger,
     private readonly config: Config,
     readonly pool: Pool | undefined,
-    readonly readSide: ReadSide | undefined,
+    readonly readSide: ReadSideApi | undefined,
     readonly views: ViewReader | undefined,
     readonly live: LiveGateway | undefined,
     /** Durable commands' outcomes; undefined when STRAND_DURABLE_INTAKE is off. */
@@ -181,12 +202,33 @@ export class Strand {
         durable.start();
       }
       let pool: Pool | undefined;
-      let readSide: ReadSide | undefined;
+      let readSide: ReadSideApi | undefined;
+      let remote: RemoteReadSide | undefined;
       let views: ViewReader | undefined;
       if (deps.databaseUrl) {
         const projections = deps.projections ?? [];
-        pool = createPool(deps.databaseUrl, { max: config.STRAND_PG_POOL_SIZE + projections.length * 2, applicationName: 'strand' });
-        readSide = new ReadSide(
+        // Commands and projections in one process: the runners apply on a thread of their own, so
+        // a batch being planned never holds up a command (and the read side can use another core).
+        const threaded =
+          config.STRAND_READ_SIDE_THREAD && deps.projectionsModule !== undefined && projections.length > 0 && config.STRAND_ROLES.includes('commands') && config.STRAND_ROLES.includes('projections');
+        pool = createPool(deps.databaseUrl, { max: config.STRAND_PG_POOL_SIZE + (threaded ? 0 : projections.length * 2), applicationName: 'strand' });
+        if (threaded) {
+          remote = new RemoteReadSide(
+            projections,
+            {
+              config,
+              natsUrl: deps.natsUrl,
+              databaseUrl: deps.databaseUrl,
+              instance,
+              module: deps.projectionsModule!,
+              poolMax: 2 + projections.length * 2,
+              logLevel: log.level,
+            },
+            log.child({ component: 'projections' }),
+            cluster,
+          );
+          readSide = remote;
+        } else readSide = new ReadSide(
           pool,
           nc,
           projections,
@@ -211,7 +253,7 @@ export class Strand {
       const http = buildHttpServer({
         log,
         auth,
-        registry: metrics.registry,
+        registry: remote ? joinedMetrics(metrics, remote) : metrics.registry,
         checks: [
           { name: 'nats', ready: () => app.connected },
           { name: 'commands', ready: () => !app.stopping },

@@ -51,6 +51,7 @@ export const ConfigSchema = z.object({
   STRAND_PROJECTION_MAX_ATTEMPTS: int(1, 100).default(3),
   STRAND_PROJECTION_COMMIT: z.enum(['async', 'sync']).default('async'),
   STRAND_PROJECTION_STANDBY_MS: int(100).default(5_000),
+  STRAND_READ_SIDE_THREAD: bool.default(true),
   STRAND_MIN_SEQ_WAIT_MS: int(0, 120_000).default(5_000),
   STRAND_PG_POOL_SIZE: int(1, 1000).default(10),
   NODE_ENV: z.string().default('development'),

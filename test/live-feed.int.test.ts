@@ -6,6 +6,7 @@
  * Its own server and stream: the garbage published here would reach the example projections of
  * a shared one (only this file's test projection runs here, on task events).
  */
+import type { ReadSide } from '../src/projections/host.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { task } from '../actors/task/task.js';
 import type { Strand } from '../src/app.js';
@@ -174,7 +175,7 @@ describe('the change feed between instances', { timeout: 60_000 }, () => {
     const w = await LiveClient.connect(otherUrl, { keyOf: () => 'rowId' });
     w.send({ type: 'subscribe', id: 'w', view: 'wide_rows', filter: { taskId: 'wide-1' } });
     await w.until((c) => c.of('snapshot').length === 1, 'the snapshot');
-    await eventually(() => applier.readSide!.watched('live_test_wide'), 'the runner to know the view is watched');
+    await eventually(() => (applier.readSide as ReadSide).watched('live_test_wide'), 'the runner to know the view is watched');
     await createTask('wide-1');
     await w.until((c) => (c.copies.get('w')?.size ?? 0) === 30, 'the 30 rows of the batch', 10_000);
     expect(w.of('change')).toHaveLength(1);

@@ -130,7 +130,8 @@ export const memberTaskHistory = defineProjection({
       TaskAssigned: async (e, db) => {
         const t = await db.get('task_member', { task_id: e.aggregateId });
         if (!t) throw new Error(`task ${e.aggregateId} has no TaskCreated before it`);
-        db.upsert('task_member', { task_id: e.aggregateId, assigned_to: e.data.assignedTo });
+        // The whole row (member_id from the prefetch): a full-row upsert, not the partial-row merge.
+        db.upsert('task_member', { task_id: e.aggregateId, member_id: t['member_id'], assigned_to: e.data.assignedTo });
         db.upsert('member_task_history', { seq: e.seq, member_id: t['member_id'], task_id: e.aggregateId, event_type: e.type, at: e.time, actor: e.actor ?? null, assigned_to: e.data.assignedTo, status: 'pending', detail: `from ${e.data.previousAssignee}` });
       },
       TaskCompleted: async (e, db) => {

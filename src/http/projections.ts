@@ -1,7 +1,7 @@
 import type { FastifyPluginAsync, FastifyRequest } from 'fastify';
 import { checkOperate, type Operation } from '../auth/access.js';
 import { ErrorCode, StrandError } from '../errors.js';
-import type { DeadLetter, ProjectionStatus, ReadSide } from '../projections/host.js';
+import type { DeadLetter, ProjectionStatus, ReadSideApi } from '../projections/host.js';
 import { principalOf } from './auth.js';
 import { DeadLetterParams, DeadLettersQuery } from './schemas.js';
 import type { ApiDeps } from './server.js';
@@ -13,7 +13,7 @@ export const RETRY_WAIT_MS = 10_000;
 /** Largest body the admin routes read (they take none; a body is read and ignored). */
 const ADMIN_BODY_CAP = 1024;
 
-function known(readSide: ReadSide, name: string): void {
+function known(readSide: ReadSideApi, name: string): void {
   if (!readSide.projection(name)) throw new StrandError(ErrorCode.UNKNOWN_PROJECTION, `no projection named ${JSON.stringify(name.slice(0, 100))}`);
 }
 

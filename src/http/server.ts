@@ -1,6 +1,5 @@
 import Fastify, { LogController, type FastifyBaseLogger, type FastifyInstance } from 'fastify';
 import type { Logger } from 'pino';
-import type { Registry } from 'prom-client';
 import type { ActorSystem } from '../actor/system.js';
 import type { Aggregate } from '../aggregate/define.js';
 import type { AccessPolicy } from '../auth/access.js';
@@ -11,7 +10,7 @@ import type { OutcomeStore } from '../cluster/outcomes.js';
 import type { RegionStatus } from '../cluster/region.js';
 import type { EventStore } from '../eventstore/types.js';
 import type { StrandMetrics } from '../observability/metrics.js';
-import type { ReadSide } from '../projections/host.js';
+import type { ReadSideApi } from '../projections/host.js';
 import type { ViewReader } from '../projections/views.js';
 import { aggregateRoutes } from './aggregates.js';
 import { asyncApiRoute } from './asyncapi.js';
@@ -22,7 +21,7 @@ import { commandRoutes } from './commands.js';
 import { clientErrorHandler, errorHandling, frameworkErrors } from './errors.js';
 import { dashboardRoutes } from '../live/dashboard.js';
 import { healthRoutes, type ReadinessCheck } from './health.js';
-import { metricsRoute } from './metrics.js';
+import { metricsRoute, type MetricsSource } from './metrics.js';
 import { openApiRoute } from './openapi.js';
 import { outcomeRoute } from './outcomes.js';
 import { projectionRoutes } from './projections.js';
@@ -36,7 +35,7 @@ export interface ApiDeps {
   readonly intake: CommandIntake;
   readonly metrics: StrandMetrics;
   /** Absent when no database is configured: view and projection routes answer 503 UNAVAILABLE. */
-  readonly readSide: ReadSide | undefined;
+  readonly readSide: ReadSideApi | undefined;
   readonly views: ViewReader | undefined;
   /** Longest a `minSeq` query waits for its projection. */
   readonly minSeqWaitMs: number;
@@ -60,7 +59,7 @@ export interface ApiDeps {
 /** What the HTTP server is assembled from. */
 export interface HttpDeps {
   readonly log: Logger;
-  readonly registry: Registry;
+  readonly registry: MetricsSource;
   readonly checks: readonly ReadinessCheck[];
   /** Facts `/health/ready` reports without failing on them (e.g. projections caught up). */
   readonly reports?: readonly { readonly name: string; value(): unknown }[];

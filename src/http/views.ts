@@ -2,7 +2,7 @@ import type { FastifyPluginAsync } from 'fastify';
 import { checkSubscribe, rowVisible, type SubscriptionRequest } from '../auth/access.js';
 import type { Principal } from '../auth/tokens.js';
 import { ErrorCode, StrandError } from '../errors.js';
-import type { ReadSide } from '../projections/host.js';
+import type { ReadSideApi } from '../projections/host.js';
 import type { Row } from '../projections/types.js';
 import type { ViewPage, ViewReader, ViewRef } from '../projections/views.js';
 import { principalOf } from './auth.js';
@@ -35,13 +35,13 @@ export function describeView(v: ViewRef): ViewDescription {
 }
 
 /** The read side, or 503 when this Strand runs without a database. */
-export function readModel(api: ApiDeps): { views: ViewReader; readSide: ReadSide } {
+export function readModel(api: ApiDeps): { views: ViewReader; readSide: ReadSideApi } {
   if (!api.views || !api.readSide) throw new StrandError(ErrorCode.UNAVAILABLE, 'no database is configured (DATABASE_URL): views and projections are not served');
   return { views: api.views, readSide: api.readSide };
 }
 
 /** Read-your-writes: waits until the view's projection has applied `minSeq`, or fails with its checkpoint. */
-async function awaitCheckpoint(api: ApiDeps, readSide: ReadSide, ref: ViewRef, minSeq: number | undefined): Promise<void> {
+async function awaitCheckpoint(api: ApiDeps, readSide: ReadSideApi, ref: ViewRef, minSeq: number | undefined): Promise<void> {
   if (minSeq === undefined || minSeq === 0) return;
   const r = await readSide.waitFor(ref.projection.name, minSeq, api.minSeqWaitMs);
   if (!r.reached) {

@@ -9,7 +9,7 @@ import type { Aggregate } from '../aggregate/define.js';
 import { StrandError } from '../errors.js';
 import type { EventEnvelope, EventStore } from '../eventstore/types.js';
 import type { StrandMetrics } from '../observability/metrics.js';
-import type { ReadSide } from '../projections/host.js';
+import type { ReadSideApi } from '../projections/host.js';
 import type { LiveChange, LiveFeedMessage } from '../projections/runner.js';
 import type { Row } from '../projections/types.js';
 import type { ViewReader } from '../projections/views.js';
@@ -43,7 +43,7 @@ export interface GatewayOptions {
 export interface GatewayDeps {
   readonly nc: NatsConnection;
   readonly views: ViewReader;
-  readonly readSide: ReadSide | undefined;
+  readonly readSide: ReadSideApi | undefined;
   readonly actors: ActorSystem;
   readonly store: EventStore;
   readonly aggregates: ReadonlyMap<string, Aggregate>;

@@ -46,7 +46,7 @@ export interface EventFeedOptions {
   readonly subjects: readonly string[];
   /** Messages per pull. */
   readonly fetch: number;
-  /** A listener with this many events in hand holds its feed back (alone) or leaves it (when others are not that far behind). */
+  /** The feed pulls while some listener holds fewer events than this; one with three times as many leaves it (when others are not that far behind). */
   readonly highWater: number;
 }
 
@@ -127,9 +127,13 @@ export class EventFeeds {
     }
   }
 
-  /** Listeners of `f` far behind while others are not: each gets a feed of its own, from what it holds. */
+  /**
+   * Listeners of `f` far behind (three times the high water) while others are not: each gets a
+   * feed of its own, from what it holds. Short of that a slow runner stays: its events are
+   * decoded once with the others', and it holds no one back as long as one is below the mark.
+   */
   relieve(f: Feed): void {
-    const over = f.listeners.filter((l) => l.backlog >= this.o.highWater);
+    const over = f.listeners.filter((l) => l.backlog >= 3 * this.o.highWater);
     if (over.length === 0 || over.length === f.size) return;
     for (const l of over) {
       f.remove(l);

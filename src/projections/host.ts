@@ -71,6 +71,15 @@ export interface ProjectionPeers {
 }
 
 /**
+ * What the HTTP API, the live gateway and the app use of the read side: a `ReadSide` in this
+ * thread, or a `RemoteReadSide` (worker.ts) whose runners apply on a worker thread.
+ */
+export type ReadSideApi = Pick<
+  ReadSide,
+  'projection' | 'status' | 'rebuild' | 'deadLetters' | 'retryDeadLetter' | 'discardDeadLetter' | 'waitFor' | 'checkpoint' | 'caughtUp' | 'onLiveFeed' | 'start' | 'stop' | 'streamReaders'
+>;
+
+/**
  * Runs every projection: one runner per generation being applied (the serving one and, during
  * a rebuild, the new one), each only where its advisory lock is held, so several instances
  * share the work and take over from each other.

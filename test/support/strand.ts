@@ -27,7 +27,11 @@ export async function startStrandWithDb(
 ): Promise<Strand> {
   const config: Config = loadConfig({ STRAND_ACTOR_IDLE_MS: '600000', STRAND_PROJECTION_STANDBY_MS: '500', ...env });
   const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
-  return Strand.start({ config, aggregates, natsUrl, databaseUrl, projections, log, defaultMetrics: false });
+  // STRAND_TEST_READ_SIDE_THREAD=true: instances with both roles and the example projections
+  // apply them on the read side's worker thread, as `npm start` does (STRAND_READ_SIDE_THREAD).
+  const threaded = process.env['STRAND_TEST_READ_SIDE_THREAD'] === 'true' && projections === exampleProjections;
+  const projectionsModule = threaded ? { url: new URL('../../actors/index.js', import.meta.url).href, name: 'projections' } : undefined;
+  return Strand.start({ config, aggregates, natsUrl, databaseUrl, projections, ...(projectionsModule ? { projectionsModule } : {}), log, defaultMetrics: false });
 }
 
 /** A client that sends commands the way any NATS user would. */
