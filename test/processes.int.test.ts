@@ -76,3 +76,126 @@ describe('order-fulfilment over NATS', { timeout: 60_000 }, () => {
     }
   });
 });
+
+const team = { 'Strand-Actor': 'user:onboarding-team' };
+
+async function onboard(strand: Strand, check: string, account: string, eligible: boolean): Promise<void> {
+  expect((await client.send(`cmd.eligibility-check.${check}.Initiate`, { accountId: account })).ok).toBe(true);
+  expect((await client.send(`cmd.eligibility-check.${check}.RecordResponse`, { requestId: 'r1', responseCode: '200', latencyMs: 5, eligible })).ok).toBe(true);
+  void strand;
+}
+
+describe('member-onboarding over NATS', { timeout: 120_000 }, () => {
+  it('eligible: task created, completed, member welcomed once; the process completed', async () => {
+    const strand = await start([makeMemberOnboarding()]);
+    try {
+      await onboard(strand, 'mo-1', 'acct-mo-1', true);
+      await eventually(async () => (await streamEvents(client.nc, 'EVENTS', 'task', 'onboarding-mo-1')).length === 1, 'the task to be created', 10_000);
+      expect((await client.send('cmd.task.onboarding-mo-1.CompleteTask', {}, team)).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'member-onboarding', 'mo-1'))?.status === 'completed', 'the onboarding to complete', 10_000);
+      expect((await streamEvents(client.nc, 'EVENTS', 'member', 'acct-mo-1')).map((e) => e.envelope.type)).toEqual(['WelcomeSent']);
+      expect(await commandIds('task', 'onboarding-mo-1')).toEqual(['member-onboarding:mo-1:2:1', expect.any(String)]);
+      expect((await instance(strand, 'member-onboarding', 'mo-1'))!).toMatchObject({ state: { status: 'welcomed' }, deadlines: {} });
+    } finally {
+      await strand.stop();
+    }
+  });
+
+  it('not eligible: compensation marks the onboarding failed, no task', async () => {
+    const strand = await start([makeMemberOnboarding()]);
+    try {
+      await onboard(strand, 'mo-2', 'acct-mo-2', false);
+      await eventually(async () => (await instance(strand, 'member-onboarding', 'mo-2'))?.status === 'failed', 'the onboarding to fail', 10_000);
+      expect((await streamEvents(client.nc, 'EVENTS', 'member', 'acct-mo-2')).map((e) => e.envelope.type)).toEqual(['OnboardingFailed']);
+      expect(await streamEvents(client.nc, 'EVENTS', 'task', 'onboarding-mo-2')).toEqual([]);
+    } finally {
+      await strand.stop();
+    }
+  });
+
+  it('a task not done in time is escalated to the supervisor, then cancelled with the onboarding failed', async () => {
+    const strand = await start([makeMemberOnboarding({ profileSetupMs: 1500, abandonAfterMs: 1500, supervisor: 'sup-1' })]);
+    try {
+      await onboard(strand, 'mo-3', 'acct-mo-3', true);
+      await eventually(async () => (await instance(strand, 'member-onboarding', 'mo-3'))?.status === 'failed', 'the onboarding to be abandoned', 20_000);
+      const task = (await streamEvents(client.nc, 'EVENTS', 'task', 'onboarding-mo-3')).map((e) => e.envelope);
+      expect(task.map((e) => e.type)).toEqual(['TaskCreated', 'TaskAssigned', 'TaskCancelled']);
+      expect(task[1]!.data).toMatchObject({ assignedTo: 'sup-1' });
+      expect((await streamEvents(client.nc, 'EVENTS', 'member', 'acct-mo-3')).map((e) => e.envelope.type)).toEqual(['OnboardingFailed']);
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
+/** The recorded steps of a process instance (InputHandled data, with the time each was recorded). */
+async function steps(process: string, id: string): Promise<{ time: string; input: { kind: string; name?: string }; step: number }[]> {
+  return (await streamEvents(client.nc, 'EVENTS', process, id)).filter((e) => e.envelope.type === 'InputHandled').map((e) => ({ time: e.envelope.time, ...(e.envelope.data as { input: { kind: string }; step: number }) }));
+}
+
+describe('deadlines through a process', { timeout: 120_000 }, () => {
+  it('a deadline set, Strand restarted: it fires once, on time (within 1 s), and the order is cancelled once', async () => {
+    const fulfilment = makeOrderFulfilment({ paymentWindowMs: 3000 });
+    let strand = await start([fulfilment]);
+    expect((await client.send('cmd.order.dl-1.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+    await eventually(async () => (await instance(strand, 'order-fulfilment', 'dl-1'))?.status === 'running', 'the process to start', 10_000);
+    const due = Date.parse((await instance(strand, 'order-fulfilment', 'dl-1'))!.deadlines['payment-due']!.due);
+    await strand.stop();
+    strand = await start([fulfilment]);
+    try {
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'dl-1'))?.status === 'failed', 'the order to be cancelled', 15_000);
+      const fired = (await steps('order-fulfilment', 'dl-1')).filter((s) => s.input.kind === 'deadline');
+      expect(fired).toHaveLength(1);
+      const late = Date.parse(fired[0]!.time) - due;
+      expect(late).toBeGreaterThanOrEqual(0);
+      expect(late).toBeLessThanOrEqual(1000);
+      expect((await streamEvents(client.nc, 'EVENTS', 'order', 'dl-1')).map((e) => e.envelope.type)).toEqual(['OrderPlaced', 'OrderCancelled']);
+      // Nothing more comes later.
+      await new Promise((r) => setTimeout(r, 1500));
+      expect((await steps('order-fulfilment', 'dl-1')).filter((s) => s.input.kind === 'deadline')).toHaveLength(1);
+    } finally {
+      await strand.stop();
+    }
+  });
+
+  it('a cancelled deadline never fires', async () => {
+    const strand = await start([makeOrderFulfilment({ paymentWindowMs: 1500 })]);
+    try {
+      expect((await client.send('cmd.order.dl-2.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'dl-2'))?.status === 'running', 'the process to start', 10_000);
+      expect((await client.send('cmd.order.dl-2.MarkPaid', { paymentId: 'P' })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'dl-2'))?.status === 'completed', 'the process to complete', 10_000);
+      await new Promise((r) => setTimeout(r, 3000)); // well past the due time
+      expect((await steps('order-fulfilment', 'dl-2')).map((s) => s.input.kind)).toEqual(['event', 'event', 'reply']);
+      const counted = (await strand.metrics.registry.getSingleMetric('strand_process_deadlines_total')!.get()).values;
+      const count = (action: string) => counted.find((v) => v.labels['action'] === action)?.value ?? 0;
+      expect({ set: count('set'), cancelled: count('cancelled'), fired: count('fired') }).toEqual({ set: 1, cancelled: 1, fired: 0 });
+      expect((await strand.deadlines!.pending('order-fulfilment', 'dl-2'))).toEqual([]);
+      expect((await streamEvents(client.nc, 'EVENTS', 'order', 'dl-2')).map((e) => e.envelope.type)).toEqual(['OrderPlaced', 'OrderPaid', 'OrderShipped']);
+    } finally {
+      await strand.stop();
+    }
+  });
+
+  it('a deadline due while Strand and NATS were down fires once on recovery', async () => {
+    const fulfilment = makeOrderFulfilment({ paymentWindowMs: 1500 });
+    let strand = await start([fulfilment]);
+    expect((await client.send('cmd.order.dl-3.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+    await eventually(async () => (await instance(strand, 'order-fulfilment', 'dl-3'))?.status === 'running', 'the process to start', 10_000);
+    await strand.stop();
+    await client.close();
+    const port = nats.port;
+    await nats.stop();
+    await new Promise((r) => setTimeout(r, 3000)); // the deadline passes while everything is down
+    nats = await startNatsServer({ storeDir: dir.dir, sync: 'always', port });
+    client = await CommandClient.connect(nats.url);
+    strand = await start([fulfilment]);
+    try {
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'dl-3'))?.status === 'failed', 'the order to be cancelled after recovery', 20_000);
+      expect((await steps('order-fulfilment', 'dl-3')).filter((s) => s.input.kind === 'deadline')).toHaveLength(1);
+      expect((await streamEvents(client.nc, 'EVENTS', 'order', 'dl-3')).map((e) => e.envelope.type)).toEqual(['OrderPlaced', 'OrderCancelled']);
+    } finally {
+      await strand.stop();
+    }
+  });
+});
