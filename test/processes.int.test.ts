@@ -199,3 +199,85 @@ describe('deadlines through a process', { timeout: 120_000 }, () => {
     }
   });
 });
+
+async function counter(strand: Strand, name: string, labels: Record<string, string>): Promise<number> {
+  const m = strand.metrics.registry.getSingleMetric(name);
+  const values = m ? (await m.get()).values : [];
+  return values.filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want)).reduce((t, v) => t + v.value, 0);
+}
+
+describe('poison inputs', { timeout: 60_000 }, () => {
+  it('a handler that throws: the input is parked after STRAND_PROCESS_MAX_ATTEMPTS deliveries and listed; the other instances go on', async () => {
+    const { defineProcess } = await import('../src/processes/define.js');
+    const { z } = await import('zod');
+    const { order } = await import('../actors/order/order.js');
+    const probe = defineProcess<{ seen: number }>()({
+      name: 'poison-probe',
+      sources: { order },
+      correlate: (e) => (e.aggregateId.startsWith('pz-') ? e.aggregateId : undefined),
+      events: { Seen: z.object({}) },
+      initialState: () => ({ seen: 0 }),
+      evolve: { Seen: (s) => ({ seen: s.seen + 1 }) },
+      on: {
+        order: {
+          OrderPlaced: (_s, e) => {
+            if (e.data.customerId === 'boom') throw new Error('cannot handle boom');
+            return { events: [{ type: 'Seen', data: {} }] };
+          },
+        },
+      },
+    });
+    const strand = await start([probe], { STRAND_PROCESS_MAX_ATTEMPTS: '2' });
+    try {
+      expect((await client.send('cmd.order.pz-1.PlaceOrder', { customerId: 'boom', items: [item] })).ok).toBe(true);
+      expect((await client.send('cmd.order.pz-2.PlaceOrder', { customerId: 'fine', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'poison-probe', 'pz-2'))?.status === 'running', 'the healthy instance to go on', 10_000);
+      let parked: { reason: string; attempts: number; instanceId: string; subject: string }[] = [];
+      await eventually(async () => {
+        parked = (await strand.http.inject({ method: 'GET', url: '/processes/poison-probe/parked' })).json<{ parked: typeof parked }>().parked;
+        return parked.length > 0;
+      }, 'the poison input to be parked', 15_000);
+      expect(parked).toEqual([expect.objectContaining({ instanceId: 'pz-1', subject: 'evt.order.pz-1.OrderPlaced', reason: 'PROCESS_HANDLER_FAILED', attempts: 2 })]);
+      expect(await counter(strand, 'strand_process_inputs_parked_total', { process: 'poison-probe' })).toBe(1);
+      expect(await instance(strand, 'poison-probe', 'pz-1')).toBeUndefined();
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
+describe('1,000 concurrent onboardings', { timeout: 300_000 }, () => {
+  it('each ends with one task, one welcome and the process completed', async () => {
+    const strand = await start([makeMemberOnboarding()], { STRAND_PROCESS_ACK_WAIT_MS: '30000' });
+    const n = 1000;
+    const ids = Array.from({ length: n }, (_, i) => i);
+    async function inBatches(f: (i: number) => Promise<void>): Promise<void> {
+      for (let i = 0; i < n; i += 100) await Promise.all(ids.slice(i, i + 100).map(f));
+    }
+    try {
+      await inBatches(async (i) => {
+        expect((await client.send(`cmd.eligibility-check.many-${i}.Initiate`, { accountId: `acct-many-${i}` })).ok).toBe(true);
+        expect((await client.send(`cmd.eligibility-check.many-${i}.RecordResponse`, { requestId: 'r', responseCode: '200', latencyMs: 1, eligible: true })).ok).toBe(true);
+      });
+      await eventually(async () => (await counter(strand, 'strand_process_commands_total', { process: 'member-onboarding', reply: 'accepted' })) >= n, 'every task to be created', 120_000);
+      await inBatches(async (i) => {
+        const r = await client.send(`cmd.task.onboarding-many-${i}.CompleteTask`, {}, team);
+        expect(r.ok, JSON.stringify(r)).toBe(true);
+      });
+      await eventually(async () => (await counter(strand, 'strand_process_instances_total', { process: 'member-onboarding', outcome: 'completed' })) >= n, 'every onboarding to complete', 120_000);
+      expect(await counter(strand, 'strand_process_instances_total', { process: 'member-onboarding', outcome: 'started' })).toBe(n);
+      expect(await counter(strand, 'strand_process_instances_total', { process: 'member-onboarding', outcome: 'failed' })).toBe(0);
+      await inBatches(async (i) => {
+        expect(await types('member', `acct-many-${i}`)).toEqual(['WelcomeSent']);
+        expect(await types('task', `onboarding-many-${i}`)).toEqual(['TaskCreated', 'TaskCompleted']);
+        expect(await instance(strand, 'member-onboarding', `many-${i}`)).toMatchObject({ status: 'completed', step: 5, state: { status: 'welcomed' } });
+      });
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
+async function types(aggregate: string, id: string): Promise<string[]> {
+  return (await streamEvents(client.nc, 'EVENTS', aggregate, id)).map((e) => e.envelope.type);
+}
