@@ -9,6 +9,7 @@ import { task } from './task/task.js';
 import { member } from './member/member.js';
 import { memberOnboarding } from './member-onboarding/member-onboarding.js';
 import { orderFulfilment } from './order-fulfilment/order-fulfilment.js';
+import { processInstancesProjection } from '../src/processes/projection.js';
 import { eligibilityMetrics } from './eligibility-check/projections.js';
 import { orderList } from './order/projections.js';
 import { memberTaskHistory, taskAnalytics, taskListView } from './task/projections.js';
@@ -27,4 +28,4 @@ export const aggregates = [task, order, eligibilityCheck, member] as const;
 export const processes = [orderFulfilment, memberOnboarding] as const;
 
 /** The example projections: PostgreSQL read models of the aggregates above. */
-export const projections = [taskListView, memberTaskHistory, taskAnalytics, orderList, eligibilityMetrics] as const;
+export const projections = [taskListView, memberTaskHistory, taskAnalytics, orderList, eligibilityMetrics, processInstancesProjection(processes)] as const;

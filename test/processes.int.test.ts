@@ -13,6 +13,8 @@ import { loadConfig } from '../src/config.js';
 import { startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
 import type { Process, ProcessInstance } from '../src/processes/define.js';
 import { makeTempDir } from './support/nats.js';
+import { createTestDatabase } from './support/postgres.js';
+import { processInstancesProjection } from '../src/processes/projection.js';
 import { CommandClient, eventually, streamEvents } from './support/strand.js';
 
 let dir: { dir: string; cleanup(): Promise<void> };
@@ -281,3 +283,26 @@ describe('1,000 concurrent onboardings', { timeout: 300_000 }, () => {
 async function types(aggregate: string, id: string): Promise<string[]> {
   return (await streamEvents(client.nc, 'EVENTS', aggregate, id)).map((e) => e.envelope.type);
 }
+
+describe('the process_instances projection', { timeout: 60_000 }, () => {
+  it('shows each instance: status, step, last input, next deadline, commands sent', async () => {
+    const db = await createTestDatabase();
+    const fulfilment = makeOrderFulfilment();
+    const config = loadConfig({ STRAND_ACTOR_IDLE_MS: '600000', STRAND_PROJECTION_BATCH_MS: '5' });
+    const strand = await Strand.start({ config, aggregates, processes: [fulfilment], projections: [processInstancesProjection([fulfilment])], natsUrl: nats.url, databaseUrl: db.url, log: pino({ level: 'silent' }), defaultMetrics: false });
+    const row = async () => (await strand.http.inject({ method: 'GET', url: '/views/process_instances?process=order-fulfilment' })).json<{ rows: Record<string, unknown>[] }>().rows.find((r) => r['instanceId'] === 'pi-1');
+    try {
+      expect((await client.send('cmd.order.pi-1.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await row()) !== undefined, 'the row', 15_000);
+      const placed = (await row())!;
+      expect(placed).toMatchObject({ process: 'order-fulfilment', status: 'running', step: 1, lastInput: 'order.OrderPlaced', nextDeadline: 'payment-due', commandsSent: 0, endedAt: null });
+      expect(Date.parse(String(placed['nextDeadlineAt']))).toBeGreaterThan(Date.now() + 23 * 3600_000);
+      expect((await client.send('cmd.order.pi-1.MarkPaid', { paymentId: 'P1' })).ok).toBe(true);
+      await eventually(async () => (await row())?.['status'] === 'completed', 'the row to show the end', 15_000);
+      expect(await row()).toMatchObject({ status: 'completed', step: 3, lastInput: 'reply Ship accepted', nextDeadline: null, nextDeadlineAt: null, commandsSent: 1 });
+    } finally {
+      await strand.stop();
+      await db.drop();
+    }
+  });
+});

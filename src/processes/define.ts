@@ -70,6 +70,8 @@ export interface InputHandled {
   readonly commands: readonly RecordedCommand[];
   readonly deadlines: { readonly set: readonly RecordedDeadline[]; readonly cancel: readonly string[] };
   readonly end: 'completed' | 'failed' | null;
+  /** The soonest deadline still pending after this step (for read models: `process_instances`). */
+  readonly next: { readonly name: string; readonly due: string } | null;
 }
 
 /** What `InputHandled` keeps of its input (the input event itself is in the stream already). */
@@ -119,6 +121,7 @@ const InputHandledSchema = z.object({
     cancel: z.array(Str),
   }),
   end: z.enum(['completed', 'failed']).nullable(),
+  next: z.object({ name: Str, due: z.iso.datetime() }).nullable(),
 });
 
 /** A defined process manager, as the runtime sees it. */
@@ -314,7 +317,12 @@ function buildProcess<S>(spec: ProcessSpec<S, Record<string, Aggregate>, Record<
     // An event that changes nothing is not recorded (no instance is created for it); a reply or a fire always is (it clears what is awaited).
     const changed = decided.length > 0 || commands.length > 0 || set.length > 0 || cancel.length > 0 || end !== null;
     if (!changed && input.kind === 'event') return [];
-    const handled: InputHandled = { input: summarise(input), step, commands, deadlines: { set, cancel }, end };
+    const pending = new Map(Object.entries(inst.deadlines).map(([n, d]) => [n, d.due]));
+    if (input.kind === 'deadline') pending.delete(input.deadline.name);
+    for (const n of cancel) pending.delete(n);
+    for (const d of set) pending.set(d.name, d.due);
+    const soonest = end ? undefined : [...pending].sort((a, b) => a[1].localeCompare(b[1]))[0];
+    const handled: InputHandled = { input: summarise(input), step, commands, deadlines: { set, cancel }, end, next: soonest ? { name: soonest[0], due: soonest[1] } : null };
     decided.push({ type: INPUT_HANDLED, data: handled });
     return decided;
   }
