@@ -5,7 +5,7 @@
  */
 import { eligibilityCheck } from './eligibility-check/eligibility-check.js';
 import { order } from './order/order.js';
-import { task } from './task/task.js';
+import { task, taskOverdue } from './task/task.js';
 import { member } from './member/member.js';
 import { memberOnboarding } from './member-onboarding/member-onboarding.js';
 import { orderFulfilment } from './order-fulfilment/order-fulfilment.js';
@@ -14,7 +14,7 @@ import { eligibilityMetrics } from './eligibility-check/projections.js';
 import { orderList } from './order/projections.js';
 import { memberTaskHistory, taskAnalytics, taskListView } from './task/projections.js';
 
-export { eligibilityCheck, member, order, task };
+export { eligibilityCheck, member, order, task, taskOverdue };
 export { memberOnboarding, orderFulfilment };
 export { eligibilityMetrics, memberTaskHistory, orderList, taskAnalytics, taskListView };
 export type { EligibilityCheckState, EligibilityCheckStatus } from './eligibility-check/eligibility-check.js';

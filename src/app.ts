@@ -31,6 +31,7 @@ import type { Process } from './processes/define.js';
 import { Deadlines } from './processes/deadlines.js';
 import { ParkedInputs } from './processes/parked.js';
 import { ProcessRuntime } from './processes/runtime.js';
+import { AggregateDeadlines, type AggregateDeadlineRule } from './processes/aggregate-deadlines.js';
 
 /** Everything a running Strand needs from outside. */
 export interface StrandDeps {
@@ -52,6 +53,8 @@ export interface StrandDeps {
   readonly defaultMetrics?: boolean;
   /** Aborted when the process is asked to stop while start still waits for NATS or PostgreSQL. */
   readonly signal?: AbortSignal;
+  /** Deadlines aggregates keep (e.g. the task's `overdue`), run with STRAND_DEADLINES on by instances that take commands. */
+  readonly deadlineRules?: readonly AggregateDeadlineRule[];
 }
 
 /**
@@ -84,8 +87,9 @@ export class Strand {
     private readonly durable: DurableIntake | undefined,
     /** The process managers' runtime; undefined without processes or without the `processes` role. */
     readonly processRuntime: ProcessRuntime | undefined,
-    /** Deadlines of processes; undefined when no process is defined. */
+    /** The deadline store (`<STREAM>_DEADLINES`); undefined when STRAND_DEADLINES is off and no process is defined. */
     readonly deadlines: Deadlines | undefined,
+    private readonly aggregateDeadlines: AggregateDeadlines | undefined,
   ) {}
 
   /** Connects, checks the server, prepares the stream and starts taking commands. */
@@ -126,8 +130,9 @@ export class Strand {
       }
       if (new Set(processes.map((p) => p.name)).size !== processes.length) throw new Error('a process is defined twice');
       const processLog = log.child({ component: 'processes' });
-      const deadlines = processes.length > 0
-        ? await untilReady('deadline stream', () => Deadlines.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS }, processLog), isTransientJetStream, wait)
+      // One deadline store for aggregates' rules (STRAND_DEADLINES) and process managers (whenever one is defined).
+      const deadlines = config.STRAND_DEADLINES || processes.length > 0
+        ? await untilReady('deadline stream', () => Deadlines.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, metrics }, log), isTransientJetStream, wait)
         : undefined;
       const parked = processes.length > 0 ? await untilReady('parked process inputs bucket', () => ParkedInputs.open(nc, config.STRAND_STREAM, config.STRAND_STREAM_REPLICAS), isTransientJetStream, wait) : undefined;
       const processRuntime = deadlines && parked && config.STRAND_ROLES.includes('processes')
@@ -291,12 +296,27 @@ export class Strand {
         const gateway = live;
         readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
-      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable, processRuntime, deadlines);
+      const aggregateDeadlines =
+        region && deadlines && (deps.deadlineRules ?? []).length > 0
+          ? new AggregateDeadlines(
+              nc,
+              deadlines,
+              deps.deadlineRules!,
+              (aggregate, id, command, body, headers) => {
+                const parsed = intake.parse(aggregate, id, command, body, headers);
+                return 'ok' in parsed ? Promise.resolve(parsed) : region.submit(parsed, body);
+              },
+              { stream: config.STRAND_STREAM, ackWaitMs: 30_000 },
+              log.child({ component: 'deadline-rules' }),
+            )
+          : undefined;
+      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable, processRuntime, deadlines, aggregateDeadlines);
       app.watchConnection();
       if (readSide && config.STRAND_ROLES.includes('projections')) await untilReady('read model database', () => readSide.start(), isTransientPg, wait);
       outcomes?.serve(nc, config.STRAND_QUEUE_GROUP);
       if (region) await region.start();
       await processRuntime?.start();
+      if (aggregateDeadlines) await untilReady('deadline rules', () => aggregateDeadlines.start(), isTransientJetStream, wait);
       log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;
     } catch (err) {
@@ -314,6 +334,9 @@ export class Strand {
     await this.live?.stop();
     // Processes stop first: they send commands, which the rest must still take while they finish.
     await this.processRuntime?.stop();
+    // Deadline commands in progress go through the region before it stops; fired deadlines not started go back to the stream.
+    await this.aggregateDeadlines?.stop();
+    await this.deadlines?.close();
     // Partitions go to the other instances (commands in progress finish first, those waiting go with them).
     const [clean] = await Promise.all([this.region ? this.region.stop() : this.cluster.leave().then(() => true), this.http.close()]);
     if (!clean) this.log.warn({ pending: this.region?.pending ?? 0 }, 'drain timed out with commands in progress');

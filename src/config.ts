@@ -76,6 +76,8 @@ export const ConfigSchema = z.object({
   STRAND_OUTCOME_TTL_MS: int(1000).default(86_400_000),
   STRAND_INTAKE_MAX_PENDING: int(1, 100_000).default(128),
   STRAND_INTAKE_ACK_WAIT_MS: int(1000, 3_600_000).default(30_000),
+  STRAND_DEADLINES: bool.default(false),
+  STRAND_TASK_OVERDUE_MS: int(100).default(172_800_000),
   STRAND_ROLES: z
     .string()
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))

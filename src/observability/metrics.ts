@@ -64,6 +64,19 @@ export class StrandMetrics {
     labelNames: ['result'],
     registers: [this.registry],
   });
+  readonly deadlines = new Counter({
+    name: 'strand_deadlines_total',
+    help: 'Deadlines by owner and action (set, cancelled, fired: handed to a handler the first time, redelivered, handled, failed: the handler threw)',
+    labelNames: ['owner', 'action'],
+    registers: [this.registry],
+  });
+  readonly deadlineLateness = new Histogram({
+    name: 'strand_deadline_lateness_seconds',
+    help: "Seconds from a deadline's due time to its first delivery to a handler, by owner",
+    labelNames: ['owner'],
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
+    registers: [this.registry],
+  });
   readonly clusterWaiting = new Gauge({ name: 'strand_cluster_commands_waiting', help: 'Commands held here while their partition has no owner or changes hands', registers: [this.registry] });
 
   readonly liveConnections = new Gauge({ name: 'strand_live_connections', help: 'Open WebSocket connections', registers: [this.registry] });

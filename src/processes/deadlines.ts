@@ -38,6 +38,7 @@ import {
 } from '../../subjects/index.js';
 import { ErrorCode, StrandError } from '../errors.js';
 import { IncompatibleStream, streamInfo } from '../eventstore/jetstream.js';
+import type { StrandMetrics } from '../observability/metrics.js';
 
 /** Which deadline: `owner` is the process (or aggregate) name, `id` the instance, `name` the deadline's own name. */
 export interface DeadlineRef {
@@ -76,6 +77,8 @@ export interface DeadlinesOptions {
   replicas: number;
   /** How long a request to JetStream may take, in milliseconds (default 5000). */
   timeoutMs?: number;
+  /** Counts sets, cancels, fires and handling (`strand_deadlines_total`), and lateness. */
+  metrics?: StrandMetrics;
 }
 
 /** Options of {@link Deadlines.consume}. */
@@ -102,6 +105,12 @@ const DEFAULT_MAX_PENDING = 256;
 /** Pause before a fired deadline whose handler failed is delivered again, doubling per delivery up to the longest. */
 const RETRY_DELAY_MS = 1_000;
 const RETRY_DELAY_MAX_MS = 30_000;
+/**
+ * A pull request's lifetime (its idle heartbeat is half of it). Short, so that a pull lost with a
+ * node that died (or the consumer's leader moving) is noticed within seconds: with nats.js's 30 s
+ * default a failover held fired deadlines back for about 20 s.
+ */
+export const PULL_EXPIRES_MS = 5_000;
 /** Durable consumer names longer than this are shortened with a hash. */
 const DURABLE_NAME_MAX = 120;
 
@@ -117,6 +126,7 @@ export class Deadlines {
     stream: string,
     private readonly timeoutMs: number,
     private readonly log: Logger,
+    private readonly metrics: StrandMetrics | undefined,
   ) {
     this.stream = stream;
     this.js = jetstream(nc, { timeout: timeoutMs });
@@ -126,16 +136,24 @@ export class Deadlines {
    * Creates the stream `<stream>_DEADLINES` when missing, and refuses an existing one whose
    * configuration would lose or misdeliver deadlines (IncompatibleStream, naming each difference).
    */
-  static async open(nc: NatsConnection, opts: DeadlinesOptions, log: Logger): Promise<Deadlines> {
+  static async open(nc: NatsConnection, opts: DeadlinesOptions, parentLog: Logger): Promise<Deadlines> {
+    const log = parentLog.child({ component: 'deadlines' });
     const timeoutMs = opts.timeoutMs ?? 5_000;
     const jsm = await jetstreamManager(nc, { timeout: timeoutMs });
     const wanted = deadlineStreamConfig({ name: opts.stream, replicas: opts.replicas });
     const existing = await streamInfo(jsm, wanted.name);
     if (!existing) {
       try {
-        await jsm.streams.add(wanted);
+        const created = await jsm.streams.add(wanted);
+        // A server older than 2.12 ignores allow_msg_schedules: its "deadlines" would never fire.
+        const diffs = compareDeadlineStreamConfig(created.config, wanted);
+        if (diffs.length > 0) {
+          await jsm.streams.delete(wanted.name).catch(() => undefined);
+          throw new IncompatibleStream(wanted.name, [...diffs, `nats-server ${nc.info?.version ?? '?'} does not keep message schedules (needs 2.12 or newer)`]);
+        }
         log.info({ stream: wanted.name, replicas: opts.replicas }, 'created deadline stream');
       } catch (err) {
+        if (err instanceof IncompatibleStream) throw err;
         // Another instance may have created it meanwhile: then it is checked like any existing one.
         const now = await streamInfo(jsm, wanted.name);
         if (!now) throw err;
@@ -146,7 +164,7 @@ export class Deadlines {
       const diffs = compareDeadlineStreamConfig(existing, wanted);
       if (diffs.length > 0) throw new IncompatibleStream(wanted.name, diffs);
     }
-    return new Deadlines(nc, jsm, deadlineStreamName(opts.stream), timeoutMs, log);
+    return new Deadlines(nc, jsm, deadlineStreamName(opts.stream), timeoutMs, log, opts.metrics);
   }
 
   /**
@@ -176,18 +194,21 @@ export class Deadlines {
     // Every older generation of this name goes: only the newest fires (or, when the purge is
     // lost, both do, and the token check drops the older).
     await this.call(`set deadline ${show(ref)} (removing the earlier one)`, () => this.jsm.streams.purge(this.stream, { filter: deadlineSchedules(ref.owner, ref.id, ref.name), seq: ack.seq }));
+    this.metrics?.deadlines.labels(ref.owner, 'set').inc();
   }
 
   /** Cancels the deadline `ref` if it is set and has not fired; nothing when there is none. */
   async cancel(ref: DeadlineRef): Promise<void> {
     checkRef(ref);
-    await this.call(`cancel deadline ${show(ref)}`, () => this.jsm.streams.purge(this.stream, { filter: deadlineSchedules(ref.owner, ref.id, ref.name) }));
+    const r = await this.call(`cancel deadline ${show(ref)}`, () => this.jsm.streams.purge(this.stream, { filter: deadlineSchedules(ref.owner, ref.id, ref.name) }));
+    if (r.purged > 0) this.metrics?.deadlines.labels(ref.owner, 'cancelled').inc();
   }
 
   /** Cancels every deadline of one instance not yet fired (e.g. when a process completes). */
   async cancelAll(owner: string, id: string): Promise<void> {
     checkInstance(owner, id);
-    await this.call(`cancel deadlines of ${owner}/${id}`, () => this.jsm.streams.purge(this.stream, { filter: instanceDeadlineSchedules(owner, id) }));
+    const r = await this.call(`cancel deadlines of ${owner}/${id}`, () => this.jsm.streams.purge(this.stream, { filter: instanceDeadlineSchedules(owner, id) }));
+    if (r.purged > 0) this.metrics?.deadlines.labels(owner, 'cancelled').inc(r.purged);
   }
 
   /**
@@ -230,11 +251,18 @@ export class Deadlines {
     const config = deadlineConsumerConfig({ name, owners: sorted, ackWaitMs: opts.ackWaitMs ?? DEFAULT_ACK_WAIT_MS, maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING });
     await this.call(`open deadline consumer ${name}`, async () => {
       try {
-        await this.jsm.consumers.add(this.stream, config);
+        try {
+          await this.jsm.consumers.add(this.stream, config);
+        } catch (err) {
+          // An existing consumer of another configuration (owners, ack wait) is updated in place: what it has delivered stays delivered.
+          if (apiErrorCode(err) !== 10148) throw err;
+          await this.jsm.consumers.update(this.stream, name, config);
+        }
       } catch (err) {
-        // An existing consumer of another configuration (owners, ack wait) is updated in place: what it has delivered stays delivered.
-        if (apiErrorCode(err) !== 10148) throw err;
-        await this.jsm.consumers.update(this.stream, name, config);
+        if (apiErrorCode(err) === 10100) {
+          throw new StrandError(ErrorCode.BAD_REQUEST, `deadline consumer ${name}: another consumer of ${this.stream} already takes fired deadlines of one of ${sorted.join(', ')} (each owner's deadlines go to one consumer)`);
+        }
+        throw err;
       }
     });
     const consumer = await this.call(`open deadline consumer ${name}`, () => this.js.consumers.get(this.stream, name));
@@ -247,7 +275,8 @@ export class Deadlines {
       const s = parseDeadlineSubject(m.subject);
       const key = s ? `${s.owner}.${s.id}` : m.subject;
       const previous = tails.get(key) ?? Promise.resolve();
-      const p = previous.then(() => this.handle(m, handler, () => stopping));
+      // Never rejects: a failure to settle one (the connection gone) must not stall the instance's next ones.
+      const p = previous.then(() => this.handle(m, handler, () => stopping)).catch((err: unknown) => this.log.warn({ err, subject: m.subject }, 'fired deadline not settled; it is delivered again after its ack wait'));
       tails.set(key, p);
       inFlight.add(p);
       void p.finally(() => {
@@ -256,7 +285,7 @@ export class Deadlines {
       });
     };
 
-    let messages: ConsumerMessages = await consumer.consume({ max_messages: config.max_ack_pending!, callback: take });
+    let messages: ConsumerMessages = await consumer.consume({ max_messages: config.max_ack_pending!, expires: PULL_EXPIRES_MS, callback: take });
     const watch = (ms: ConsumerMessages): void => {
       void ms.closed().then(
         (err) => ended(ms, err),
@@ -270,7 +299,7 @@ export class Deadlines {
       setTimeout(() => {
         if (stopping) return;
         void consumer
-          .consume({ max_messages: config.max_ack_pending!, callback: take })
+          .consume({ max_messages: config.max_ack_pending!, expires: PULL_EXPIRES_MS, callback: take })
           .then((again) => {
             messages = again;
             watch(again);
@@ -309,14 +338,22 @@ export class Deadlines {
       m.term('not a deadline: subject or headers malformed');
       return;
     }
+    if (fired.deliveries === 1) {
+      this.metrics?.deadlines.labels(fired.owner, 'fired').inc();
+      this.metrics?.deadlineLateness.labels(fired.owner).observe(Math.max(0, Date.now() - fired.due.getTime()) / 1000);
+    } else {
+      this.metrics?.deadlines.labels(fired.owner, 'redelivered').inc();
+    }
     try {
       await handler(fired);
     } catch (err) {
+      this.metrics?.deadlines.labels(fired.owner, 'failed').inc();
       const delay = Math.min(RETRY_DELAY_MAX_MS, RETRY_DELAY_MS * 2 ** Math.min(fired.deliveries - 1, 5));
       this.log.warn({ err, owner: fired.owner, id: fired.id, deadline: fired.name, deliveries: fired.deliveries }, 'deadline handler failed; delivering it again');
       m.nak(delay);
       return;
     }
+    this.metrics?.deadlines.labels(fired.owner, 'handled').inc();
     try {
       await m.ackAck({ timeout: this.timeoutMs });
     } catch (err) {
