@@ -108,6 +108,8 @@ describe('member-onboarding over NATS', { timeout: 120_000 }, () => {
     try {
       await onboard(strand, 'mo-2', 'acct-mo-2', false);
       await eventually(async () => (await instance(strand, 'member-onboarding', 'mo-2'))?.status === 'failed', 'the onboarding to fail', 10_000);
+      // The end is recorded with the compensation, which is sent right after.
+      await eventually(async () => (await types('member', 'acct-mo-2')).length > 0, 'the compensation', 10_000);
       expect((await streamEvents(client.nc, 'EVENTS', 'member', 'acct-mo-2')).map((e) => e.envelope.type)).toEqual(['OnboardingFailed']);
       expect(await streamEvents(client.nc, 'EVENTS', 'task', 'onboarding-mo-2')).toEqual([]);
     } finally {
@@ -120,6 +122,7 @@ describe('member-onboarding over NATS', { timeout: 120_000 }, () => {
     try {
       await onboard(strand, 'mo-3', 'acct-mo-3', true);
       await eventually(async () => (await instance(strand, 'member-onboarding', 'mo-3'))?.status === 'failed', 'the onboarding to be abandoned', 20_000);
+      await eventually(async () => (await types('member', 'acct-mo-3')).length > 0, 'the compensation', 10_000);
       const task = (await streamEvents(client.nc, 'EVENTS', 'task', 'onboarding-mo-3')).map((e) => e.envelope);
       expect(task.map((e) => e.type)).toEqual(['TaskCreated', 'TaskAssigned', 'TaskCancelled']);
       expect(task[1]!.data).toMatchObject({ assignedTo: 'sup-1' });

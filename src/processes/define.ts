@@ -89,6 +89,13 @@ export interface InputSummary {
   readonly name?: string;
 }
 
+/**
+ * The step `decide` produced last for an input object (the `Handle` command's data): the
+ * runtime reads the step it just recorded from here instead of the store. Only for a reply
+ * that is not a duplicate; a duplicate's step is read back from the stream.
+ */
+export const decidedSteps = new WeakMap<object, InputHandled>();
+
 /** The event type that records a step; no process may declare its own of this name. */
 export const INPUT_HANDLED = 'InputHandled';
 /** The internal command that hands an input to a process instance (never accepted from outside). */
@@ -337,7 +344,13 @@ function buildProcess<S>(spec: ProcessSpec<S, Record<string, Aggregate>, Record<
     initialState: initialInstance,
     decide(command, data, inst, ctx) {
       if (command !== HANDLE) return new Rejection(ProcessReason.INPUT_INVALID, `a process takes no command ${command}`);
-      return decideInput(data as ProcessInput, inst, ctx.now, ctx.aggregateId);
+      const out = decideInput(data as ProcessInput, inst, ctx.now, ctx.aggregateId);
+      if (typeof data === 'object' && data !== null) {
+        const step = Array.isArray(out) ? out.find((e) => e.type === INPUT_HANDLED)?.data : undefined;
+        if (step) decidedSteps.set(data, step as InputHandled);
+        else decidedSteps.delete(data);
+      }
+      return out;
     },
     evolve(inst, type, data, event) {
       if (type !== INPUT_HANDLED) {

@@ -9,7 +9,7 @@ import type { EventEnvelope, EventStore } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { DeadlineConsumer, Deadlines, FiredDeadline } from './deadlines.js';
-import { HANDLE, INPUT_HANDLED, inputKey, type InputHandled, type Process, type ProcessInput, type RecordedCommand } from './define.js';
+import { HANDLE, INPUT_HANDLED, decidedSteps, inputKey, type InputHandled, type Process, type ProcessInput, type RecordedCommand } from './define.js';
 import type { ParkedInputs } from './parked.js';
 import type { CommandReplyInput } from './types.js';
 
@@ -184,7 +184,8 @@ export class ProcessRuntime {
       if (input.kind === 'event') this.metrics.processLag.labels(p.name).observe(Math.max(0, Date.now() - Date.parse(input.event.time)) / 1000);
       if (block && block.seq === m.seq) this.blocked.delete(key);
       failpoint('process.beforeAck');
-      await m.ackAck().catch((err: unknown) => this.log.warn({ err, process: p.name, id, seq: m.seq }, 'process input acknowledgement not confirmed'));
+      // Not waited for: a lost ack redelivers the input, whose step is then recognised; the instance's next input need not wait.
+      m.ack();
     } catch (err) {
       await this.failed(p, m, id, err);
     }
@@ -287,7 +288,9 @@ export class ProcessRuntime {
     if (reply.events.length === 0) return false;
     const last = reply.events[reply.events.length - 1]!;
     failpoint('process.afterRecord');
-    const step = await this.readStep(p, id, last.seq);
+    // Just decided here: the step is at hand. A duplicate's was decided before (maybe by another process): read it back.
+    const decided = reply.duplicate ? undefined : decidedSteps.get(input);
+    const step = decided ?? (await this.readStep(p, id, last.seq));
     if (!reply.duplicate) {
       this.metrics.processSteps.labels(p.name, input.kind).inc();
       if (step.step === 1) this.metrics.processInstances.labels(p.name, 'started').inc();
