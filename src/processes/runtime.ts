@@ -310,14 +310,17 @@ export class ProcessRuntime {
 
   /** Sends a recorded step's effects: deadlines first, then each command in order, each reply handled as an input. */
   private async dispatch(p: Process, id: string, step: InputHandled, correlationId: string | undefined, depth: number): Promise<void> {
-    for (const name of step.deadlines.cancel) {
-      await this.deadlines.cancel({ owner: p.name, id, name });
-      this.metrics.processDeadlines.labels(p.name, 'cancelled').inc();
-    }
-    for (const d of step.deadlines.set) {
-      await this.deadlines.set({ owner: p.name, id, name: d.name }, new Date(d.due), { token: d.token, ...(d.data !== undefined ? { data: d.data } : {}) });
-      this.metrics.processDeadlines.labels(p.name, 'set').inc();
-    }
+    // A step never cancels and sets the same name, so its deadlines go out together.
+    await Promise.all([
+      ...step.deadlines.cancel.map(async (name) => {
+        await this.deadlines.cancel({ owner: p.name, id, name });
+        this.metrics.processDeadlines.labels(p.name, 'cancelled').inc();
+      }),
+      ...step.deadlines.set.map(async (d) => {
+        await this.deadlines.set({ owner: p.name, id, name: d.name }, new Date(d.due), { token: d.token, ...(d.data !== undefined ? { data: d.data } : {}) });
+        this.metrics.processDeadlines.labels(p.name, 'set').inc();
+      }),
+    ]);
     for (const c of step.commands) {
       const reply = await this.send(p, c, step.step, correlationId ?? `${p.name}:${id}`);
       failpoint('process.afterSend');
