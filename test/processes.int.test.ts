@@ -309,3 +309,40 @@ describe('the process_instances projection', { timeout: 60_000 }, () => {
     }
   });
 });
+
+describe('two Strand instances sharing the process consumers', { timeout: 300_000 }, () => {
+  it('300 onboardings end correct, each command taking effect once, whichever instance handled each step', async () => {
+    const onboarding = makeMemberOnboarding();
+    const a = await start([onboarding]);
+    const b = await start([onboarding]);
+    const n = 300;
+    const ids = Array.from({ length: n }, (_, i) => i);
+    try {
+      for (let i = 0; i < n; i += 100) {
+        await Promise.all(ids.slice(i, i + 100).map(async (k) => {
+          expect((await client.send(`cmd.eligibility-check.two-${k}.Initiate`, { accountId: `acct-two-${k}` })).ok).toBe(true);
+          expect((await client.send(`cmd.eligibility-check.two-${k}.RecordResponse`, { requestId: 'r', responseCode: '200', latencyMs: 1, eligible: true })).ok).toBe(true);
+        }));
+      }
+      const created = async () => (await counter(a, 'strand_process_commands_total', { reply: 'accepted' })) + (await counter(b, 'strand_process_commands_total', { reply: 'accepted' }));
+      await eventually(async () => (await created()) >= n, 'every task to be created', 120_000);
+      for (let i = 0; i < n; i += 100) {
+        await Promise.all(ids.slice(i, i + 100).map(async (k) => expect((await client.send(`cmd.task.onboarding-two-${k}.CompleteTask`, {}, team)).ok).toBe(true)));
+      }
+      const completed = async () => (await counter(a, 'strand_process_instances_total', { outcome: 'completed' })) + (await counter(b, 'strand_process_instances_total', { outcome: 'completed' }));
+      await eventually(async () => (await completed()) >= n, 'every onboarding to complete', 120_000);
+      // Both instances took part.
+      expect(await counter(a, 'strand_process_steps_total', {})).toBeGreaterThan(0);
+      expect(await counter(b, 'strand_process_steps_total', {})).toBeGreaterThan(0);
+      for (let i = 0; i < n; i += 100) {
+        await Promise.all(ids.slice(i, i + 100).map(async (k) => {
+          expect(await types('member', `acct-two-${k}`)).toEqual(['WelcomeSent']);
+          expect(await types('task', `onboarding-two-${k}`)).toEqual(['TaskCreated', 'TaskCompleted']);
+          expect(await instance(a, 'member-onboarding', `two-${k}`)).toMatchObject({ status: 'completed', step: 5 });
+        }));
+      }
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+});
