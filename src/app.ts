@@ -258,6 +258,7 @@ export class Strand {
           processes: new Map(processes.map((p) => [p.name, p])),
           deadlines,
           parked,
+          retryParked: processRuntime ? (process, key) => processRuntime.retryParked(process, key) : undefined,
           actors,
           store,
           intake,

@@ -75,7 +75,8 @@ const flakyProjection = defineProjection({
   ],
 });
 
-/** A process of its own (the examples would act on the orders other tests place): orders `proc-http-*` get a deadline. */
+/** A process of its own (the examples would act on the orders other tests place): orders `proc-http-*` get a deadline; customer `boom` fails until healed. */
+const boom = { healed: false };
 const httpTestProcess = defineProcess<{ placed: boolean }>()({
   name: 'http-test-process',
   sources: { order },
@@ -83,7 +84,14 @@ const httpTestProcess = defineProcess<{ placed: boolean }>()({
   events: { Noted: z.object({}) },
   initialState: () => ({ placed: false }),
   evolve: { Noted: () => ({ placed: true }) },
-  on: { order: { OrderPlaced: () => ({ events: [{ type: 'Noted', data: {} }], deadlines: { set: [{ name: 'reminder', after: 3_600_000 }] } }) } },
+  on: {
+    order: {
+      OrderPlaced: (_s, e) => {
+        if (e.data.customerId === 'boom' && !boom.healed) throw new Error('boom refused');
+        return { events: [{ type: 'Noted', data: {} }], deadlines: { set: [{ name: 'reminder', after: 3_600_000 }] } };
+      },
+    },
+  },
 });
 
 let nats: TestNats;
@@ -107,6 +115,7 @@ beforeAll(async () => {
       STRAND_PROJECTION_MAX_ATTEMPTS: '1',
       STRAND_PROJECTION_BATCH_MS: '5',
       STRAND_DURABLE_INTAKE: 'true',
+      STRAND_PROCESS_MAX_ATTEMPTS: '1',
     }),
     aggregates,
     processes: [httpTestProcess],
@@ -772,6 +781,28 @@ describe('GET /catalog, /asyncapi.json, /openapi.json', () => {
     const parked = await get('/processes/http-test-process/parked');
     expect(parked).toMatchObject({ status: 200, body: { process: 'http-test-process', parked: [] } });
     expectError(await get('/processes/nosuch/parked'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    // Poison inputs: parked, listed, retried (failing again, then healed) and discarded.
+    for (const id of ['proc-http-boom-1', 'proc-http-boom-2']) {
+      expect((await command(`order/${id}/PlaceOrder`, { customerId: 'boom', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] })).status).toBe(200);
+    }
+    let parkedList: Res = await get('/processes/http-test-process/parked');
+    for (let i = 0; i < 100 && parkedList.body.parked.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      parkedList = await get('/processes/http-test-process/parked');
+    }
+    const [first, second] = parkedList.body.parked as { key: string; instanceId: string; reason: string }[];
+    expect([first!.instanceId, second!.instanceId]).toEqual(['proc-http-boom-1', 'proc-http-boom-2']);
+    expect(first!.reason).toBe('PROCESS_HANDLER_FAILED');
+    expectError(await request('POST', `/processes/http-test-process/parked/${first!.key}/retry`), 422, ErrorCode.RETRY_FAILED);
+    boom.healed = true;
+    expect(await request('POST', `/processes/http-test-process/parked/${first!.key}/retry`)).toMatchObject({ status: 200, body: { retried: first!.key, recorded: true } });
+    expect((await get('/aggregates/http-test-process/proc-http-boom-1')).body.state).toMatchObject({ status: 'running', state: { placed: true } });
+    expectError(await request('POST', `/processes/http-test-process/parked/${first!.key}/retry`), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
+    expectError(await request('POST', '/processes/nosuch/parked/x/retry'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    expect(await request('DELETE', `/processes/http-test-process/parked/${second!.key}`)).toMatchObject({ status: 200, body: { discarded: second!.key } });
+    expectError(await request('DELETE', `/processes/http-test-process/parked/${second!.key}`), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
+    expectError(await request('DELETE', '/processes/nosuch/parked/x'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    expect((await get('/processes/http-test-process/parked')).body.parked).toEqual([]);
     // A process takes no command from outside.
     const handle = await command('http-test-process/proc-http-1/Handle', {});
     expect({ status: handle.status, code: (handle.body as { error?: { code?: string } }).error?.code }).toEqual({ status: 404, code: ErrorCode.UNKNOWN_AGGREGATE });

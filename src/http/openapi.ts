@@ -353,6 +353,20 @@ function routes(api: ApiDeps): RouteDoc[] {
       errors: [ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
     },
     {
+      method: 'post', path: '/processes/{process}/parked/{key}/retry', operationId: 'retryProcessParked', tag: 'processes',
+      summary: 'Hands a parked input to its process instance again (after its handler was fixed); it leaves the list when it succeeds',
+      parameters: [pathParameter('process', "The process's name", { type: 'string', pattern: AGGREGATE_NAME_PATTERN }), pathParameter('key', "The parked input's key (from the list)", { type: 'string' })],
+      responses: { 200: { description: 'Handled', content: json({ type: 'object', required: ['retried', 'recorded'], properties: { retried: { type: 'string' }, recorded: { type: 'boolean', description: 'false: the instance ignored it' } } }) } },
+      errors: [ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.RETRY_FAILED, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+    },
+    {
+      method: 'delete', path: '/processes/{process}/parked/{key}', operationId: 'discardProcessParked', tag: 'processes',
+      summary: 'Forgets a parked input',
+      parameters: [pathParameter('process', "The process's name", { type: 'string', pattern: AGGREGATE_NAME_PATTERN }), pathParameter('key', "The parked input's key (from the list)", { type: 'string' })],
+      responses: { 200: { description: 'Discarded', content: json({ type: 'object', required: ['discarded'], properties: { discarded: { type: 'string' } } }) } },
+      errors: [ErrorCode.FORBIDDEN, ErrorCode.UNKNOWN_AGGREGATE, ErrorCode.DEAD_LETTER_NOT_FOUND, ErrorCode.UNAVAILABLE, ErrorCode.INTERNAL],
+    },
+    {
       method: 'get', path: '/projections', operationId: 'listProjections', tag: 'projections',
       summary: 'Where every projection stands',
       responses: { 200: { description: 'Status of every projection', content: json(ref('ProjectionList')) } },

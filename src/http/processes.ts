@@ -51,4 +51,26 @@ export const processRoutes: FastifyPluginAsync<{ api: ApiDeps }> = async (app, {
     if (!api.parked) throw new StrandError(ErrorCode.UNAVAILABLE, 'no parked inputs store on this instance');
     return { process: p.name, parked: await api.parked.list(p.name) };
   });
+
+  app.post<{ Params: { process: string; key: string } }>('/processes/:process/parked/:key/retry', async (req) => {
+    const p = processOf(api, req.params.process);
+    const { key } = req.params;
+    const allowed = checkOperate(api.access, principalOf(req), { action: 'processes.parked.retry', process: p.name, key });
+    if (allowed !== true) throw new StrandError(ErrorCode.FORBIDDEN, allowed);
+    if (!api.retryParked) throw new StrandError(ErrorCode.UNAVAILABLE, 'this instance does not run process managers (STRAND_ROLES)');
+    const r = await api.retryParked(p.name, key);
+    if (!r.found) throw new StrandError(ErrorCode.DEAD_LETTER_NOT_FOUND, `process ${p.name} has no parked input ${JSON.stringify(key.slice(0, 200))}`);
+    if (!r.ok) throw new StrandError(ErrorCode.RETRY_FAILED, `parked input ${key} failed again: ${r.error ?? 'unknown error'}`);
+    return { retried: key, recorded: r.recorded ?? false };
+  });
+
+  app.delete<{ Params: { process: string; key: string } }>('/processes/:process/parked/:key', async (req) => {
+    const p = processOf(api, req.params.process);
+    const { key } = req.params;
+    const allowed = checkOperate(api.access, principalOf(req), { action: 'processes.parked.discard', process: p.name, key });
+    if (allowed !== true) throw new StrandError(ErrorCode.FORBIDDEN, allowed);
+    if (!api.parked) throw new StrandError(ErrorCode.UNAVAILABLE, 'no parked inputs store on this instance');
+    if (!(await api.parked.remove(p.name, key))) throw new StrandError(ErrorCode.DEAD_LETTER_NOT_FOUND, `process ${p.name} has no parked input ${JSON.stringify(key.slice(0, 200))}`);
+    return { discarded: key };
+  });
 };

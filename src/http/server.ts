@@ -41,6 +41,8 @@ export interface ApiDeps {
   readonly deadlines?: Deadlines | undefined;
   /** Parked process inputs; absent when no process is defined. */
   readonly parked?: ParkedInputs | undefined;
+  /** Retries a parked process input; absent on an instance without the `processes` role. */
+  readonly retryParked?: ((process: string, key: string) => Promise<{ found: boolean; ok: boolean; recorded?: boolean; error?: string }>) | undefined;
   readonly actors: ActorSystem;
   readonly store: EventStore;
   readonly intake: CommandIntake;

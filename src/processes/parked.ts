@@ -17,6 +17,10 @@ export interface ParkedInput {
   readonly error: string;
   readonly attempts: number;
   readonly parkedAt: string;
+  /** Its key in the bucket (without the process): what retry and discard name. */
+  readonly key?: string;
+  /** A fired deadline's details, so that a retry can hand it over again. */
+  readonly deadline?: { readonly name: string; readonly token: string; readonly due: string; readonly data: unknown };
 }
 
 /** Parked inputs of every process, in the KV bucket `<STREAM>_processes_parked`, keyed `<process>.<key>`. */
@@ -28,7 +32,22 @@ export class ParkedInputs {
   }
 
   async park(p: ParkedInput): Promise<void> {
-    await this.kv.put(`${p.process}.${keyOf(p)}`, JSON.stringify(p));
+    const key = keyOf(p);
+    await this.kv.put(`${p.process}.${key}`, JSON.stringify({ ...p, key }));
+  }
+
+  /** One parked input, or undefined. */
+  async get(process: string, key: string): Promise<ParkedInput | undefined> {
+    if (!/^[A-Za-z0-9_-]{1,200}$/.test(key)) return undefined;
+    const e = await this.kv.get(`${process}.${key}`);
+    return e && e.operation === 'PUT' ? e.json<ParkedInput>() : undefined;
+  }
+
+  /** Forgets a parked input; false when there was none. */
+  async remove(process: string, key: string): Promise<boolean> {
+    if (!(await this.get(process, key))) return false;
+    await this.kv.purge(`${process}.${key}`);
+    return true;
   }
 
   /** The parked inputs of one process, oldest key first (at most `limit`). */

@@ -254,12 +254,45 @@ export class ProcessRuntime {
       this.metrics.processDeadlines.labels(p.name, recorded ? 'fired' : 'stale').inc();
     } catch (err) {
       if (err instanceof PoisonInput && d.deliveries >= this.o.maxAttempts) {
-        await this.parked.park({ process: p.name, instanceId: d.id, kind: 'deadline', subject: `${d.id}.${d.name}`, reason: err.reason, error: err.message, attempts: d.deliveries, parkedAt: new Date().toISOString() });
+        await this.parked.park({ process: p.name, instanceId: d.id, kind: 'deadline', subject: `${d.id}.${d.name}`, reason: err.reason, error: err.message, attempts: d.deliveries, parkedAt: new Date().toISOString(), deadline: { name: d.name, token: d.token, due: d.due.toISOString(), data: d.data ?? null } });
         this.metrics.processParked.labels(p.name).inc();
         this.log.error({ process: p.name, id: d.id, deadline: d.name, reason: err.reason, error: err.message, attempts: d.deliveries }, 'process input parked');
         return;
       }
       throw err;
+    }
+  }
+
+  /**
+   * Hands a parked input to its instance again (after the handler was fixed): its step is
+   * recorded and its effects sent, and it leaves the parked list. Resolves `found: false` when
+   * there is no such parked input, `ok: false` with the error when it fails again (it stays parked).
+   */
+  async retryParked(process: string, key: string): Promise<{ found: boolean; ok: boolean; recorded?: boolean; error?: string }> {
+    const p = this.byName.get(process);
+    const parked = p && (await this.parked.get(process, key));
+    if (!p || !parked) return { found: false, ok: false };
+    try {
+      let id = parked.instanceId;
+      let input: ProcessInput;
+      if (parked.kind === 'deadline' && parked.deadline) {
+        input = { kind: 'deadline', deadline: parked.deadline };
+      } else if (parked.kind === 'event' && parked.seq !== undefined) {
+        const m = await (await jetstreamManager(this.nc)).streams.getMessage(this.o.stream, { seq: parked.seq });
+        if (!m) throw new PoisonInput('PROCESS_INPUT_INVALID', `stream sequence ${parked.seq} is gone`);
+        const event = this.toInputEvent(p, { subject: m.subject, seq: m.seq, data: m.data } as unknown as JsMsg);
+        input = { kind: 'event', event };
+        id ??= p.correlate(event);
+      } else {
+        throw new PoisonInput('PROCESS_INPUT_INVALID', 'the parked record holds no input');
+      }
+      if (id === undefined || !isAggregateId(id)) throw new PoisonInput('PROCESS_DECISION_INVALID', 'no instance for this input');
+      const recorded = await this.handle(p, id, input, undefined);
+      await this.parked.remove(process, key);
+      this.log.info({ process, id, key }, 'parked process input retried');
+      return { found: true, ok: true, recorded };
+    } catch (err) {
+      return { found: true, ok: false, error: (err as Error)?.message ?? String(err) };
     }
   }
 
