@@ -56,4 +56,4 @@ export {
   deadlineStreamConfig,
   deadlineStreamName,
   type DeadlineConsumerOptions,
-  clusterBucketName, commandStreamConfig, commandStreamName, compareStreamConfig, outcomeBucketName, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';
+  clusterBucketName, commandStreamConfig, commandStreamName, compareStreamConfig, outcomeBucketName, processConsumerName, processParkedBucketName, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';

@@ -64,6 +64,16 @@ export function compareStreamConfig(existing: Partial<StreamConfig>, wanted: Par
   return diffs;
 }
 
+/** The KV bucket of a process manager's parked (poison) inputs: `<STREAM>_processes_parked`. */
+export function processParkedBucketName(streamName: string): string {
+  return `${streamName}_processes_parked`.replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
+/** The durable consumer on the event stream that feeds a process manager its input events: `process_<name>`. */
+export function processConsumerName(process: string): string {
+  return `process_${process}`.replace(/[^A-Za-z0-9_-]/g, '_');
+}
+
 /** The JetStream KV bucket that holds snapshots for a stream. */
 export function snapshotBucketName(streamName: string): string {
   return `${streamName}_snapshots`.replace(/[^A-Za-z0-9_-]/g, '_');
