@@ -29,7 +29,7 @@ const isCoordinator = (p: Principal): boolean => p.roles.includes('coordinator')
  *     it is assigned to. A stricter rule would look the task up before allowing it.
  *   - commands to `task` instances; `CompleteTask` only on a task assigned to them — checked in
  *     `canDecide`, on the state the command is decided on, so a task reassigned a moment ago is
- *     judged as it is now;
+ *     judged as it is now; not `MarkOverdue`, which Strand sends itself when a task falls due;
  *   - anything else (other views, other aggregates, a filter without their own `assignedTo`,
  *     no filter at all, operating projections) is refused.
  * - Any other principal (no `admin` or `coordinator` role) may do nothing.
@@ -59,7 +59,9 @@ export const taskAccess: AccessPolicy = {
   canCommand(principal, command) {
     if (isAdmin(principal)) return true;
     if (!isCoordinator(principal)) return 'commands need the admin or coordinator role';
-    return command.aggregate === TASK_AGGREGATE ? true : 'coordinators may send commands only to tasks';
+    if (command.aggregate !== TASK_AGGREGATE) return 'coordinators may send commands only to tasks';
+    // Strand sends it itself when the task's overdue deadline fires.
+    return command.command === 'MarkOverdue' ? 'MarkOverdue is sent by Strand when a task falls due' : true;
   },
 
   canDecide(principal, command, state) {

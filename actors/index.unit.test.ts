@@ -9,7 +9,7 @@ import { describe, expect, it } from 'vitest';
 import type { Aggregate } from '../src/aggregate/define.js';
 import type { Projection } from '../src/projections/types.js';
 import * as registry from './index.js';
-import { aggregates, eligibilityCheck, order, projections, task } from './index.js';
+import { aggregates, eligibilityCheck, order, processes, projections, task } from './index.js';
 
 const isAggregate = (v: unknown): v is Aggregate =>
   typeof v === 'object' && v !== null && typeof (v as Aggregate).fingerprint === 'string' && (v as Aggregate).commands instanceof Map;
@@ -76,8 +76,8 @@ describe('registered projections', () => {
     expect(missing, 'defined in actors/ but not in the projections list of actors/index.ts').toEqual([]);
   });
 
-  it('handle only events of registered aggregates', () => {
-    const known = new Map(aggregates.map((a) => [a.name, a as Aggregate]));
+  it('handle only events of registered aggregates (or processes)', () => {
+    const known = new Map([...aggregates.map((a) => [a.name, a as Aggregate] as const), ...processes.map((p) => [p.name, p.aggregate as Aggregate] as const)]);
     for (const p of projections) {
       for (const subject of p.filterSubjects) {
         const [, aggregate, , type] = subject.split('.');

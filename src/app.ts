@@ -30,6 +30,11 @@ import { connectNats, isTransientJetStream, natsServers, untilReady } from './na
 import { requireServerVersion } from './nats/version.js';
 import { isTransient as isTransientPg } from './projections/runner.js';
 import { StrandMetrics } from './observability/metrics.js';
+import type { Process } from './processes/define.js';
+import { Deadlines } from './processes/deadlines.js';
+import { ParkedInputs } from './processes/parked.js';
+import { ProcessRuntime } from './processes/runtime.js';
+import { AggregateDeadlines, type AggregateDeadlineRule } from './processes/aggregate-deadlines.js';
 
 /** `/metrics` with the read side worker's metrics joined to this thread's (each series lives on one side). */
 function joinedMetrics(metrics: StrandMetrics, remote: RemoteReadSide): MetricsSource {
@@ -58,6 +63,8 @@ export interface StrandDeps {
    * this thread.
    */
   readonly projectionsModule?: ProjectionsModule;
+  /** Process managers (docs/processes.md); run by instances with the `processes` role. */
+  readonly processes?: readonly Process[];
   /** Who may read, send and operate what, over HTTP and WebSocket (default: `allowAll`). */
   readonly access?: AccessPolicy;
   /** How HTTP and WebSocket clients authenticate (default: from the configuration). */
@@ -67,6 +74,8 @@ export interface StrandDeps {
   readonly defaultMetrics?: boolean;
   /** Aborted when the process is asked to stop while start still waits for NATS or PostgreSQL. */
   readonly signal?: AbortSignal;
+  /** Deadlines aggregates keep (e.g. the task's `overdue`), run with STRAND_DEADLINES on by instances that take commands. */
+  readonly deadlineRules?: readonly AggregateDeadlineRule[];
 }
 
 /**
@@ -97,6 +106,11 @@ export class Strand {
     /** Durable commands' outcomes; undefined when STRAND_DURABLE_INTAKE is off. */
     readonly outcomes: OutcomeStore | undefined,
     private readonly durable: DurableIntake | undefined,
+    /** The process managers' runtime; undefined without processes or without the `processes` role. */
+    readonly processRuntime: ProcessRuntime | undefined,
+    /** The deadline store (`<STREAM>_DEADLINES`); undefined when STRAND_DEADLINES is off and no process is defined. */
+    readonly deadlines: Deadlines | undefined,
+    private readonly aggregateDeadlines: AggregateDeadlines | undefined,
   ) {}
 
   /** Connects, checks the server, prepares the stream and starts taking commands. */
@@ -130,6 +144,37 @@ export class Strand {
         metrics,
         log.child({ component: 'actors' }),
       );
+      const processes = deps.processes ?? [];
+      for (const p of processes) {
+        if (deps.aggregates.some((a) => a.name === p.name)) throw new Error(`process ${p.name} has the name of an aggregate`);
+        for (const src of p.sources.keys()) if (!deps.aggregates.some((a) => a.name === src)) throw new Error(`process ${p.name} reacts to ${src}, which is not a defined aggregate`);
+      }
+      if (new Set(processes.map((p) => p.name)).size !== processes.length) throw new Error('a process is defined twice');
+      const processLog = log.child({ component: 'processes' });
+      // One deadline store for aggregates' rules (STRAND_DEADLINES) and process managers (whenever one is defined).
+      const deadlines = config.STRAND_DEADLINES || processes.length > 0
+        ? await untilReady('deadline stream', () => Deadlines.open(nc, { stream: config.STRAND_STREAM, replicas: config.STRAND_STREAM_REPLICAS, metrics }, log), isTransientJetStream, wait)
+        : undefined;
+      const parked = processes.length > 0 ? await untilReady('parked process inputs bucket', () => ParkedInputs.open(nc, config.STRAND_STREAM, config.STRAND_STREAM_REPLICAS), isTransientJetStream, wait) : undefined;
+      const processRuntime = deadlines && parked && config.STRAND_ROLES.includes('processes')
+        ? new ProcessRuntime(
+            nc,
+            processes,
+            actors,
+            store,
+            deadlines,
+            parked,
+            {
+              stream: config.STRAND_STREAM,
+              maxAttempts: config.STRAND_PROCESS_MAX_ATTEMPTS,
+              ackWaitMs: config.STRAND_PROCESS_ACK_WAIT_MS,
+              maxPending: config.STRAND_PROCESS_MAX_PENDING,
+              commandTimeoutMs: config.STRAND_PROCESS_COMMAND_TIMEOUT_MS,
+            },
+            metrics,
+            processLog,
+          )
+        : undefined;
       const access = deps.access ?? allowAll;
       const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES, decideCheck: (principal, command) => decideCheck(access, principal, command) });
       // Before joining the cluster: once this instance is a member, the others hand it partitions, so
@@ -150,7 +195,7 @@ export class Strand {
             nc,
             { bucket: clusterBucketName(config.STRAND_STREAM), replicas: config.STRAND_STREAM_REPLICAS, heartbeatMs: config.STRAND_HEARTBEAT_MS, memberTtlMs: config.STRAND_MEMBER_TTL_MS },
             // Without a database an instance applies no projection: it must not be planned for one.
-            { instance, roles: config.STRAND_ROLES.filter((r) => r !== 'projections' || deps.databaseUrl !== undefined), startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, leaving: false },
+            { instance, roles: config.STRAND_ROLES.filter((r) => (r !== 'projections' || deps.databaseUrl !== undefined) && (r !== 'processes' || processes.length > 0)), startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, leaving: false },
             log.child({ component: 'cluster' }),
             (ok) => metrics.clusterHeartbeats.labels(ok ? 'ok' : 'failed').inc(),
           ),
@@ -252,6 +297,10 @@ export class Strand {
         reports: readSide ? [{ name: 'projectionsCaughtUp', value: () => readSide!.caughtUp() }] : [],
         api: {
           aggregates: intake.registry,
+          processes: new Map(processes.map((p) => [p.name, p])),
+          deadlines,
+          parked,
+          retryParked: processRuntime ? (process, key) => processRuntime.retryParked(process, key) : undefined,
           actors,
           store,
           intake,
@@ -273,7 +322,7 @@ export class Strand {
       let live: LiveGateway | undefined;
       if (views) {
         live = new LiveGateway(
-          { nc, views, readSide, actors, store, aggregates: intake.registry, auth, access, metrics, log: log.child({ component: 'live' }), instance },
+          { nc, views, readSide, actors, store, aggregates: new Map([...intake.registry, ...processes.map((p) => [p.name, p.aggregate] as const)]), auth, access, metrics, log: log.child({ component: 'live' }), instance },
           {
             stream: config.STRAND_STREAM,
             maxSubscriptions: config.STRAND_WS_MAX_SUBSCRIPTIONS,
@@ -290,11 +339,27 @@ export class Strand {
         const gateway = live;
         readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
-      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable);
+      const aggregateDeadlines =
+        region && deadlines && (deps.deadlineRules ?? []).length > 0
+          ? new AggregateDeadlines(
+              nc,
+              deadlines,
+              deps.deadlineRules!,
+              (aggregate, id, command, body, headers) => {
+                const parsed = intake.parse(aggregate, id, command, body, headers);
+                return 'ok' in parsed ? Promise.resolve(parsed) : region.submit(parsed, body);
+              },
+              { stream: config.STRAND_STREAM, ackWaitMs: 30_000 },
+              log.child({ component: 'deadline-rules' }),
+            )
+          : undefined;
+      app = new Strand(nc, store, actors, region, cluster, intake, http, metrics, log, config, pool, readSide, views, live, outcomes, durable, processRuntime, deadlines, aggregateDeadlines);
       app.watchConnection();
       if (readSide && config.STRAND_ROLES.includes('projections')) await untilReady('read model database', () => readSide.start(), isTransientPg, wait);
       outcomes?.serve(nc, config.STRAND_QUEUE_GROUP);
       if (region) await region.start();
+      await processRuntime?.start();
+      if (aggregateDeadlines) await untilReady('deadline rules', () => aggregateDeadlines.start(), isTransientJetStream, wait);
       log.info({ nats: deps.natsUrl, server: nc.info?.version, stream: config.STRAND_STREAM, roles: config.STRAND_ROLES, aggregates: deps.aggregates.map((a) => a.name) }, config.STRAND_ROLES.includes('commands') ? 'taking commands' : 'started without taking commands');
       return app;
     } catch (err) {
@@ -310,6 +375,11 @@ export class Strand {
     // Commands stop coming in on both doors; those in progress (NATS and HTTP) are finished.
     // WebSocket clients are told to go elsewhere (1001) and will resume there.
     await this.live?.stop();
+    // Processes stop first: they send commands, which the rest must still take while they finish.
+    await this.processRuntime?.stop();
+    // Deadline commands in progress go through the region before it stops; fired deadlines not started go back to the stream.
+    await this.aggregateDeadlines?.stop();
+    await this.deadlines?.close();
     // Partitions go to the other instances (commands in progress finish first, those waiting go with them).
     const [clean] = await Promise.all([this.region ? this.region.stop() : this.cluster.leave().then(() => true), this.http.close()]);
     if (!clean) this.log.warn({ pending: this.region?.pending ?? 0 }, 'drain timed out with commands in progress');

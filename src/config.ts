@@ -77,11 +77,17 @@ export const ConfigSchema = z.object({
   STRAND_OUTCOME_TTL_MS: int(1000).default(86_400_000),
   STRAND_INTAKE_MAX_PENDING: int(1, 100_000).default(128),
   STRAND_INTAKE_ACK_WAIT_MS: int(1000, 3_600_000).default(30_000),
+  STRAND_DEADLINES: bool.default(false),
+  STRAND_TASK_OVERDUE_MS: int(100).default(172_800_000),
   STRAND_ROLES: z
     .string()
     .transform((s) => s.split(',').map((r) => r.trim()).filter(Boolean))
-    .pipe(z.array(z.enum(['commands', 'projections'])).min(1))
-    .default(['commands', 'projections']),
+    .pipe(z.array(z.enum(['commands', 'projections', 'processes'])).min(1))
+    .default(['commands', 'projections', 'processes']),
+  STRAND_PROCESS_MAX_ATTEMPTS: int(1, 1000).default(5),
+  STRAND_PROCESS_ACK_WAIT_MS: int(1000, 3_600_000).default(30_000),
+  STRAND_PROCESS_MAX_PENDING: int(1, 100_000).default(256),
+  STRAND_PROCESS_COMMAND_TIMEOUT_MS: int(100, 600_000).default(10_000),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -1,7 +1,7 @@
 import net from 'node:net';
 import { join, resolve } from 'node:path';
 import { taskAccess } from '../actors/access.js';
-import { aggregates, projections } from '../actors/index.js';
+import { aggregates, processes, projections, taskOverdue } from '../actors/index.js';
 import { Strand } from './app.js';
 import { ConfigError, loadConfig, type Config } from './config.js';
 import { DataDirBusy, lockDataDir, type DataDirLock } from './data-lock.js';
@@ -199,7 +199,7 @@ async function main(): Promise<void> {
   await stopIfSignalled();
 
   try {
-    app = await Strand.start({ config, aggregates, projections, projectionsModule: { url: new URL('../actors/index.js', import.meta.url).href, name: 'projections' }, access: taskAccess, auth, natsUrl, databaseUrl, log, signal: starting.signal });
+    app = await Strand.start({ config, aggregates, processes, projections, projectionsModule: { url: new URL('../actors/index.js', import.meta.url).href, name: 'projections' }, access: taskAccess, auth, natsUrl, databaseUrl, log, signal: starting.signal, deadlineRules: [taskOverdue(config.STRAND_TASK_OVERDUE_MS)] });
     await app.http.listen({ port: config.PORT, host: config.HOST });
   } catch (err) {
     if (err instanceof StartAborted) await stopIfSignalled();

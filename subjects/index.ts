@@ -38,5 +38,22 @@ export {
   durableCommandTransform,
   durablePartitionCommands,
   parseDurableCommandSubject,
+  DEADLINE_PREFIX,
+  DEADLINE_SUBJECTS,
+  DeadlineHeader,
+  ScheduleHeader,
+  deadlineFireSubject,
+  deadlineScheduleSubject,
+  deadlineSchedules,
+  instanceDeadlineSchedules,
+  isDeadlineName,
+  ownerFiredDeadlines,
+  parseDeadlineSubject,
 } from './subjects.js';
-export { clusterBucketName, commandStreamConfig, commandStreamName, compareStreamConfig, outcomeBucketName, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';
+export {
+  compareDeadlineStreamConfig,
+  deadlineConsumerConfig,
+  deadlineStreamConfig,
+  deadlineStreamName,
+  type DeadlineConsumerOptions,
+  clusterBucketName, commandStreamConfig, commandStreamName, compareStreamConfig, outcomeBucketName, processConsumerName, processParkedBucketName, snapshotBucketName, streamConfig, type EventStreamOptions } from './stream.js';

@@ -227,3 +227,78 @@ export function parseRoutedSubject(subject: string): RoutedSubject | undefined {
 export function partitionMapping(partitions: number): { readonly from: string; readonly to: string } {
   return { from: `${COMMAND_PREFIX}.*.*.*`, to: `${PARTITION_COMMAND_PREFIX}.{{partition(${partitions},1,2)}}.{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}` };
 }
+
+/**
+ * Deadlines (NATS message schedules, in the stream `<STREAM>_DEADLINES`). A deadline is a schedule
+ * message on `dl.at.<owner>.<id>.<name>.<generation>` whose target is `dl.fire.<owner>.<id>.<name>`:
+ * at its time nats-server stores a copy of it on the target subject and purges the schedule, in one
+ * step. `owner` is the process's (or aggregate's) name, `id` the instance. Each `set` gets a
+ * generation of its own (one schedule per subject is the server's rule): the fire of a schedule
+ * purges its whole subject, so a new schedule on the same subject, stored while the old one was
+ * firing, would be purged with it and never fire. The earlier generations of a name are purged
+ * once the new one is stored.
+ */
+export const DEADLINE_PREFIX = 'dl';
+const DEADLINE_NAME = /^[A-Za-z][A-Za-z0-9_-]{0,63}$/;
+const DEADLINE_GENERATION = /^[A-Za-z0-9]{1,32}$/;
+
+/** Header names of a deadline's schedule message, copied by nats-server onto the message it fires. */
+export const DeadlineHeader = {
+  /** When it is due (RFC 3339, milliseconds, UTC): `Nats-Schedule` itself is removed from the fired copy. */
+  Due: 'Strand-Deadline-Due',
+  /** The setter's token, handed back when it fires (the process compares it with the one it expects). */
+  Token: 'Strand-Deadline-Token',
+} as const;
+
+/** nats-server's message schedule headers (ADR-51) that Strand uses. */
+export const ScheduleHeader = {
+  /** `@at <RFC 3339>` on the schedule message. */
+  Schedule: 'Nats-Schedule',
+  /** The subject the schedule fires on (in the same stream). */
+  Target: 'Nats-Schedule-Target',
+  /** On a fired message: the subject of the schedule that fired it. */
+  Scheduler: 'Nats-Scheduler',
+} as const;
+
+/** A deadline name: a letter, then up to 63 letters, digits, `_` or `-` (one subject token). */
+export function isDeadlineName(s: string): boolean {
+  return DEADLINE_NAME.test(s);
+}
+
+/** `dl.at.*.*.*.*` and `dl.fire.*.*.*`: the deadline stream's subjects. */
+export const DEADLINE_SUBJECTS: readonly string[] = [`${DEADLINE_PREFIX}.at.*.*.*.*`, `${DEADLINE_PREFIX}.fire.*.*.*`];
+
+/** `dl.at.<owner>.<id>.<name>.<generation>`: one `set` of a deadline. */
+export function deadlineScheduleSubject(owner: string, id: string, name: string, generation: string): string {
+  if (!DEADLINE_GENERATION.test(generation)) throw new Error(`deadline generation must be 1-32 letters or digits, got ${JSON.stringify(generation.slice(0, 40))}`);
+  return `${DEADLINE_PREFIX}.at.${owner}.${id}.${name}.${generation}`;
+}
+
+/** `dl.at.<owner>.<id>.<name>.*`: every generation of one deadline (what `cancel` purges). */
+export function deadlineSchedules(owner: string, id: string, name: string): string {
+  return `${DEADLINE_PREFIX}.at.${owner}.${id}.${name}.*`;
+}
+
+/** `dl.at.<owner>.<id>.*.*`: every deadline of one instance not yet fired. */
+export function instanceDeadlineSchedules(owner: string, id: string): string {
+  return `${DEADLINE_PREFIX}.at.${owner}.${id}.*.*`;
+}
+
+/** `dl.fire.<owner>.<id>.<name>`: where a deadline's schedule fires. */
+export function deadlineFireSubject(owner: string, id: string, name: string): string {
+  return `${DEADLINE_PREFIX}.fire.${owner}.${id}.${name}`;
+}
+
+/** `dl.fire.<owner>.>`: every fired deadline of one owner (a deadline consumer's filter). */
+export function ownerFiredDeadlines(owner: string): string {
+  return `${DEADLINE_PREFIX}.fire.${owner}.>`;
+}
+
+/** A deadline subject (schedule or fired) taken apart, or undefined when it is neither. */
+export function parseDeadlineSubject(subject: string): { kind: 'at' | 'fire'; owner: string; id: string; name: string; generation?: string } | undefined {
+  const t = subject.split('.');
+  if (t[0] !== DEADLINE_PREFIX) return undefined;
+  if (t[1] === 'at' && t.length === 6) return { kind: 'at', owner: t[2]!, id: t[3]!, name: t[4]!, generation: t[5]! };
+  if (t[1] === 'fire' && t.length === 5) return { kind: 'fire', owner: t[2]!, id: t[3]!, name: t[4]! };
+  return undefined;
+}

@@ -79,6 +79,8 @@ describe('taskAccess: commands and operations', () => {
     expect(checkCommand(taskAccess, admin, { aggregate: 'order', id: 'o', command: 'PlaceOrder', data: {} })).toBe(true);
     expect(checkCommand(taskAccess, cc1, { aggregate: 'task', id: 't', command: 'CreateTask', data: {} })).toBe(true);
     expect(checkCommand(taskAccess, cc1, { aggregate: 'order', id: 'o', command: 'PlaceOrder', data: {} })).toBe('coordinators may send commands only to tasks');
+    expect(checkCommand(taskAccess, cc1, { aggregate: 'task', id: 't', command: 'MarkOverdue', data: {} })).toBe('MarkOverdue is sent by Strand when a task falls due');
+    expect(checkCommand(taskAccess, admin, { aggregate: 'task', id: 't', command: 'MarkOverdue', data: {} })).toBe(true);
     expect(checkCommand(taskAccess, eve, { aggregate: 'task', id: 't', command: 'CreateTask', data: {} })).toBe('commands need the admin or coordinator role');
     expect(checkOperate(taskAccess, admin, { action: 'projections.rebuild', projection: 'p' })).toBe(true);
     expect(checkOperate(taskAccess, cc1, { action: 'projections.status' })).toBe('projections.status needs the admin role');

@@ -14,6 +14,8 @@ import { afterAll, beforeAll, describe, expect, it, type RunnerTestCase, type Ru
 import { eligibilityCheck } from '../actors/eligibility-check/eligibility-check.js';
 import { order } from '../actors/order/order.js';
 import { task } from '../actors/task/task.js';
+import { z } from 'zod';
+import { defineProcess } from '../src/processes/define.js';
 import { Strand } from '../src/app.js';
 import type { CommandAccepted, CommandFailed, CommandReply } from '../src/commands/types.js';
 import { loadConfig } from '../src/config.js';
@@ -73,6 +75,25 @@ const flakyProjection = defineProjection({
   ],
 });
 
+/** A process of its own (the examples would act on the orders other tests place): orders `proc-http-*` get a deadline; customer `boom` fails until healed. */
+const boom = { healed: false };
+const httpTestProcess = defineProcess<{ placed: boolean }>()({
+  name: 'http-test-process',
+  sources: { order },
+  correlate: (e) => (e.aggregateId.startsWith('proc-http-') ? e.aggregateId : undefined),
+  events: { Noted: z.object({}) },
+  initialState: () => ({ placed: false }),
+  evolve: { Noted: () => ({ placed: true }) },
+  on: {
+    order: {
+      OrderPlaced: (_s, e) => {
+        if (e.data.customerId === 'boom' && !boom.healed) throw new Error('boom refused');
+        return { events: [{ type: 'Noted', data: {} }], deadlines: { set: [{ name: 'reminder', after: 3_600_000 }] } };
+      },
+    },
+  },
+});
+
 let nats: TestNats;
 let db: TestDatabase;
 let strand: Strand;
@@ -94,8 +115,10 @@ beforeAll(async () => {
       STRAND_PROJECTION_MAX_ATTEMPTS: '1',
       STRAND_PROJECTION_BATCH_MS: '5',
       STRAND_DURABLE_INTAKE: 'true',
+      STRAND_PROCESS_MAX_ATTEMPTS: '1',
     }),
     aggregates,
+    processes: [httpTestProcess],
     natsUrl: nats.url,
     databaseUrl: db.url,
     projections: [ordersProjection, flakyProjection],
@@ -635,7 +658,7 @@ describe('GET /cluster', () => {
     expect(r.body).toMatchObject({ instance: strand.region!.instance, partitions: 64, ready: true, waiting: 0 });
     expect(r.body.owners).toHaveLength(64);
     expect(new Set(r.body.owners)).toEqual(new Set([strand.region!.instance]));
-    expect(r.body.members).toEqual([expect.objectContaining({ instance: strand.region!.instance, live: true, owned: 64, roles: ['commands', 'projections'] })]);
+    expect(r.body.members).toEqual([expect.objectContaining({ instance: strand.region!.instance, live: true, owned: 64, roles: ['commands', 'projections', 'processes'] })]);
   });
 });
 
@@ -737,6 +760,52 @@ describe('GET /catalog, /asyncapi.json, /openapi.json', () => {
     expect(served.size).toBeGreaterThan(15);
     expect([...served].filter((x) => !documented.has(x)), 'routes missing from /openapi.json').toEqual([]);
     expect([...documented].filter((x) => !served.has(x)), 'documented routes fastify does not serve').toEqual([]);
+  });
+
+  it('process managers: the list, an instance (aggregate routes), its pending deadlines, the parked inputs', async () => {
+    const list = await get('/processes');
+    expect(list.status).toBe(200);
+    expect(list.body.processes).toEqual([{ name: 'http-test-process', reactsTo: [{ aggregate: 'order', events: ['OrderPlaced'] }], handlesReplies: false, deadlines: [] }]);
+    expect((await command('order/proc-http-1/PlaceOrder', { customerId: 'C', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] })).status).toBe(200);
+    let state: Res = await get('/aggregates/http-test-process/proc-http-1');
+    for (let i = 0; i < 100 && state.status !== 200; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      state = await get('/aggregates/http-test-process/proc-http-1');
+    }
+    expect(state.body.state).toMatchObject({ status: 'running', state: { placed: true } });
+    const pending = await get('/processes/http-test-process/proc-http-1/deadlines');
+    expect(pending.status).toBe(200);
+    expect(pending.body.deadlines).toEqual([expect.objectContaining({ name: 'reminder', token: '1' })]);
+    expectError(await get('/processes/nosuch/x/deadlines'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    expectError(await get('/processes/http-test-process/bad%20id/deadlines'), 400, ErrorCode.BAD_REQUEST);
+    const parked = await get('/processes/http-test-process/parked');
+    expect(parked).toMatchObject({ status: 200, body: { process: 'http-test-process', parked: [] } });
+    expectError(await get('/processes/nosuch/parked'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    // Poison inputs: parked, listed, retried (failing again, then healed) and discarded.
+    for (const id of ['proc-http-boom-1', 'proc-http-boom-2']) {
+      expect((await command(`order/${id}/PlaceOrder`, { customerId: 'boom', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] })).status).toBe(200);
+    }
+    let parkedList: Res = await get('/processes/http-test-process/parked');
+    for (let i = 0; i < 100 && parkedList.body.parked.length < 2; i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      parkedList = await get('/processes/http-test-process/parked');
+    }
+    const [first, second] = parkedList.body.parked as { key: string; instanceId: string; reason: string }[];
+    expect([first!.instanceId, second!.instanceId]).toEqual(['proc-http-boom-1', 'proc-http-boom-2']);
+    expect(first!.reason).toBe('PROCESS_HANDLER_FAILED');
+    expectError(await request('POST', `/processes/http-test-process/parked/${first!.key}/retry`), 422, ErrorCode.RETRY_FAILED);
+    boom.healed = true;
+    expect(await request('POST', `/processes/http-test-process/parked/${first!.key}/retry`)).toMatchObject({ status: 200, body: { retried: first!.key, recorded: true } });
+    expect((await get('/aggregates/http-test-process/proc-http-boom-1')).body.state).toMatchObject({ status: 'running', state: { placed: true } });
+    expectError(await request('POST', `/processes/http-test-process/parked/${first!.key}/retry`), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
+    expectError(await request('POST', '/processes/nosuch/parked/x/retry'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    expect(await request('DELETE', `/processes/http-test-process/parked/${second!.key}`)).toMatchObject({ status: 200, body: { discarded: second!.key } });
+    expectError(await request('DELETE', `/processes/http-test-process/parked/${second!.key}`), 404, ErrorCode.DEAD_LETTER_NOT_FOUND);
+    expectError(await request('DELETE', '/processes/nosuch/parked/x'), 404, ErrorCode.UNKNOWN_AGGREGATE);
+    expect((await get('/processes/http-test-process/parked')).body.parked).toEqual([]);
+    // A process takes no command from outside.
+    const handle = await command('http-test-process/proc-http-1/Handle', {});
+    expect({ status: handle.status, code: (handle.body as { error?: { code?: string } }).error?.code }).toEqual({ status: 404, code: ErrorCode.UNKNOWN_AGGREGATE });
   });
 
   it('serves the live dashboard page', async () => {

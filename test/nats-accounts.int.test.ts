@@ -9,9 +9,11 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
+import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { Strand } from '../src/app.js';
 import type { CommandReply } from '../src/commands/types.js';
+import { Deadlines } from '../src/processes/deadlines.js';
 import { launchNatsServer, resolveNatsServerBinary, type RunningNatsServer } from '../src/nats/server.js';
 import { LiveClient } from './support/live.js';
 import { makeTempDir } from './support/nats.js';
@@ -97,6 +99,25 @@ describe('deploy/nats/accounts.conf', () => {
     expect(await send(client, 'cmd.task.acc-1.CancelTask', { reason: 'x' })).toMatchObject({ ok: false, error: { code: 'REJECTED', reason: 'TASK_CLOSED' } });
   });
 
+  it('lets the strand user set, list, cancel and consume deadlines (message schedules on dl.>)', async () => {
+    const nc = await connect({ servers: server.url, user: 'strand', pass: STRAND_PASSWORD, reconnect: false });
+    const deadlines = await Deadlines.open(nc, { stream: 'EVENTS', replicas: 1 }, pino({ level: 'silent' }));
+    try {
+      const fired: string[] = [];
+      await deadlines.consume(['accounts-check'], async (d) => void fired.push(`${d.id}/${d.token}`));
+      await deadlines.set({ owner: 'accounts-check', id: 'a1', name: 'soon' }, new Date(Date.now() + 300), { token: 'fires' });
+      await deadlines.set({ owner: 'accounts-check', id: 'a1', name: 'later' }, new Date(Date.now() + 60_000), { token: 'cancelled' });
+      expect((await deadlines.pending('accounts-check', 'a1')).map((d) => d.name).sort()).toEqual(['later', 'soon']);
+      await deadlines.cancel({ owner: 'accounts-check', id: 'a1', name: 'later' });
+      for (let i = 0; i < 100 && fired.length === 0; i++) await new Promise((r) => setTimeout(r, 100));
+      expect(fired).toEqual(['a1/fires']);
+      expect(await deadlines.pending('accounts-check', 'a1')).toEqual([]);
+    } finally {
+      await deadlines.close();
+      await nc.close();
+    }
+  });
+
   it('refuses, in nats-server, a publish outside cmd.task.> and a subscription outside _INBOX.>', async () => {
     // The violation comes back as an error of the request: nats-server refused the publish.
     await expect(send(client, 'cmd.order.o-1.PlaceOrder', { customerId: 'C1', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] })).rejects.toThrow(/Permissions Violation for Publish to "cmd\.order\.o-1\.PlaceOrder"/);
@@ -110,6 +131,7 @@ describe('deploy/nats/accounts.conf', () => {
       return undefined;
     })();
     expect(String(subErr)).toMatch(/Permissions Violation for Subscription to "evt\.>"/);
+    await expect(send(client, 'cmd.task.acc-1.MarkOverdue', { dueAt: '2026-01-01T00:00:00.000Z' })).rejects.toThrow(/Permissions Violation for Publish to "cmd\.task\.acc-1\.MarkOverdue"/);
     client.publish('evt.task.acc-1.TaskCreated', '{}');
     client.publish('$JS.API.STREAM.NAMES', '{}');
     await client.flush();
@@ -126,7 +148,7 @@ describe('deploy/nats/accounts.conf', () => {
     }
     const violations = log.split('\n').filter((l) => /Violation/.test(l));
     const byClients = violations.filter((l) => l.includes('"CLIENTS/user:clients"'));
-    for (const subject of ['cmd.order.o-1.PlaceOrder', 'evt.>', 'evt.task.acc-1.TaskCreated', '$JS.API.STREAM.NAMES']) {
+    for (const subject of ['cmd.order.o-1.PlaceOrder', 'cmd.task.acc-1.MarkOverdue', 'evt.>', 'evt.task.acc-1.TaskCreated', '$JS.API.STREAM.NAMES']) {
       expect(byClients.filter((l) => l.includes(`Subject "${subject}"`)), subject).toHaveLength(1);
     }
     expect(violations.filter((l) => !l.includes('"CLIENTS/user:clients"')), 'violations by Strand itself').toEqual([]);

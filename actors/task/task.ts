@@ -1,11 +1,17 @@
 import { z } from 'zod';
 import { defineAggregate, reject } from '../../src/aggregate/index.js';
+import type { AggregateDeadlineRule } from '../../src/processes/aggregate-deadlines.js';
 
 /**
  * Care tasks — aggregate `task` (the rejections it gives: docs/errors.md, "Reasons of the example aggregates").
  *
  * Limits: IDs (memberId, assignedTo) 1..128 characters; title 1..200; description and notes
  * up to 2000; a cancellation reason 1..500.
+ *
+ * Overdue: with deadlines on (STRAND_DEADLINES=true), Strand sets the deadline `overdue` of each
+ * task when it is created (STRAND_TASK_OVERDUE_MS later, default 48 h), cancels it when the task
+ * is completed or cancelled, and sends MarkOverdue when it fires (src/processes/aggregate-deadlines.ts).
+ * A fire that raced with the closing of the task is refused TASK_CLOSED, and ignored.
  */
 const Id = z.string().min(1).max(128);
 const Title = z.string().min(1).max(200);
@@ -43,6 +49,8 @@ export interface TaskState {
   completedBy: string | null;
   notes: string | null;
   cancelReason: string | null;
+  /** When the task was found overdue (TaskOverdue's `dueAt`), or null. It stays pending. */
+  overdueAt: string | null;
 }
 
 export const task = defineAggregate<TaskState>()({
@@ -52,6 +60,8 @@ export const task = defineAggregate<TaskState>()({
     AssignTask: z.object({ assignedTo: Id }),
     CompleteTask: z.object({ notes: LongText.optional() }),
     CancelTask: z.object({ reason: Reason }),
+    /** Sent by Strand when the task's `overdue` deadline fires; `dueAt` is when it was due. */
+    MarkOverdue: z.object({ dueAt: z.iso.datetime() }),
   },
   events: {
     TaskCreated: {
@@ -68,6 +78,7 @@ export const task = defineAggregate<TaskState>()({
     TaskAssigned: z.object({ assignedTo: Id, previousAssignee: Id }),
     TaskCompleted: z.object({ notes: LongText.nullable(), completedAt: z.iso.datetime() }),
     TaskCancelled: z.object({ reason: Reason }),
+    TaskOverdue: z.object({ dueAt: z.iso.datetime() }),
   },
   initialState: () => ({
     status: 'none',
@@ -80,6 +91,7 @@ export const task = defineAggregate<TaskState>()({
     completedBy: null,
     notes: null,
     cancelReason: null,
+    overdueAt: null,
   }),
   decide: {
     CreateTask: (cmd, state) => {
@@ -113,6 +125,12 @@ export const task = defineAggregate<TaskState>()({
       if (state.status !== 'pending') return reject('TASK_CLOSED');
       return { type: 'TaskCancelled', data: { reason: cmd.reason } };
     },
+    MarkOverdue: (cmd, state) => {
+      if (state.status === 'none') return reject('TASK_NOT_FOUND');
+      if (state.status !== 'pending') return reject('TASK_CLOSED');
+      if (state.overdueAt !== null) return reject('TASK_ALREADY_OVERDUE');
+      return { type: 'TaskOverdue', data: { dueAt: cmd.dueAt } };
+    },
   },
   evolve: {
     TaskCreated: (state, e, event) => ({
@@ -133,5 +151,11 @@ export const task = defineAggregate<TaskState>()({
       notes: e.notes,
     }),
     TaskCancelled: (state, e) => ({ ...state, status: 'cancelled', cancelReason: e.reason }),
+    TaskOverdue: (state, e) => ({ ...state, overdueAt: e.dueAt }),
   },
 });
+
+/** The task's `overdue` deadline: due `afterMs` (STRAND_TASK_OVERDUE_MS) after TaskCreated, cancelled when the task closes, MarkOverdue when it fires. */
+export function taskOverdue(afterMs: number): AggregateDeadlineRule {
+  return { aggregate: 'task', name: 'overdue', setOn: 'TaskCreated', afterMs, cancelOn: ['TaskCompleted', 'TaskCancelled'], command: 'MarkOverdue' };
+}

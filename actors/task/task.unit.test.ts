@@ -15,8 +15,8 @@ const cancelled = { type: 'TaskCancelled', data: { reason: 'duplicate' } };
 describe('task', () => {
   it('declares exactly the commands and events of the contract', () => {
     expect(task.name).toBe('task');
-    expect([...task.commands.keys()]).toEqual(['CreateTask', 'AssignTask', 'CompleteTask', 'CancelTask']);
-    expect([...task.events.keys()]).toEqual(['TaskCreated', 'TaskAssigned', 'TaskCompleted', 'TaskCancelled']);
+    expect([...task.commands.keys()]).toEqual(['CreateTask', 'AssignTask', 'CompleteTask', 'CancelTask', 'MarkOverdue']);
+    expect([...task.events.keys()]).toEqual(['TaskCreated', 'TaskAssigned', 'TaskCompleted', 'TaskCancelled', 'TaskOverdue']);
   });
 
   describe('CreateTask', () => {
@@ -187,6 +187,31 @@ describe('task', () => {
 
     it('leaves current-version data alone', () => {
       expect(task.upcast('TaskCreated', 2, created.data)).toEqual(created.data);
+    });
+  });
+
+  describe('MarkOverdue', () => {
+    const dueAt = '2026-01-03T00:00:00.000Z';
+    const overdue = { type: 'TaskOverdue', data: { dueAt } };
+
+    it('marks a pending task overdue; it stays pending and can still be completed', () => {
+      const s = given(task, created).when('MarkOverdue', { dueAt }).then(overdue).stateAfter();
+      expect(s).toMatchObject({ status: 'pending', overdueAt: dueAt });
+      given(task, created, overdue).when('CompleteTask', {}, { issuer: alice }).then({ type: 'TaskCompleted', data: { notes: null, completedAt: TEST_NOW.toISOString() } });
+    });
+
+    it('is rejected on a closed task (a deadline that raced with its closing): TASK_CLOSED', () => {
+      given(task, created, completed).when('MarkOverdue', { dueAt }).thenRejected('TASK_CLOSED');
+      given(task, created, cancelled).when('MarkOverdue', { dueAt }).thenRejected('TASK_CLOSED');
+    });
+
+    it('is rejected when there is no task, or it is already overdue', () => {
+      given(task).when('MarkOverdue', { dueAt }).thenRejected('TASK_NOT_FOUND');
+      given(task, created, overdue).when('MarkOverdue', { dueAt }).thenRejected('TASK_ALREADY_OVERDUE');
+    });
+
+    it('needs an ISO time', () => {
+      expect(task.commands.get('MarkOverdue')!.safeParse({ dueAt: 'tomorrow' }).success).toBe(false);
     });
   });
 });

@@ -32,6 +32,10 @@ export type Operation =
   | { readonly action: 'projections.status'; readonly projection?: string }
   /** `POST /projections/:name/rebuild` */
   | { readonly action: 'projections.rebuild'; readonly projection: string }
+  /** `GET /processes/:process/parked` (the inputs' errors name instances and data) */
+  | { readonly action: 'processes.parked'; readonly process: string }
+  /** `POST /processes/:process/parked/:key/retry`, `DELETE /processes/:process/parked/:key` */
+  | { readonly action: 'processes.parked.retry' | 'processes.parked.discard'; readonly process: string; readonly key: string }
   /** `GET /projections/:name/dead-letters` (their events are in it) */
   | { readonly action: 'dead-letters.list'; readonly projection: string }
   /** `POST /projections/:name/dead-letters/:seq/retry` */

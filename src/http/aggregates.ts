@@ -41,8 +41,9 @@ interface InstanceParams {
  */
 export function instanceOf(api: ApiDeps, req: FastifyRequest<{ Params: InstanceParams }>): Aggregate {
   const p = req.params;
-  const aggregate = api.aggregates.get(p.aggregate);
-  if (!aggregate) throw new StrandError(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate named ${JSON.stringify(p.aggregate.slice(0, 140))}`);
+  // A process instance is read like an aggregate instance (its state, its history, time travel).
+  const aggregate = api.aggregates.get(p.aggregate) ?? api.processes?.get(p.aggregate)?.aggregate;
+  if (!aggregate) throw new StrandError(ErrorCode.UNKNOWN_AGGREGATE, `no aggregate or process named ${JSON.stringify(p.aggregate.slice(0, 140))}`);
   if (!isAggregateId(p.id)) throw new StrandError(ErrorCode.BAD_REQUEST, `id must be 1-128 characters of [A-Za-z0-9_-], got ${JSON.stringify(p.id.slice(0, 140))}`);
   const allowed = checkSubscribe(api.access, principalOf(req), { kind: 'aggregate', aggregate: aggregate.name, id: p.id });
   if (allowed !== true) throw new StrandError(ErrorCode.FORBIDDEN, allowed);

@@ -25,11 +25,23 @@ import { metricsRoute, type MetricsSource } from './metrics.js';
 import { openApiRoute } from './openapi.js';
 import { outcomeRoute } from './outcomes.js';
 import { projectionRoutes } from './projections.js';
+import { processRoutes } from './processes.js';
+import type { Process } from '../processes/define.js';
+import type { Deadlines } from '../processes/deadlines.js';
+import type { ParkedInputs } from '../processes/parked.js';
 import { viewRoutes } from './views.js';
 
 /** What the API routes read from and act on. */
 export interface ApiDeps {
   readonly aggregates: ReadonlyMap<string, Aggregate>;
+  /** Process managers, by name: their instances are served by the aggregate routes too (never their commands). */
+  readonly processes?: ReadonlyMap<string, Process>;
+  /** Pending deadlines of process instances; absent when no process is defined. */
+  readonly deadlines?: Deadlines | undefined;
+  /** Parked process inputs; absent when no process is defined. */
+  readonly parked?: ParkedInputs | undefined;
+  /** Retries a parked process input; absent on an instance without the `processes` role. */
+  readonly retryParked?: ((process: string, key: string) => Promise<{ found: boolean; ok: boolean; recorded?: boolean; error?: string }>) | undefined;
   readonly actors: ActorSystem;
   readonly store: EventStore;
   readonly intake: CommandIntake;
@@ -95,6 +107,7 @@ export function buildHttpServer(deps: HttpDeps): FastifyInstance {
   void app.register(viewRoutes, { api: deps.api });
   void app.register(projectionRoutes, { api: deps.api });
   void app.register(clusterRoute, { api: deps.api });
+  void app.register(processRoutes, { api: deps.api });
   void app.register(catalogRoute, { api: deps.api });
   void app.register(asyncApiRoute, { api: deps.api });
   void app.register(openApiRoute, { api: deps.api });

@@ -3,6 +3,7 @@
  * its own store, routed to each other, on fixed ports chosen free at start so that a node killed
  * with -9 comes back on the same address with the same store (as a node of a real cluster does).
  */
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs/promises';
 import net from 'node:net';
 import path from 'node:path';
@@ -18,7 +19,12 @@ export interface NatsClusterOptions {
   readonly nodes?: number;
   /** JetStream flush mode, as for a single server (default 'default'). */
   readonly sync?: 'always' | 'default';
-  /** Cluster name (default `strand`). */
+  /**
+   * Cluster name (default `strand-<random>`, new for every cluster). Nodes refuse routes from a
+   * cluster of another name, so two loopback clusters that run side by side (test files in
+   * parallel) can never join up: a port freed by a node killed in one can be picked by the other,
+   * whose node then answers the first one's route reconnects.
+   */
   readonly name?: string;
   /** Also open each node's monitoring endpoint. */
   readonly monitor?: boolean;
@@ -76,7 +82,7 @@ const q = (s: string): string => JSON.stringify(s);
 /** Starts N routed nats-servers with JetStream on 127.0.0.1 and waits until the cluster has a meta leader. */
 export async function startNatsCluster(o: NatsClusterOptions): Promise<NatsCluster> {
   const n = o.nodes ?? 3;
-  const cluster = o.name ?? 'strand';
+  const cluster = o.name ?? `strand-${randomBytes(4).toString('hex')}`;
   const binary = await resolveNatsServerBinary();
   const ports = await freePorts(n * 2);
   const clientPorts = ports.slice(0, n);

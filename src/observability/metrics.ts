@@ -45,6 +45,13 @@ export class StrandMetrics {
   readonly deadLetters = new Counter({ name: 'strand_projection_dead_letters_total', help: 'Events parked after their handler kept failing, by projection', labelNames: ['projection'], registers: [this.registry] });
   readonly rebuildProgress = new Gauge({ name: 'strand_projection_rebuild_progress', help: 'Fraction (0..1) of the stream a rebuilding projection has applied', labelNames: ['projection', 'generation'], registers: [this.registry] });
 
+  readonly processInstances = new Counter({ name: 'strand_process_instances_total', help: 'Process instances by what happened to them here (started, completed, failed), by process', labelNames: ['process', 'outcome'], registers: [this.registry] });
+  readonly processSteps = new Counter({ name: 'strand_process_steps_total', help: 'Inputs a process recorded a step for, by process and input kind (event, reply, deadline)', labelNames: ['process', 'kind'], registers: [this.registry] });
+  readonly processCommands = new Counter({ name: 'strand_process_commands_total', help: 'Commands processes sent (re-sends after a redelivery included), by process and reply (accepted, rejected, failed)', labelNames: ['process', 'reply'], registers: [this.registry] });
+  readonly processDeadlines = new Counter({ name: 'strand_process_deadlines_total', help: 'Deadlines of processes, by process and action (set, cancelled, fired, stale: fired but no longer wanted)', labelNames: ['process', 'action'], registers: [this.registry] });
+  readonly processLag = new Histogram({ name: 'strand_process_handling_lag_seconds', help: "Seconds from an input event's time to its step being recorded and its effects sent, by process", labelNames: ['process'], buckets: LATENCY_BUCKETS, registers: [this.registry] });
+  readonly processParked = new Counter({ name: 'strand_process_inputs_parked_total', help: 'Inputs parked after they kept failing (a handler throwing, invalid data), by process', labelNames: ['process'], registers: [this.registry] });
+
   readonly clusterOwned = new Gauge({ name: 'strand_cluster_partitions_owned', help: 'Partitions whose commands this instance runs', registers: [this.registry] });
   readonly clusterMembers = new Gauge({ name: 'strand_cluster_members', help: 'Live instances this instance sees (itself included)', registers: [this.registry] });
   readonly clusterHeartbeats = new Counter({ name: 'strand_cluster_heartbeats_total', help: "This instance's membership heartbeats (its lease renewals), by result (ok, failed)", labelNames: ['result'], registers: [this.registry] });
@@ -55,6 +62,19 @@ export class StrandMetrics {
     name: 'strand_durable_commands_total',
     help: 'Durable commands (cmdq.>) settled here, by result (ok, duplicate, an error code recorded as the outcome, or retried: UNAVAILABLE, delivered again)',
     labelNames: ['result'],
+    registers: [this.registry],
+  });
+  readonly deadlines = new Counter({
+    name: 'strand_deadlines_total',
+    help: 'Deadlines by owner and action (set, cancelled, fired: handed to a handler the first time, redelivered, handled, failed: the handler threw)',
+    labelNames: ['owner', 'action'],
+    registers: [this.registry],
+  });
+  readonly deadlineLateness = new Histogram({
+    name: 'strand_deadline_lateness_seconds',
+    help: "Seconds from a deadline's due time to its first delivery to a handler, by owner",
+    labelNames: ['owner'],
+    buckets: [0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300],
     registers: [this.registry],
   });
   readonly clusterWaiting = new Gauge({ name: 'strand_cluster_commands_waiting', help: 'Commands held here while their partition has no owner or changes hands', registers: [this.registry] });

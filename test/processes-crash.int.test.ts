@@ -1,0 +1,136 @@
+/**
+ * Exactly-once effects of process managers across kill -9: Strand (src/main.ts, with the example
+ * processes) kills itself at a failpoint between two steps of a process — before a step is
+ * recorded, after it is recorded and before its effects are sent, after a command is sent and
+ * before its reply is recorded, after everything and before the input is acknowledged — and a
+ * second instance finishes the work. Each command takes effect once; each process ends right.
+ */
+import { connect, type NatsConnection } from '@nats-io/transport-node';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
+import { spawnInstance, type InstanceProcess } from './support/instance.js';
+import { makeTempDir } from './support/nats.js';
+import { createTestDatabase, type TestDatabase } from './support/postgres.js';
+import { CommandClient, eventually, streamEvents } from './support/strand.js';
+
+let dir: { dir: string; cleanup(): Promise<void> };
+let nats: RunningNatsServer;
+let db: TestDatabase;
+let client: CommandClient;
+let nc: NatsConnection;
+const running: InstanceProcess[] = [];
+
+beforeAll(async () => {
+  dir = await makeTempDir();
+  nats = await startNatsServer({ storeDir: dir.dir, sync: 'always' });
+  db = await createTestDatabase();
+  client = await CommandClient.connect(nats.url);
+  nc = await connect({ servers: nats.url });
+});
+
+afterAll(async () => {
+  await Promise.all(running.splice(0).map((i) => i.kill9()));
+  await client?.close();
+  await nc?.close();
+  await db?.drop();
+  await nats?.stop();
+  await dir?.cleanup();
+});
+
+async function instance(extra: Record<string, string> = {}): Promise<InstanceProcess> {
+  const i = await spawnInstance({ NATS_URL: nats.url, DATABASE_URL: db.url, STRAND_PROCESS_ACK_WAIT_MS: '2000', ...extra });
+  running.push(i);
+  await i.ready(60_000);
+  return i;
+}
+
+/** Sends a command, again under the same ID while no instance answers (one is being replaced). */
+async function send(subject: string, body: unknown, headers: Record<string, string>): Promise<void> {
+  const end = Date.now() + 60_000;
+  for (;;) {
+    try {
+      const r = await client.send(subject, body, headers, 3000);
+      if (r.ok || r.error.code !== 'UNAVAILABLE') return;
+    } catch {
+      // no responders or timeout: the instance is dying or starting
+    }
+    if (Date.now() > end) throw new Error(`${subject} never answered`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+interface Step {
+  step: number;
+  input: { kind: string; key: string };
+  commands: { commandId: string }[];
+  end: string | null;
+}
+async function stepsOf(process: string, id: string): Promise<Step[]> {
+  return (await streamEvents(nc, 'EVENTS', process, id)).filter((e) => e.envelope.type === 'InputHandled').map((e) => e.envelope.data as Step);
+}
+async function types(aggregate: string, id: string): Promise<string[]> {
+  return (await streamEvents(nc, 'EVENTS', aggregate, id)).map((e) => e.envelope.type);
+}
+
+/** The failpoints between the steps of order-fulfilment (placed → paid → Ship → reply), each crossing once. */
+const orderPoints = [
+  'actor.beforeAppend:3', // the third append: the process's first step, or MarkPaid when it comes first
+  'process.afterRecord:1',
+  'process.afterRecord:2',
+  'process.afterSend:1',
+  'process.afterRecord:3',
+  'process.beforeAck:1',
+  'process.beforeAck:2',
+];
+
+describe('order-fulfilment survives kill -9 between every pair of steps', { timeout: 600_000 }, () => {
+  for (const [n, point] of orderPoints.entries()) {
+    it(`killed at ${point}: shipped once, the process completed with three steps`, async () => {
+      const id = `k9-order-${n}`;
+      const doomed = await instance({ STRAND_FAILPOINT: point });
+      const next = doomed.exited.then(() => instance());
+      await send(`cmd.order.${id}.PlaceOrder`, { customerId: 'C1', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] }, { 'Strand-Command-Id': `${id}-place` });
+      await send(`cmd.order.${id}.MarkPaid`, { paymentId: 'P1' }, { 'Strand-Command-Id': `${id}-pay` });
+      const exited = await Promise.race([doomed.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 20_000))]);
+      expect(exited, `the instance reached ${point} and died`).toBe(true);
+      expect(doomed.output()).toContain(`failpoint ${point.split(':')[0]} reached; killing the process`);
+      const survivor = await next;
+      await eventually(async () => (await stepsOf('order-fulfilment', id)).some((s) => s.end !== null), `order-fulfilment/${id} to end`, 60_000);
+      expect(await types('order', id)).toEqual(['OrderPlaced', 'OrderPaid', 'OrderShipped']);
+      const steps = await stepsOf('order-fulfilment', id);
+      expect(steps.map((s) => s.step)).toEqual([1, 2, 3]);
+      expect(steps.map((s) => s.input.kind)).toEqual(['event', 'event', 'reply']);
+      expect(steps[2]!.end).toBe('completed');
+      expect(await survivor.stop()).toBe(0);
+    });
+  }
+});
+
+describe('member-onboarding survives kill -9 between its steps', { timeout: 600_000 }, () => {
+  const points = ['process.afterRecord:2', 'process.afterSend:1', 'process.beforeAck:2', 'process.afterSend:2'];
+  for (const [n, point] of points.entries()) {
+    it(`killed at ${point}: one task, one welcome, the onboarding completed`, async () => {
+      const check = `k9-mo-${n}`;
+      const account = `acct-k9-${n}`;
+      const doomed = await instance({ STRAND_FAILPOINT: point });
+      await send(`cmd.eligibility-check.${check}.Initiate`, { accountId: account }, { 'Strand-Command-Id': `${check}-init` });
+      await send(`cmd.eligibility-check.${check}.RecordResponse`, { requestId: 'r', responseCode: '200', latencyMs: 1, eligible: true }, { 'Strand-Command-Id': `${check}-resp` }).catch(() => undefined);
+      // The next instance starts as soon as this one dies; the commands below are sent (again, same IDs) until one answers.
+      const next = doomed.exited.then(() => instance());
+      await send(`cmd.eligibility-check.${check}.RecordResponse`, { requestId: 'r', responseCode: '200', latencyMs: 1, eligible: true }, { 'Strand-Command-Id': `${check}-resp` });
+      await eventually(async () => (await types('task', `onboarding-${check}`)).length >= 1, 'the task', 60_000);
+      await send(`cmd.task.onboarding-${check}.CompleteTask`, {}, { 'Strand-Command-Id': `${check}-done`, 'Strand-Actor': 'user:onboarding-team' });
+      const exited = await Promise.race([doomed.exited.then(() => true), new Promise<boolean>((r) => setTimeout(() => r(false), 20_000))]);
+      expect(exited, `the instance reached ${point} and died`).toBe(true);
+      expect(doomed.output()).toContain(`failpoint ${point.split(':')[0]} reached; killing the process`);
+      const survivor = await next;
+      await eventually(async () => (await stepsOf('member-onboarding', check)).some((s) => s.end !== null), `member-onboarding/${check} to end`, 60_000);
+      expect(await types('task', `onboarding-${check}`)).toEqual(['TaskCreated', 'TaskCompleted']);
+      expect(await types('member', account)).toEqual(['WelcomeSent']);
+      const steps = await stepsOf('member-onboarding', check);
+      expect(steps.map((s) => s.input.kind)).toEqual(['event', 'event', 'reply', 'event', 'reply']);
+      expect(steps.at(-1)!.end).toBe('completed');
+      expect(await survivor.stop()).toBe(0);
+    });
+  }
+});
