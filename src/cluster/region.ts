@@ -119,7 +119,7 @@ const decoder = new TextDecoder();
 export interface RegionStatus {
   readonly instance: string;
   readonly partitions: number;
-  readonly members: readonly { readonly instance: string; readonly roles: readonly string[]; readonly live: boolean; readonly leaving: boolean; readonly ready: boolean; readonly host: string; readonly pid: number; readonly owned: number }[];
+  readonly members: readonly { readonly instance: string; readonly roles: readonly string[]; readonly live: boolean; readonly leaving: boolean; readonly accepting: boolean; readonly ready: boolean; readonly host: string; readonly pid: number; readonly owned: number }[];
   /** Owner of each partition (index = partition; null: none). */
   readonly owners: readonly (string | null)[];
   /** This instance's partitions by state. */
@@ -144,6 +144,8 @@ export class Region {
   /** When a mapping that disagrees with STRAND_PARTITIONS was last logged. */
   private mappingWarned = 0;
   private readonly listeners: PartitionListener[] = [];
+  /** Subscribed to its doors and announced so: from then on the others may plan partitions for it. */
+  private accepting = false;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -197,7 +199,11 @@ export class Region {
     return this.stillOwns(this.slots[partition]!);
   }
 
-  /** Subscribes to its doors and takes its share of the partitions. */
+  /**
+   * Subscribes to its doors, and only once the server has them announces that it accepts
+   * partitions (until then the others plan none for it, forward nothing to it and hand it
+   * nothing, however long it has been a member); then takes its share.
+   */
   async start(): Promise<void> {
     this.inbox = this.nc.subscribe(forwardInbox(this.view.self), { callback: (err, msg) => (err ? this.log.error({ err }, 'forward inbox failed') : this.fromInbox(msg)) });
     this.clientSub = this.nc.subscribe(ALL_COMMANDS, {
@@ -208,6 +214,9 @@ export class Region {
     this.sweeper = setInterval(() => this.expire(), 100);
     this.sweeper.unref();
     await this.nc.flush();
+    this.accepting = true;
+    this.view.announce({ accepting: true });
+    await this.view.beatNow();
     await this.reconcile();
     // Once the view can tell who is dead, the partitions of instances that died before this one started are free.
     setTimeout(() => void this.reconcile(), this.view.settleMs).unref();
@@ -240,7 +249,7 @@ export class Region {
     await this.view.beatNow();
     if (this.clientSub && !this.clientSub.isClosed()) await this.clientSub.drain().catch(() => undefined);
     await this.reconciling;
-    const others = this.view.live('commands').filter((m) => m !== this.view.self && !this.view.member(m)?.leaving);
+    const others = this.candidates().filter((m) => m !== this.view.self);
     const held = this.heldMap();
     for (const s of this.slots) if (s.state !== 'remote') held.set(s.partition, undefined);
     const target = plan(others, this.partitionList(), held);
@@ -276,7 +285,7 @@ export class Region {
       partitions: this.o.partitions,
       members: [...ids].sort().map((id) => {
         const m = this.view.member(id);
-        return { instance: id, roles: m?.roles ?? [], live: this.view.isLive(id), leaving: m?.leaving ?? false, ready: m?.ready ?? false, host: m?.host ?? '', pid: m?.pid ?? 0, owned: count.get(id) ?? 0 };
+        return { instance: id, roles: m?.roles ?? [], live: this.view.isLive(id), leaving: m?.leaving ?? false, accepting: id === this.view.self ? this.accepting : m?.accepting !== false, ready: m?.ready ?? false, host: m?.host ?? '', pid: m?.pid ?? 0, owned: count.get(id) ?? 0 };
       }),
       owners,
       local: {
@@ -490,7 +499,7 @@ export class Region {
   private async reconcileOnce(): Promise<void> {
     if (this.stopping) return;
     const me = this.view.self;
-    const members = this.view.live('commands').filter((m) => !this.view.member(m)?.leaving);
+    const members = this.candidates();
     const target = plan(members, this.partitionList(), this.heldMap());
     const work: Promise<unknown>[] = [];
     for (const s of this.slots) {
@@ -673,6 +682,18 @@ export class Region {
         clearTimeout(t);
         resolve(true);
       };
+    });
+  }
+
+  /**
+   * The members the plan gives partitions to: live, taking commands, not leaving, and accepting
+   * (subscribed to their doors; this instance knows that of itself first-hand).
+   */
+  private candidates(): string[] {
+    return this.view.live('commands').filter((m) => {
+      if (m === this.view.self) return this.accepting && !this.stopping;
+      const info = this.view.member(m);
+      return info !== undefined && !info.leaving && info.accepting !== false;
     });
   }
 
