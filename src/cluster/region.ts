@@ -110,6 +110,13 @@ interface Slot {
   drained: (() => void) | undefined;
 }
 
+/**
+ * How long a previous owner keeps its subscription to a partition's subject after handing the
+ * partition over (forwarding what arrives on it): a server-side mapping delivers there, and the
+ * next owner subscribes only once its watcher shows it the new claim.
+ */
+const LINGER_MS = 1000;
+
 /** Most forwards of one command: beyond, it waits for the views to agree. */
 const MAX_HOPS = 4;
 
@@ -144,6 +151,8 @@ export class Region {
   /** When a mapping that disagrees with STRAND_PARTITIONS was last logged. */
   private mappingWarned = 0;
   private readonly listeners: PartitionListener[] = [];
+  /** Partition subscriptions kept a moment after a handoff, and when each is closed (performance.now()). */
+  private readonly lingering = new Map<Subscription, number>();
   /** Subscribed to its doors and announced so: from then on the others may plan partitions for it. */
   private accepting = false;
 
@@ -257,9 +266,14 @@ export class Region {
       this.slots.filter((s) => s.state !== 'remote').map((s) => this.release(s, target.get(s.partition))),
     );
     await this.view.leave();
-    // Stragglers forwarded here before the others saw the new owners: passed on for a moment.
-    await new Promise((r) => setTimeout(r, 200));
-    this.inbox?.unsubscribe();
+    // Stragglers forwarded here (or mapped to its partition subjects) before the others saw the
+    // new owners: passed on for a moment.
+    const lingerEnd = Math.max(0, ...this.lingering.values());
+    await new Promise((r) => setTimeout(r, Math.max(200, lingerEnd - performance.now())));
+    const lingering = [...this.lingering.keys()];
+    this.lingering.clear();
+    // Drained, not cut: what the server sent before it saw the unsubscribe is still passed on.
+    await Promise.all([this.inbox, ...lingering].map((sub) => sub?.drain().catch(() => undefined)));
     for (const s of this.slots) {
       s.sub?.unsubscribe();
       s.sub = undefined;
@@ -614,7 +628,8 @@ export class Region {
     const claim = this.view.claim(s.partition);
     let ok = false;
     if (claim?.owner === this.view.self) ok = to !== undefined ? await this.view.transfer(s.partition, to, claim.revision) : await this.view.release(s.partition, claim.revision);
-    s.sub?.unsubscribe();
+    // Commands a server-side mapping delivers here until the next owner subscribes are forwarded to it.
+    if (s.sub) this.linger(s.sub);
     s.sub = undefined;
     this.actors.passivateWhere((a, id) => partitionOf(a, id, this.o.partitions) === s.partition);
     s.state = 'remote';
@@ -637,6 +652,15 @@ export class Region {
     }
     this.updateGauges();
     return ok || to === undefined;
+  }
+
+  /** Keeps a partition subscription for {@link LINGER_MS} more: what arrives is routed as for any partition owned elsewhere. */
+  private linger(sub: Subscription): void {
+    this.lingering.set(sub, performance.now() + LINGER_MS);
+    setTimeout(() => {
+      // Drained, not cut: what the server sent before it saw the unsubscribe is still passed on.
+      if (this.lingering.delete(sub)) void sub.drain().catch(() => undefined);
+    }, LINGER_MS).unref();
   }
 
   /** The partition is not this instance's any more (taken while it was paused or cut off). */
