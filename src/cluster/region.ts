@@ -11,6 +11,9 @@
  * - `strand.fwd.<instance>.…`, this instance's own inbox for forwarded commands.
  * A forwarded command keeps its headers and the client's reply subject: the owner answers the
  * client directly.
+ * An instance is given partitions only once these doors exist: it joins the cluster announcing
+ * `accepting: false`, and {@link Region.start} announces `accepting: true` after subscribing and
+ * flushing; the plan leaves out members that are not accepting.
  *
  * A partition here is `remote` (another instance, or nobody, owns it), `acquiring` (its claim is
  * this instance's, and it waits for the previous owner to forward what it held), `active`
