@@ -34,6 +34,7 @@ import type { Process } from './processes/define.js';
 import { Deadlines } from './processes/deadlines.js';
 import { ParkedInputs } from './processes/parked.js';
 import { ProcessRuntime } from './processes/runtime.js';
+import { failpointWait } from './failpoints.js';
 import { AggregateDeadlines, type AggregateDeadlineRule } from './processes/aggregate-deadlines.js';
 
 /** `/metrics` with the read side worker's metrics joined to this thread's (each series lives on one side). */
@@ -177,8 +178,8 @@ export class Strand {
         : undefined;
       const access = deps.access ?? allowAll;
       const intake = new CommandIntake(deps.aggregates, { maxBodyBytes: config.STRAND_MAX_COMMAND_BYTES, decideCheck: (principal, command) => decideCheck(access, principal, command) });
-      // Before joining the cluster: once this instance is a member, the others hand it partitions, so
-      // nothing slow may come between its joining and its region taking them.
+      // Before joining the cluster, so a member is soon ready. The others hand it partitions only once
+      // its region has subscribed and announced `accepting` (Region.start), however late that is.
       let outcomes: OutcomeStore | undefined;
       if (config.STRAND_DURABLE_INTAKE) {
         const intakeLog = log.child({ component: 'durable-intake' });
@@ -195,13 +196,15 @@ export class Strand {
             nc,
             { bucket: clusterBucketName(config.STRAND_STREAM), replicas: config.STRAND_STREAM_REPLICAS, heartbeatMs: config.STRAND_HEARTBEAT_MS, memberTtlMs: config.STRAND_MEMBER_TTL_MS },
             // Without a database an instance applies no projection: it must not be planned for one.
-            { instance, roles: config.STRAND_ROLES.filter((r) => (r !== 'projections' || deps.databaseUrl !== undefined) && (r !== 'processes' || processes.length > 0)), startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, leaving: false },
+            { instance, roles: config.STRAND_ROLES.filter((r) => (r !== 'projections' || deps.databaseUrl !== undefined) && (r !== 'processes' || processes.length > 0)), startedAt: new Date().toISOString(), pid: process.pid, host: hostname(), projections: [], ready: false, accepting: false, leaving: false },
             log.child({ component: 'cluster' }),
             (ok) => metrics.clusterHeartbeats.labels(ok ? 'ok' : 'failed').inc(),
           ),
         isTransientJetStream,
         wait,
       );
+      // A member from here on, not accepting partitions until its region has subscribed (tests widen this window).
+      await failpointWait('cluster.joined');
       const region = config.STRAND_ROLES.includes('commands')
         ? new Region(
             nc,

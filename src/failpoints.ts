@@ -4,7 +4,9 @@
  * real crash, at an exact place, with nothing flushed or acknowledged afterwards. With `:throw`
  * the point throws an Error instead (a bug in Strand's own code, for tests of what survives
  * one); with `:pause` the process stops itself with SIGSTOP there (a stall, as in a long GC or a
- * frozen VM) and goes on from that very point when sent SIGCONT.
+ * frozen VM) and goes on from that very point when sent SIGCONT. At the points passed with
+ * {@link failpointWait}, `:delay<ms>` (e.g. `cluster.joined:1:delay4000`) makes that one pass
+ * wait so long, the rest of the process running on: a slow step, widened on purpose.
  * Tests in one process arm a point with {@link armFailpoint}. Unset in production; a check of
  * one string on the paths it guards costs nothing.
  */
@@ -35,4 +37,18 @@ export function failpoint(name: string): void {
   }
   process.stderr.write(`strand: failpoint ${name} reached; killing the process\n`);
   process.kill(process.pid, 'SIGKILL');
+}
+
+/**
+ * An asynchronous point: as {@link failpoint}, and with `:delay<ms>` it waits that long (the
+ * process running on) the n-th time it is passed.
+ */
+export async function failpointWait(name: string): Promise<void> {
+  if (armed === '' || armed !== name) return;
+  const delay = /^delay(\d+)$/.exec(mode);
+  if (!delay) return failpoint(name);
+  if (--remaining > 0) return;
+  armed = '';
+  process.stderr.write(`strand: failpoint ${name} reached; waiting ${delay[1]} ms\n`);
+  await new Promise((r) => setTimeout(r, Number(delay[1])));
 }

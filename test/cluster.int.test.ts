@@ -151,6 +151,8 @@ describe('a server-side subject mapping', { timeout: 60_000 }, () => {
     const nc = await connect({ servers: server.url });
     try {
       await allReady([a, b]);
+      // The previous owner keeps a handed-over partition's subscription 1 s (forwarding): past that, no hop.
+      await new Promise((r) => setTimeout(r, 1500));
       const load = new Load(server.url, 'mapped', 6);
       await load.start();
       await load.until(600);
@@ -170,6 +172,37 @@ describe('a server-side subject mapping', { timeout: 60_000 }, () => {
     } finally {
       await nc.close();
       await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+
+  it('hands partitions over as instances join and leave, without a failed, lost, repeated or reordered command', async () => {
+    const instances = [await startStrand(server.url)];
+    const nc = await connect({ servers: server.url });
+    await allReady(instances);
+    const load = new Load(server.url, 'mapped-roll');
+    await load.start();
+    try {
+      await load.until(200);
+      instances.push(await startStrand(server.url));
+      await allReady(instances);
+      await load.until(500);
+      instances.push(await startStrand(server.url));
+      await allReady(instances);
+      await load.until(800);
+      for (let i = 0; i < 2; i++) {
+        const old = instances.shift()!;
+        expect(await old.stop()).toBe(true);
+        await allReady(instances);
+        instances.push(await startStrand(server.url));
+        await allReady(instances);
+        await load.until(800 + (i + 1) * 300);
+      }
+    } finally {
+      const result = await load.stop();
+      await Promise.all(instances.map((s) => s.stop()));
+      expect([...result.failures]).toEqual([]);
+      await verifyLoad(nc, result);
+      await nc.close();
     }
   });
 });

@@ -2,12 +2,14 @@
  * deploy/nats/accounts.conf, run as it is by the real nats-server (only addresses, ports and the
  * store directory overridden by flags), with a real Strand connected as its `strand` user and a
  * client as its `clients` user: a permitted command works end to end (actors, snapshots,
- * projections, the live feed: everything Strand itself needs is allowed), a forbidden publish or
+ * projections, the live feed: everything Strand itself needs is allowed), so does a durable
+ * command across the service import (PubAck, processing, outcome), a forbidden publish or
  * subscription is refused by nats-server, and Strand itself never hits a permission violation.
  */
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { jetstream } from '@nats-io/jetstream';
 import { connect, headers, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -53,7 +55,7 @@ beforeAll(async () => {
     logFile,
   });
   db = await createTestDatabase();
-  strand = await startStrandWithDb(server.url, db.url, { NATS_USER: 'strand', NATS_PASSWORD: STRAND_PASSWORD, STRAND_SNAPSHOT_EVERY: '2' });
+  strand = await startStrandWithDb(server.url, db.url, { NATS_USER: 'strand', NATS_PASSWORD: STRAND_PASSWORD, STRAND_SNAPSHOT_EVERY: '2', STRAND_DURABLE_INTAKE: 'true' });
   await strand.http.listen({ port: 0, host: '127.0.0.1' });
   client = await connect({ servers: server.url, user: 'clients', pass: CLIENTS_PASSWORD, reconnect: false });
 }, 60_000);
@@ -99,6 +101,39 @@ describe('deploy/nats/accounts.conf', () => {
     expect(await send(client, 'cmd.task.acc-1.CancelTask', { reason: 'x' })).toMatchObject({ ok: false, error: { code: 'REJECTED', reason: 'TASK_CLOSED' } });
   });
 
+  it('lets the clients user publish durable task commands into the STRAND account\'s command stream, with its PubAck, and read their outcomes', async () => {
+    const js = jetstream(client);
+    const durable = async (id: string, command: string, body: unknown, commandId: string) => {
+      const h = headers();
+      h.set('Strand-Command-Id', commandId);
+      return js.publish(`cmdq.task.${id}.${command}`, JSON.stringify(body), { headers: h, msgID: commandId, timeout: 10_000 });
+    };
+    // The PubAck comes back through the service import: the command is stored in the STRAND account's stream.
+    const first = await durable('acc-d1', 'CreateTask', { title: 'Durable', memberId: 'M1', assignedTo: 'CC1' }, 'acc-d1-c1');
+    expect(first).toMatchObject({ stream: 'EVENTS_COMMANDS', duplicate: false });
+    expect(first.seq).toBeGreaterThan(0);
+    await durable('acc-d1', 'AssignTask', { assignedTo: 'CC2' }, 'acc-d1-c2');
+    // A repeated publish is dropped by the stream's duplicate window, and says so.
+    expect(await durable('acc-d1', 'AssignTask', { assignedTo: 'CC2' }, 'acc-d1-c2')).toMatchObject({ duplicate: true });
+    // Bad input is processed too (its error recorded), not retried.
+    await durable('acc-d1', 'AssignTask', { assignedTo: '' }, 'acc-d1-bad');
+
+    // Outcomes, read by the clients user through the imported `strand.outcome.get`.
+    const outcome = async (commandId: string): Promise<CommandReply> => decode((await client.request('strand.outcome.get', commandId, { timeout: 10_000 })).data);
+    let last: CommandReply | undefined;
+    for (let i = 0; i < 100; i++) {
+      last = await outcome('acc-d1-bad');
+      if (last.ok || last.error.code !== 'OUTCOME_NOT_FOUND') break;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    expect(last).toMatchObject({ ok: false, error: { code: 'VALIDATION_FAILED' }, commandId: 'acc-d1-bad' });
+    expect(await outcome('acc-d1-c1')).toMatchObject({ ok: true, version: 1, commandId: 'acc-d1-c1' });
+    expect(await outcome('acc-d1-c2')).toMatchObject({ ok: true, version: 2, commandId: 'acc-d1-c2' });
+    expect((await outcome('no-such-command')).ok).toBe(false);
+    const task = await strand.http.inject({ url: '/aggregates/task/acc-d1' });
+    expect(task.json()).toMatchObject({ version: 2, state: { assignedTo: 'CC2' } });
+  });
+
   it('lets the strand user set, list, cancel and consume deadlines (message schedules on dl.>)', async () => {
     const nc = await connect({ servers: server.url, user: 'strand', pass: STRAND_PASSWORD, reconnect: false });
     const deadlines = await Deadlines.open(nc, { stream: 'EVENTS', replicas: 1 }, pino({ level: 'silent' }));
@@ -118,7 +153,7 @@ describe('deploy/nats/accounts.conf', () => {
     }
   });
 
-  it('refuses, in nats-server, a publish outside cmd.task.> and a subscription outside _INBOX.>', async () => {
+  it('refuses, in nats-server, a publish outside cmd.task.>, cmdq.task.> and strand.outcome.get, and a subscription outside _INBOX.>', async () => {
     // The violation comes back as an error of the request: nats-server refused the publish.
     await expect(send(client, 'cmd.order.o-1.PlaceOrder', { customerId: 'C1', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] })).rejects.toThrow(/Permissions Violation for Publish to "cmd\.order\.o-1\.PlaceOrder"/);
     const sub = client.subscribe('evt.>');
@@ -132,6 +167,8 @@ describe('deploy/nats/accounts.conf', () => {
     })();
     expect(String(subErr)).toMatch(/Permissions Violation for Subscription to "evt\.>"/);
     await expect(send(client, 'cmd.task.acc-1.MarkOverdue', { dueAt: '2026-01-01T00:00:00.000Z' })).rejects.toThrow(/Permissions Violation for Publish to "cmd\.task\.acc-1\.MarkOverdue"/);
+    await expect(jetstream(client).publish('cmdq.task.acc-2.MarkOverdue', JSON.stringify({ dueAt: '2026-01-01T00:00:00.000Z' }), { timeout: 5000 })).rejects.toThrow();
+    await expect(jetstream(client).publish('cmdq.order.o-2.PlaceOrder', '{}', { timeout: 5000 })).rejects.toThrow();
     client.publish('evt.task.acc-1.TaskCreated', '{}');
     client.publish('$JS.API.STREAM.NAMES', '{}');
     await client.flush();
@@ -148,7 +185,7 @@ describe('deploy/nats/accounts.conf', () => {
     }
     const violations = log.split('\n').filter((l) => /Violation/.test(l));
     const byClients = violations.filter((l) => l.includes('"CLIENTS/user:clients"'));
-    for (const subject of ['cmd.order.o-1.PlaceOrder', 'cmd.task.acc-1.MarkOverdue', 'evt.>', 'evt.task.acc-1.TaskCreated', '$JS.API.STREAM.NAMES']) {
+    for (const subject of ['cmd.order.o-1.PlaceOrder', 'cmd.task.acc-1.MarkOverdue', 'cmdq.task.acc-2.MarkOverdue', 'cmdq.order.o-2.PlaceOrder', 'evt.>', 'evt.task.acc-1.TaskCreated', '$JS.API.STREAM.NAMES']) {
       expect(byClients.filter((l) => l.includes(`Subject "${subject}"`)), subject).toHaveLength(1);
     }
     expect(violations.filter((l) => !l.includes('"CLIENTS/user:clients"')), 'violations by Strand itself').toEqual([]);

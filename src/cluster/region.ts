@@ -11,6 +11,9 @@
  * - `strand.fwd.<instance>.…`, this instance's own inbox for forwarded commands.
  * A forwarded command keeps its headers and the client's reply subject: the owner answers the
  * client directly.
+ * An instance is given partitions only once these doors exist: it joins the cluster announcing
+ * `accepting: false`, and {@link Region.start} announces `accepting: true` after subscribing and
+ * flushing; the plan leaves out members that are not accepting.
  *
  * A partition here is `remote` (another instance, or nobody, owns it), `acquiring` (its claim is
  * this instance's, and it waits for the previous owner to forward what it held), `active`
@@ -110,6 +113,13 @@ interface Slot {
   drained: (() => void) | undefined;
 }
 
+/**
+ * How long a previous owner keeps its subscription to a partition's subject after handing the
+ * partition over (forwarding what arrives on it): a server-side mapping delivers there, and the
+ * next owner subscribes only once its watcher shows it the new claim.
+ */
+const LINGER_MS = 1000;
+
 /** Most forwards of one command: beyond, it waits for the views to agree. */
 const MAX_HOPS = 4;
 
@@ -119,7 +129,7 @@ const decoder = new TextDecoder();
 export interface RegionStatus {
   readonly instance: string;
   readonly partitions: number;
-  readonly members: readonly { readonly instance: string; readonly roles: readonly string[]; readonly live: boolean; readonly leaving: boolean; readonly ready: boolean; readonly host: string; readonly pid: number; readonly owned: number }[];
+  readonly members: readonly { readonly instance: string; readonly roles: readonly string[]; readonly live: boolean; readonly leaving: boolean; readonly accepting: boolean; readonly ready: boolean; readonly host: string; readonly pid: number; readonly owned: number }[];
   /** Owner of each partition (index = partition; null: none). */
   readonly owners: readonly (string | null)[];
   /** This instance's partitions by state. */
@@ -144,6 +154,10 @@ export class Region {
   /** When a mapping that disagrees with STRAND_PARTITIONS was last logged. */
   private mappingWarned = 0;
   private readonly listeners: PartitionListener[] = [];
+  /** Partition subscriptions kept a moment after a handoff, and when each is closed (performance.now()). */
+  private readonly lingering = new Map<Subscription, number>();
+  /** Subscribed to its doors and announced so: from then on the others may plan partitions for it. */
+  private accepting = false;
 
   constructor(
     private readonly nc: NatsConnection,
@@ -197,7 +211,11 @@ export class Region {
     return this.stillOwns(this.slots[partition]!);
   }
 
-  /** Subscribes to its doors and takes its share of the partitions. */
+  /**
+   * Subscribes to its doors, and only once the server has them announces that it accepts
+   * partitions (until then the others plan none for it, forward nothing to it and hand it
+   * nothing, however long it has been a member); then takes its share.
+   */
   async start(): Promise<void> {
     this.inbox = this.nc.subscribe(forwardInbox(this.view.self), { callback: (err, msg) => (err ? this.log.error({ err }, 'forward inbox failed') : this.fromInbox(msg)) });
     this.clientSub = this.nc.subscribe(ALL_COMMANDS, {
@@ -208,6 +226,9 @@ export class Region {
     this.sweeper = setInterval(() => this.expire(), 100);
     this.sweeper.unref();
     await this.nc.flush();
+    this.accepting = true;
+    this.view.announce({ accepting: true });
+    await this.view.beatNow();
     await this.reconcile();
     // Once the view can tell who is dead, the partitions of instances that died before this one started are free.
     setTimeout(() => void this.reconcile(), this.view.settleMs).unref();
@@ -240,7 +261,7 @@ export class Region {
     await this.view.beatNow();
     if (this.clientSub && !this.clientSub.isClosed()) await this.clientSub.drain().catch(() => undefined);
     await this.reconciling;
-    const others = this.view.live('commands').filter((m) => m !== this.view.self && !this.view.member(m)?.leaving);
+    const others = this.candidates().filter((m) => m !== this.view.self);
     const held = this.heldMap();
     for (const s of this.slots) if (s.state !== 'remote') held.set(s.partition, undefined);
     const target = plan(others, this.partitionList(), held);
@@ -248,9 +269,14 @@ export class Region {
       this.slots.filter((s) => s.state !== 'remote').map((s) => this.release(s, target.get(s.partition))),
     );
     await this.view.leave();
-    // Stragglers forwarded here before the others saw the new owners: passed on for a moment.
-    await new Promise((r) => setTimeout(r, 200));
-    this.inbox?.unsubscribe();
+    // Stragglers forwarded here (or mapped to its partition subjects) before the others saw the
+    // new owners: passed on for a moment.
+    const lingerEnd = Math.max(0, ...this.lingering.values());
+    await new Promise((r) => setTimeout(r, Math.max(200, lingerEnd - performance.now())));
+    const lingering = [...this.lingering.keys()];
+    this.lingering.clear();
+    // Drained, not cut: what the server sent before it saw the unsubscribe is still passed on.
+    await Promise.all([this.inbox, ...lingering].map((sub) => sub?.drain().catch(() => undefined)));
     for (const s of this.slots) {
       s.sub?.unsubscribe();
       s.sub = undefined;
@@ -276,7 +302,7 @@ export class Region {
       partitions: this.o.partitions,
       members: [...ids].sort().map((id) => {
         const m = this.view.member(id);
-        return { instance: id, roles: m?.roles ?? [], live: this.view.isLive(id), leaving: m?.leaving ?? false, ready: m?.ready ?? false, host: m?.host ?? '', pid: m?.pid ?? 0, owned: count.get(id) ?? 0 };
+        return { instance: id, roles: m?.roles ?? [], live: this.view.isLive(id), leaving: m?.leaving ?? false, accepting: id === this.view.self ? this.accepting : m?.accepting !== false, ready: m?.ready ?? false, host: m?.host ?? '', pid: m?.pid ?? 0, owned: count.get(id) ?? 0 };
       }),
       owners,
       local: {
@@ -490,7 +516,7 @@ export class Region {
   private async reconcileOnce(): Promise<void> {
     if (this.stopping) return;
     const me = this.view.self;
-    const members = this.view.live('commands').filter((m) => !this.view.member(m)?.leaving);
+    const members = this.candidates();
     const target = plan(members, this.partitionList(), this.heldMap());
     const work: Promise<unknown>[] = [];
     for (const s of this.slots) {
@@ -605,7 +631,8 @@ export class Region {
     const claim = this.view.claim(s.partition);
     let ok = false;
     if (claim?.owner === this.view.self) ok = to !== undefined ? await this.view.transfer(s.partition, to, claim.revision) : await this.view.release(s.partition, claim.revision);
-    s.sub?.unsubscribe();
+    // Commands a server-side mapping delivers here until the next owner subscribes are forwarded to it.
+    if (s.sub) this.linger(s.sub);
     s.sub = undefined;
     this.actors.passivateWhere((a, id) => partitionOf(a, id, this.o.partitions) === s.partition);
     s.state = 'remote';
@@ -628,6 +655,15 @@ export class Region {
     }
     this.updateGauges();
     return ok || to === undefined;
+  }
+
+  /** Keeps a partition subscription for {@link LINGER_MS} more: what arrives is routed as for any partition owned elsewhere. */
+  private linger(sub: Subscription): void {
+    this.lingering.set(sub, performance.now() + LINGER_MS);
+    setTimeout(() => {
+      // Drained, not cut: what the server sent before it saw the unsubscribe is still passed on.
+      if (this.lingering.delete(sub)) void sub.drain().catch(() => undefined);
+    }, LINGER_MS).unref();
   }
 
   /** The partition is not this instance's any more (taken while it was paused or cut off). */
@@ -673,6 +709,18 @@ export class Region {
         clearTimeout(t);
         resolve(true);
       };
+    });
+  }
+
+  /**
+   * The members the plan gives partitions to: live, taking commands, not leaving, and accepting
+   * (subscribed to their doors; this instance knows that of itself first-hand).
+   */
+  private candidates(): string[] {
+    return this.view.live('commands').filter((m) => {
+      if (m === this.view.self) return this.accepting && !this.stopping;
+      const info = this.view.member(m);
+      return info !== undefined && !info.leaving && info.accepting !== false;
     });
   }
 

@@ -36,6 +36,12 @@ export interface MemberInfo {
   readonly projections: readonly string[];
   /** Whether it has its share of the partitions (what its /health/ready says). */
   readonly ready: boolean;
+  /**
+   * Its region is subscribed to the subjects forwarded commands and handoff notices come in on:
+   * only then do the others plan partitions for it. False from joining until then (absent, from
+   * an instance older than this field: taken as true).
+   */
+  readonly accepting?: boolean;
   /** Shutting down: it hands its partitions over and takes none (the others leave it out of the plan). */
   readonly leaving: boolean;
   /** The identity of the read model database it applies projections to (projections are shared only on one database). */
@@ -148,12 +154,13 @@ export class ClusterView {
   }
 
   /** Updates what this instance announces (sent with the next heartbeat). */
-  announce(update: Partial<Pick<MemberInfo, 'projections' | 'ready' | 'leaving' | 'database'>>): void {
+  announce(update: Partial<Pick<MemberInfo, 'projections' | 'ready' | 'leaving' | 'database' | 'accepting'>>): void {
     this.me = { ...this.me, ...update };
   }
 
-  /** Sends a heartbeat now (after announcing something the others must see soon). */
-  beatNow(): Promise<void> {
+  /** Sends a heartbeat now (after announcing something the others must see soon; one in flight may carry the old announcement). */
+  async beatNow(): Promise<void> {
+    await this.beating;
     return this.beat();
   }
 

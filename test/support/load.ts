@@ -51,6 +51,11 @@ export class Load {
     this.runs = this.conns.map((nc, s) => this.sender(nc, s));
   }
 
+  /** Commands acknowledged so far. */
+  get acknowledgedCount(): number {
+    return this.acknowledged.size;
+  }
+
   /** Runs until at least `n` commands were acknowledged (or the timeout passes). */
   async until(n: number, timeoutMs = 60_000): Promise<void> {
     const deadline = Date.now() + timeoutMs;
