@@ -211,6 +211,23 @@ async function counter(strand: Strand, name: string, labels: Record<string, stri
   return values.filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want)).reduce((t, v) => t + v.value, 0);
 }
 
+describe('the input consumer', { timeout: 60_000 }, () => {
+  it('deleted from under a running instance, is opened again and inputs flow', async () => {
+    const strand = await start([makeOrderFulfilment()]);
+    try {
+      const { jetstreamManager } = await import('@nats-io/jetstream');
+      const jsm = await jetstreamManager(client.nc);
+      await jsm.consumers.delete('EVENTS', 'process_order-fulfilment');
+      // It comes back from the end of the stream: wait for it before appending what it must see.
+      await eventually(async () => (await jsm.consumers.info('EVENTS', 'process_order-fulfilment').catch(() => undefined)) !== undefined, 'the consumer to be created again', 45_000);
+      expect((await client.send('cmd.order.cd-1.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'cd-1'))?.status === 'running', 'the process to start after the consumer came back', 30_000);
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
 describe('poison inputs', { timeout: 60_000 }, () => {
   it('a handler that throws: the input is parked after STRAND_PROCESS_MAX_ATTEMPTS deliveries and listed; the other instances go on', async () => {
     const { defineProcess } = await import('../src/processes/define.js');

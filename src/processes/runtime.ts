@@ -101,17 +101,26 @@ export class ProcessRuntime {
         max_ack_pending: this.o.maxPending,
         max_deliver: -1,
       };
-      try {
-        await jsm.consumers.add(this.o.stream, config);
-      } catch (err) {
-        // The definition changed what it reacts to: the consumer keeps its position, with the new filter.
-        if ((err as { api_error?: { err_code?: number } }).api_error?.err_code !== 10148 && (err as { code?: number }).code !== 10148) throw err;
-        const { deliver_policy: _ignored, ...changeable } = config;
-        await jsm.consumers.update(this.o.stream, name, changeable);
-      }
-      const consumer = await js.consumers.get(this.o.stream, name);
-      const messages = await consumer.consume({ max_messages: this.o.maxPending, callback: (m) => this.take(p, m) });
-      this.consumers.push(messages);
+      const open = async (): Promise<void> => {
+        try {
+          await jsm.consumers.add(this.o.stream, config);
+        } catch (err) {
+          // The definition changed what it reacts to: the consumer keeps its position, with the new filter.
+          if ((err as { api_error?: { err_code?: number } }).api_error?.err_code !== 10148 && (err as { code?: number }).code !== 10148) throw err;
+          const { deliver_policy: _ignored, ...changeable } = config;
+          await jsm.consumers.update(this.o.stream, name, changeable);
+        }
+        const consumer = await js.consumers.get(this.o.stream, name);
+        // Aborts (and is created again below) when the consumer is deleted, rather than waiting for someone to restore it.
+        const messages = await consumer.consume({ max_messages: this.o.maxPending, abort_on_missing_resource: true, expires: 10_000, callback: (m) => this.take(p, m) });
+        this.consumers.push(messages);
+        // Deleted from under it, or the connection closed for good: take again unless stopping.
+        void messages.closed().then(
+          (err) => this.reopen(p.name, messages, err, open),
+          (err: unknown) => this.reopen(p.name, messages, err, open),
+        );
+      };
+      await open();
     }
     if (this.processes.length > 0) {
       this.deadlineConsumer = await this.deadlines.consume(
@@ -121,6 +130,20 @@ export class ProcessRuntime {
       );
     }
     this.log.info({ processes: this.processes.map((p) => p.name) }, 'process managers started');
+  }
+
+  private reopen(process: string, ended: ConsumerMessages, err: unknown, open: () => Promise<void>): void {
+    const i = this.consumers.indexOf(ended);
+    if (i >= 0) this.consumers.splice(i, 1);
+    if (this.stopping) return;
+    this.log.warn({ err, process }, 'process input consumer ended; opening it again');
+    setTimeout(() => {
+      if (this.stopping) return;
+      open().catch((e: unknown) => {
+        this.log.error({ err: e, process }, 'process input consumer could not be opened again; retrying');
+        this.reopen(process, ended, e, open);
+      });
+    }, RETRY_DELAY_MS * 2).unref();
   }
 
   /** Stops taking inputs and lets those in hand finish. */
