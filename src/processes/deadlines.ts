@@ -237,8 +237,8 @@ export class Deadlines {
    * every instance that consumes the same owners (each fired deadline goes to one of them). A
    * deadline is acknowledged, and removed, when `handler` resolves; when it throws, it is
    * delivered again after a pause (1 s, doubling up to 30 s). Those of one instance are handled
-   * in order, one at a time; different instances concurrently. Two consumers whose owners overlap
-   * are refused by the stream (a work queue delivers each message to one consumer).
+   * in order, one at a time; different instances concurrently. A consumer whose owners overlap
+   * another's is refused BAD_REQUEST (a work queue delivers each message to one consumer).
    */
   async consume(owners: string[], handler: (d: FiredDeadline) => Promise<void>, opts: Partial<ConsumeOptions> = {}): Promise<DeadlineConsumer> {
     if (!Array.isArray(owners) || owners.length === 0) throw new StrandError(ErrorCode.BAD_REQUEST, 'deadline consumer: name at least one owner');
