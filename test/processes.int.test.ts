@@ -15,6 +15,7 @@ import type { Process, ProcessInstance } from '../src/processes/define.js';
 import { makeTempDir } from './support/nats.js';
 import { createTestDatabase } from './support/postgres.js';
 import { processInstancesProjection } from '../src/processes/projection.js';
+import { LiveClient } from './support/live.js';
 import { CommandClient, eventually, streamEvents } from './support/strand.js';
 
 let dir: { dir: string; cleanup(): Promise<void> };
@@ -320,6 +321,27 @@ describe('the process_instances projection', { timeout: 60_000 }, () => {
       expect((await client.send('cmd.order.pi-1.MarkPaid', { paymentId: 'P1' })).ok).toBe(true);
       await eventually(async () => (await row())?.['status'] === 'completed', 'the row to show the end', 15_000);
       expect(await row()).toMatchObject({ status: 'completed', step: 3, lastInput: 'reply Ship accepted', nextDeadline: null, nextDeadlineAt: null, commandsSent: 1 });
+
+      // A live subscription to a process instance, as to an aggregate instance: its state, then its events.
+      const url = await strand.http.listen({ port: 0, host: '127.0.0.1' });
+      expect((await client.send('cmd.order.pi-2.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'pi-2'))?.status === 'running', 'the second instance', 15_000);
+      const w = await LiveClient.connect(`${url.replace('http', 'ws')}/live`);
+      try {
+        w.send({ type: 'subscribe', id: 'p', aggregate: 'order-fulfilment', aggregateId: 'pi-2' });
+        await w.until((c) => c.of('state').length === 1, 'the instance state');
+        expect(w.of('state')[0]).toMatchObject({ version: 2, state: { status: 'running', state: { status: 'awaiting-payment' } } });
+        expect((await client.send('cmd.order.pi-2.MarkPaid', { paymentId: 'P2' })).ok).toBe(true);
+        await w.until((c) => c.of('event').length >= 4, 'the two steps to come live');
+        expect(w.of('event').map((e) => [e.version, e.event['type']])).toEqual([
+          [3, 'ShipmentRequested'],
+          [4, 'InputHandled'],
+          [5, 'FulfilmentEnded'],
+          [6, 'InputHandled'],
+        ]);
+      } finally {
+        await w.close();
+      }
     } finally {
       await strand.stop();
       await db.drop();
