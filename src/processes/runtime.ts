@@ -9,7 +9,7 @@ import type { EventEnvelope, EventStore } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { DeadlineConsumer, Deadlines, FiredDeadline } from './deadlines.js';
-import { HANDLE, INPUT_HANDLED, decidedSteps, inputKey, type InputHandled, type Process, type ProcessInput, type RecordedCommand } from './define.js';
+import { HANDLE, INPUT_HANDLED, decidedSteps, inputKey, type InputHandled, type Process, type ProcessInput, type ProcessInstance, type RecordedCommand } from './define.js';
 import type { ParkedInputs } from './parked.js';
 import type { CommandReplyInput } from './types.js';
 
@@ -346,7 +346,8 @@ export class ProcessRuntime {
     failpoint('process.afterRecord');
     // Just decided here: the step is at hand. A duplicate's was decided before (maybe by another process): read it back.
     const decided = reply.duplicate ? undefined : decidedSteps.get(input);
-    const step = decided ?? (await this.readStep(p, id, last.seq));
+    let step = decided ?? (await this.readStep(p, id, last.seq));
+    if (reply.duplicate) step = await this.stillWanted(p, id, step);
     if (!reply.duplicate) {
       this.metrics.processSteps.labels(p.name, input.kind).inc();
       if (step.step === 1) this.metrics.processInstances.labels(p.name, 'started').inc();
@@ -354,6 +355,24 @@ export class ProcessRuntime {
     }
     await this.dispatch(p, id, step, correlationId, depth);
     return true;
+  }
+
+  /**
+   * A recorded step sent again (its input came again): later steps may have re-set or cancelled
+   * its deadlines since, and setting or cancelling them again would undo that. Only what the
+   * instance still expects is kept: a set whose token is the one pending now, a cancel of a name
+   * not pending now. Commands are sent again as recorded (their IDs make that harmless).
+   */
+  private async stillWanted(p: Process, id: string, step: InputHandled): Promise<InputHandled> {
+    if (step.deadlines.set.length === 0 && step.deadlines.cancel.length === 0) return step;
+    const now = (await this.actors.rehydrate(p.aggregate, id)).state as ProcessInstance;
+    return {
+      ...step,
+      deadlines: {
+        set: step.deadlines.set.filter((d) => now.deadlines[d.name]?.token === d.token),
+        cancel: step.deadlines.cancel.filter((n) => now.deadlines[n] === undefined),
+      },
+    };
   }
 
   /** The step recorded at `seq` (read through the leader if a replica lags). */
