@@ -15,6 +15,7 @@ import type { Process, ProcessInstance } from '../src/processes/define.js';
 import { makeTempDir } from './support/nats.js';
 import { createTestDatabase } from './support/postgres.js';
 import { processInstancesProjection } from '../src/processes/projection.js';
+import { LiveClient } from './support/live.js';
 import { CommandClient, eventually, streamEvents } from './support/strand.js';
 
 let dir: { dir: string; cleanup(): Promise<void> };
@@ -211,6 +212,23 @@ async function counter(strand: Strand, name: string, labels: Record<string, stri
   return values.filter((v) => Object.entries(labels).every(([k, want]) => v.labels[k] === want)).reduce((t, v) => t + v.value, 0);
 }
 
+describe('the input consumer', { timeout: 60_000 }, () => {
+  it('deleted from under a running instance, is opened again and inputs flow', async () => {
+    const strand = await start([makeOrderFulfilment()]);
+    try {
+      const { jetstreamManager } = await import('@nats-io/jetstream');
+      const jsm = await jetstreamManager(client.nc);
+      await jsm.consumers.delete('EVENTS', 'process_order-fulfilment');
+      // It comes back from the end of the stream: wait for it before appending what it must see.
+      await eventually(async () => (await jsm.consumers.info('EVENTS', 'process_order-fulfilment').catch(() => undefined)) !== undefined, 'the consumer to be created again', 45_000);
+      expect((await client.send('cmd.order.cd-1.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'cd-1'))?.status === 'running', 'the process to start after the consumer came back', 30_000);
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
 describe('poison inputs', { timeout: 60_000 }, () => {
   it('a handler that throws: the input is parked after STRAND_PROCESS_MAX_ATTEMPTS deliveries and listed; the other instances go on', async () => {
     const { defineProcess } = await import('../src/processes/define.js');
@@ -303,6 +321,27 @@ describe('the process_instances projection', { timeout: 60_000 }, () => {
       expect((await client.send('cmd.order.pi-1.MarkPaid', { paymentId: 'P1' })).ok).toBe(true);
       await eventually(async () => (await row())?.['status'] === 'completed', 'the row to show the end', 15_000);
       expect(await row()).toMatchObject({ status: 'completed', step: 3, lastInput: 'reply Ship accepted', nextDeadline: null, nextDeadlineAt: null, commandsSent: 1 });
+
+      // A live subscription to a process instance, as to an aggregate instance: its state, then its events.
+      const url = await strand.http.listen({ port: 0, host: '127.0.0.1' });
+      expect((await client.send('cmd.order.pi-2.PlaceOrder', { customerId: 'C1', items: [item] })).ok).toBe(true);
+      await eventually(async () => (await instance(strand, 'order-fulfilment', 'pi-2'))?.status === 'running', 'the second instance', 15_000);
+      const w = await LiveClient.connect(`${url.replace('http', 'ws')}/live`);
+      try {
+        w.send({ type: 'subscribe', id: 'p', aggregate: 'order-fulfilment', aggregateId: 'pi-2' });
+        await w.until((c) => c.of('state').length === 1, 'the instance state');
+        expect(w.of('state')[0]).toMatchObject({ version: 2, state: { status: 'running', state: { status: 'awaiting-payment' } } });
+        expect((await client.send('cmd.order.pi-2.MarkPaid', { paymentId: 'P2' })).ok).toBe(true);
+        await w.until((c) => c.of('event').length >= 4, 'the two steps to come live');
+        expect(w.of('event').map((e) => [e.version, e.event['type']])).toEqual([
+          [3, 'ShipmentRequested'],
+          [4, 'InputHandled'],
+          [5, 'FulfilmentEnded'],
+          [6, 'InputHandled'],
+        ]);
+      } finally {
+        await w.close();
+      }
     } finally {
       await strand.stop();
       await db.drop();

@@ -9,7 +9,7 @@ import type { EventEnvelope, EventStore } from '../eventstore/types.js';
 import { failpoint } from '../failpoints.js';
 import type { StrandMetrics } from '../observability/metrics.js';
 import type { DeadlineConsumer, Deadlines, FiredDeadline } from './deadlines.js';
-import { HANDLE, INPUT_HANDLED, decidedSteps, inputKey, type InputHandled, type Process, type ProcessInput, type RecordedCommand } from './define.js';
+import { HANDLE, INPUT_HANDLED, decidedSteps, inputKey, type InputHandled, type Process, type ProcessInput, type ProcessInstance, type RecordedCommand } from './define.js';
 import type { ParkedInputs } from './parked.js';
 import type { CommandReplyInput } from './types.js';
 
@@ -101,17 +101,26 @@ export class ProcessRuntime {
         max_ack_pending: this.o.maxPending,
         max_deliver: -1,
       };
-      try {
-        await jsm.consumers.add(this.o.stream, config);
-      } catch (err) {
-        // The definition changed what it reacts to: the consumer keeps its position, with the new filter.
-        if ((err as { api_error?: { err_code?: number } }).api_error?.err_code !== 10148 && (err as { code?: number }).code !== 10148) throw err;
-        const { deliver_policy: _ignored, ...changeable } = config;
-        await jsm.consumers.update(this.o.stream, name, changeable);
-      }
-      const consumer = await js.consumers.get(this.o.stream, name);
-      const messages = await consumer.consume({ max_messages: this.o.maxPending, callback: (m) => this.take(p, m) });
-      this.consumers.push(messages);
+      const open = async (): Promise<void> => {
+        try {
+          await jsm.consumers.add(this.o.stream, config);
+        } catch (err) {
+          // The definition changed what it reacts to: the consumer keeps its position, with the new filter.
+          if ((err as { api_error?: { err_code?: number } }).api_error?.err_code !== 10148 && (err as { code?: number }).code !== 10148) throw err;
+          const { deliver_policy: _ignored, ...changeable } = config;
+          await jsm.consumers.update(this.o.stream, name, changeable);
+        }
+        const consumer = await js.consumers.get(this.o.stream, name);
+        // Aborts (and is created again below) when the consumer is deleted, rather than waiting for someone to restore it.
+        const messages = await consumer.consume({ max_messages: this.o.maxPending, abort_on_missing_resource: true, expires: 10_000, callback: (m) => this.take(p, m) });
+        this.consumers.push(messages);
+        // Deleted from under it, or the connection closed for good: take again unless stopping.
+        void messages.closed().then(
+          (err) => this.reopen(p.name, messages, err, open),
+          (err: unknown) => this.reopen(p.name, messages, err, open),
+        );
+      };
+      await open();
     }
     if (this.processes.length > 0) {
       this.deadlineConsumer = await this.deadlines.consume(
@@ -121,6 +130,20 @@ export class ProcessRuntime {
       );
     }
     this.log.info({ processes: this.processes.map((p) => p.name) }, 'process managers started');
+  }
+
+  private reopen(process: string, ended: ConsumerMessages, err: unknown, open: () => Promise<void>): void {
+    const i = this.consumers.indexOf(ended);
+    if (i >= 0) this.consumers.splice(i, 1);
+    if (this.stopping) return;
+    this.log.warn({ err, process }, 'process input consumer ended; opening it again');
+    setTimeout(() => {
+      if (this.stopping) return;
+      open().catch((e: unknown) => {
+        this.log.error({ err: e, process }, 'process input consumer could not be opened again; retrying');
+        this.reopen(process, ended, e, open);
+      });
+    }, RETRY_DELAY_MS * 2).unref();
   }
 
   /** Stops taking inputs and lets those in hand finish. */
@@ -323,7 +346,8 @@ export class ProcessRuntime {
     failpoint('process.afterRecord');
     // Just decided here: the step is at hand. A duplicate's was decided before (maybe by another process): read it back.
     const decided = reply.duplicate ? undefined : decidedSteps.get(input);
-    const step = decided ?? (await this.readStep(p, id, last.seq));
+    let step = decided ?? (await this.readStep(p, id, last.seq));
+    if (reply.duplicate) step = await this.stillWanted(p, id, step);
     if (!reply.duplicate) {
       this.metrics.processSteps.labels(p.name, input.kind).inc();
       if (step.step === 1) this.metrics.processInstances.labels(p.name, 'started').inc();
@@ -331,6 +355,24 @@ export class ProcessRuntime {
     }
     await this.dispatch(p, id, step, correlationId, depth);
     return true;
+  }
+
+  /**
+   * A recorded step sent again (its input came again): later steps may have re-set or cancelled
+   * its deadlines since, and setting or cancelling them again would undo that. Only what the
+   * instance still expects is kept: a set whose token is the one pending now, a cancel of a name
+   * not pending now. Commands are sent again as recorded (their IDs make that harmless).
+   */
+  private async stillWanted(p: Process, id: string, step: InputHandled): Promise<InputHandled> {
+    if (step.deadlines.set.length === 0 && step.deadlines.cancel.length === 0) return step;
+    const now = (await this.actors.rehydrate(p.aggregate, id)).state as ProcessInstance;
+    return {
+      ...step,
+      deadlines: {
+        set: step.deadlines.set.filter((d) => now.deadlines[d.name]?.token === d.token),
+        cancel: step.deadlines.cancel.filter((n) => now.deadlines[n] === undefined),
+      },
+    };
   }
 
   /** The step recorded at `seq` (read through the leader if a replica lags). */
