@@ -31,7 +31,9 @@ const isCoordinator = (p: Principal): boolean => p.roles.includes('coordinator')
  *     `canDecide`, on the state the command is decided on, so a task reassigned a moment ago is
  *     judged as it is now; not `MarkOverdue`, which Strand sends itself when a task falls due;
  *   - anything else (other views, other aggregates, a filter without their own `assignedTo`,
- *     no filter at all, operating projections) is refused.
+ *     no filter at all, operating projections) is refused. That includes `process_instances`
+ *     (the dashboard's Processes panel): its rows are every customer's and member's process
+ *     instances and carry no owner to match a coordinator against.
  * - Any other principal (no `admin` or `coordinator` role) may do nothing.
  *
  * `canSee` is applied to every row of every view read, filtered ones included: a coordinator

@@ -2,18 +2,24 @@
  * The live dashboard (`GET /dashboard`, src/live/dashboard.html) end to end: a real nats-server,
  * PostgreSQL and Strand listening on a port, and the page in headless Chromium (Debian's
  * `chromium` package, driven by playwright-core). Commands sent over NATS show on the page
- * within a second, the page's own controls send commands, and the page recovers when the
- * server restarts on the same port.
+ * within a second, the page's own controls send commands, the Processes panel shows
+ * `process_instances` live (and only a note when the token may not read it), and the page
+ * recovers when the server restarts on the same port.
  */
 import { randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
+import { SignJWT } from 'jose';
+import pino from 'pino';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from 'vitest';
-import type { Strand } from '../src/app.js';
+import { taskAccess } from '../actors/access.js';
+import { aggregates, processes, projections } from '../actors/index.js';
+import { Strand } from '../src/app.js';
+import { loadConfig } from '../src/config.js';
 import { startTestNats, type TestNats } from './support/nats.js';
 import { createTestDatabase, type TestDatabase } from './support/postgres.js';
-import { CommandClient, startStrandWithDb } from './support/strand.js';
+import { CommandClient } from './support/strand.js';
 
 const CHROMIUM = '/usr/bin/chromium';
 const hasChromium = existsSync(CHROMIUM);
@@ -22,7 +28,19 @@ if (!hasChromium) {
 }
 
 const COORDINATOR = 'CC456';
-const ENV = { STRAND_PROJECTION_BATCH_MS: '5' };
+// `dev` mode (no token: the admin `dev` principal), but a token that is sent is verified, and
+// the example access policy applies to it: a coordinator's token is refused process_instances.
+const SECRET = 'a-dashboard-test-secret-of-32-chars-or-more';
+const ENV = { STRAND_PROJECTION_BATCH_MS: '5', STRAND_AUTH: 'dev', STRAND_JWT_SECRET: SECRET };
+
+/** Strand as `npm start` wires it: the example aggregates, processes, projections and access rule. */
+function startStrand(natsUrl: string, databaseUrl: string): Promise<Strand> {
+  const config = loadConfig({ STRAND_ACTOR_IDLE_MS: '600000', STRAND_PROJECTION_STANDBY_MS: '500', ...ENV });
+  const log = pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' });
+  return Strand.start({ config, aggregates, processes, projections, access: taskAccess, natsUrl, databaseUrl, log, defaultMetrics: false });
+}
+const coordinatorToken = (sub: string): Promise<string> =>
+  new SignJWT({ roles: ['coordinator'] }).setProtectedHeader({ alg: 'HS256' }).setSubject(sub).setExpirationTime('10m').sign(new TextEncoder().encode(SECRET));
 
 const newId = (): string => `task-e2e-${randomBytes(5).toString('hex')}`;
 
@@ -88,7 +106,7 @@ describe.skipIf(!hasChromium)('the live dashboard in headless Chromium', () => {
   beforeAll(async () => {
     nats = await startTestNats();
     db = await createTestDatabase();
-    strand = await startStrandWithDb(nats.url, db.url, ENV);
+    strand = await startStrand(nats.url, db.url);
     port = await listen(strand);
     client = await CommandClient.connect(nats.url);
     browser = await chromium.launch({
@@ -218,6 +236,76 @@ describe.skipIf(!hasChromium)('the live dashboard in headless Chromium', () => {
     await page.locator(`[data-testid="task-${id}"][data-status="cancelled"]`).waitFor({ timeout: 5000 });
   });
 
+  const procRow = (id: string) => page.locator(`[data-testid="processes"] [data-testid="process-${id}"]`);
+  let order: string;
+
+  it('shows an order-fulfilment instance in the Processes panel, and its changes live', async () => {
+    expect(await page.getByRole('heading', { name: /^Processes/ }).count()).toBe(1);
+    order = `order-e2e-${randomBytes(5).toString('hex')}`;
+    const item = { sku: 'SKU-1', quantity: 1, priceCents: 1000 };
+    const placed = await client.send(`cmd.order.${order}.PlaceOrder`, { customerId: 'C1', items: [item] });
+    expect(placed.ok, JSON.stringify(placed)).toBe(true);
+    // Started: running at step 1, waiting for the payment with the deadline payment-due.
+    const row = procRow(order);
+    await row.and(page.locator('[data-status="running"]')).waitFor({ timeout: 10_000 });
+    expect(await row.getAttribute('data-process')).toBe('order-fulfilment');
+    expect(await row.locator('[data-field="process"]').textContent()).toBe('order-fulfilment');
+    expect(await row.locator('[data-field="instance"]').textContent()).toBe(order);
+    expect(await row.locator('[data-field="status"]').textContent()).toBe('running');
+    expect(await row.locator('[data-field="step"]').textContent()).toBe('1');
+    expect(await row.locator('[data-field="deadline"]').textContent()).toMatch(/^payment-due · \d{4}-\d{2}-\d{2} \d{2}:\d{2} UTC$/);
+    expect(await row.locator('[data-field="deadline"] time').getAttribute('datetime')).toMatch(/^\d{4}-\d{2}-\d{2}T/);
+    // Newest first: the instance just started is the first row.
+    expect(await page.locator('[data-testid="processes"] tr').first().getAttribute('data-testid')).toBe(`process-${order}`);
+
+    // Paid: the process ships the order and, once Ship is accepted, completes.
+    const paid = await client.send(`cmd.order.${order}.MarkPaid`, { paymentId: 'P-1' });
+    expect(paid.ok, JSON.stringify(paid)).toBe(true);
+    await row.and(page.locator('[data-status="completed"]')).waitFor({ timeout: 10_000 });
+    expect(await row.locator('[data-field="status"]').textContent()).toBe('completed');
+    expect(Number(await row.locator('[data-field="step"]').textContent())).toBeGreaterThanOrEqual(3);
+    expect(await row.locator('[data-field="deadline"]').textContent()).toBe('–');
+    expect(await procRow(order).count()).toBe(1);
+    expect(await page.locator('[data-testid="processes-note"]').isHidden()).toBe(true);
+    // The panel's live copy agrees with the read model.
+    const res = (await (await fetch(`http://127.0.0.1:${port}/views/process_instances/${order}`)).json()) as { row: Record<string, unknown> };
+    expect(res.row).toMatchObject({ process: 'order-fulfilment', instanceId: order, status: 'completed' });
+    // A later instance goes on top: newest first.
+    const later = `order-e2e-${randomBytes(5).toString('hex')}`;
+    expect((await client.send(`cmd.order.${later}.PlaceOrder`, { customerId: 'C2', items: [item] })).ok).toBe(true);
+    await procRow(later).waitFor({ timeout: 10_000 });
+    const shown = await page.locator('[data-testid="processes"] tr').evaluateAll((trs) => trs.map((tr) => tr.getAttribute('data-testid')));
+    expect(shown.slice(0, 2)).toEqual([`process-${later}`, `process-${order}`]);
+    expect(await page.locator('[data-testid="processes-count"]').textContent()).toBe(String(shown.length));
+    // (The board's error line still shows the previous test's TASK_CLOSED: nothing from the panel.)
+    expect(await page.locator('[data-testid="error"]').textContent()).not.toMatch(/process/i);
+  }, 30_000);
+
+  it('with a coordinator token, the Processes panel shows a note (FORBIDDEN) and the board still works', async () => {
+    const own = await browser.newPage({ viewport: { width: 1280, height: 860 } });
+    const errors: string[] = [];
+    own.on('pageerror', (err) => errors.push(String(err)));
+    own.on('console', (m) => { if (m.type() === 'error') errors.push(m.text()); });
+    try {
+      await own.goto(`http://127.0.0.1:${port}/dashboard?coordinator=${COORDINATOR}&token=${await coordinatorToken(COORDINATOR)}`);
+      const note = own.locator('[data-testid="processes-note"]');
+      await note.waitFor({ state: 'visible', timeout: 10_000 });
+      expect(await note.textContent()).toMatch(/FORBIDDEN/);
+      await own.locator('[data-testid="connection"]').filter({ hasText: /^live$/ }).waitFor({ timeout: 10_000 });
+      expect(await own.locator('[data-testid="processes"] tr').count()).toBe(0);
+      expect(await own.locator('[data-testid="error"]').isHidden()).toBe(true);
+      // The task board is unaffected: the coordinator's tasks show, and new ones arrive live.
+      expect(await own.locator(`[data-testid="task-${first}"]`).count()).toBe(1);
+      const id = newId();
+      await createOverNats(id, { title: 'Check in after the refusal', memberId: 'M-5', assignedTo: COORDINATOR });
+      await own.locator(`[data-testid="column-pending"] [data-testid="task-${id}"]`).waitFor({ timeout: 5000 });
+      expect(await own.locator('[data-testid="connection"]').textContent()).toBe('live');
+      expect(errors).toEqual([]);
+    } finally {
+      await own.close();
+    }
+  }, 30_000);
+
   it('recovers after the server restarts on the same port', async () => {
     const cardsBefore = await page.locator('.card').count();
     note('test: stopping the server');
@@ -226,13 +314,16 @@ describe.skipIf(!hasChromium)('the live dashboard in headless Chromium', () => {
     note('test: stopped');
     await waitForConnection('reconnecting', 5000);
 
-    strand = await startStrandWithDb(nats.url, db.url, ENV);
+    strand = await startStrand(nats.url, db.url);
     expect(await listen(strand, port)).toBe(port);
     note('test: a new server listens on the same port');
     await waitForConnection('live', 15_000);
     // Resumed (or refreshed): what the page showed is still there.
     expect(await page.locator('.card').count()).toBe(cardsBefore);
     expect(await card(first).getAttribute('data-status')).toBe('completed');
+    // The Processes panel came back too.
+    expect(await procRow(order).getAttribute('data-status')).toBe('completed');
+    expect(await page.locator('[data-testid="processes-note"]').isHidden()).toBe(true);
 
     const next = newId();
     await watchCard(next);

@@ -6,7 +6,8 @@ import type { FastifyPluginAsync } from 'fastify';
  * `GET /dashboard`: a live care-task board per coordinator (`?coordinator=CC456`, optional
  * `&token=…` passed on to the WebSocket as `access_token`). One self-contained page
  * (dashboard.html: plain HTML, CSS and JS, no build step) that subscribes to `task_list_view`
- * on `/live` and sends commands with `POST /commands/task/:id/:command`.
+ * on `/live` and sends commands with `POST /commands/task/:id/:command`; its Processes panel
+ * subscribes to `process_instances` on the same connection.
  */
 
 const PAGE = new URL('./dashboard.html', import.meta.url);
