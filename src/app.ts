@@ -16,7 +16,7 @@ import { JetStreamEventStore, ensureEventStream } from './eventstore/jetstream.j
 import { KvSnapshotStore } from './eventstore/snapshots.js';
 import { buildHttpServer } from './http/server.js';
 import { createPool } from './postgres/connect.js';
-import { ReadSide, type ReadSideApi } from './projections/host.js';
+import { ReadSide, readSideOptions, type ReadSideApi } from './projections/host.js';
 import { RemoteReadSide, type ProjectionsModule } from './projections/remote.js';
 import { AggregatorRegistry } from 'prom-client';
 import type { MetricsSource } from './http/metrics.js';
@@ -270,16 +270,7 @@ export class Strand {
           pool,
           nc,
           projections,
-          {
-            stream: config.STRAND_STREAM,
-            batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
-            batchMs: config.STRAND_PROJECTION_BATCH_MS,
-            maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
-            syncCommit: config.STRAND_PROJECTION_COMMIT === 'sync',
-            live: true,
-            instance,
-            standbyCheckMs: config.STRAND_PROJECTION_STANDBY_MS,
-          },
+          readSideOptions(config, instance),
           metrics,
           log.child({ component: 'projections' }),
           cluster,

@@ -1,3 +1,4 @@
+import type { Config } from '../config.js';
 import { jetstreamManager } from '@nats-io/jetstream';
 import type { NatsConnection, Subscription } from '@nats-io/nats-core';
 import { LIVE_INTEREST } from '../../subjects/index.js';
@@ -84,6 +85,20 @@ export type ReadSideApi = Pick<
  * a rebuild, the new one), each only where its advisory lock is held, so several instances
  * share the work and take over from each other.
  */
+/** The read side's options from Strand's configuration: one place for the main thread and the worker. */
+export function readSideOptions(config: Config, instance: string): ReadSideOptions {
+  return {
+    stream: config.STRAND_STREAM,
+    batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
+    batchMs: config.STRAND_PROJECTION_BATCH_MS,
+    maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
+    syncCommit: config.STRAND_PROJECTION_COMMIT === 'sync',
+    live: true,
+    instance,
+    standbyCheckMs: config.STRAND_PROJECTION_STANDBY_MS,
+  };
+}
+
 export class ReadSide {
   private readonly runners = new Map<string, ProjectionRunner>();
   private readonly byName: ReadonlyMap<string, Projection>;

@@ -12,7 +12,7 @@ import { connectNats, natsServers } from '../nats/connect.js';
 import { StrandMetrics } from '../observability/metrics.js';
 import { createLogger } from '../observability/logger.js';
 import { createPool } from '../postgres/connect.js';
-import { ReadSide, type ProjectionPeers } from './host.js';
+import { ReadSide, readSideOptions, type ProjectionPeers } from './host.js';
 import { toWire, type FromWorker, type PeersSnapshot, type ReadSideWorkerData, type ToWorker } from './remote.js';
 import type { Projection } from './types.js';
 
@@ -92,16 +92,7 @@ async function main(): Promise<void> {
     pool,
     nc,
     projections,
-    {
-      stream: config.STRAND_STREAM,
-      batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
-      batchMs: config.STRAND_PROJECTION_BATCH_MS,
-      maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
-      syncCommit: config.STRAND_PROJECTION_COMMIT === 'sync',
-      live: true,
-      instance: data.instance,
-      standbyCheckMs: config.STRAND_PROJECTION_STANDBY_MS,
-    },
+    readSideOptions(config, data.instance),
     metrics,
     log,
     peers,
