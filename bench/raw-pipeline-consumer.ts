@@ -16,7 +16,7 @@
  *    raw_checkpoints, and returning the changed rows as JSON text. One statement is one
  *    transaction: the writes and checkpoints commit together (exactly once).
  *    synchronous_commit off, as Strand's default STRAND_PROJECTION_COMMIT=async.
- *  - The live feed: after the commit, one message per projection with changes on core NATS
+ *  - The live feed: after the commit, one message per task projection (even with no changed row) on core NATS
  *    `rawpipe.changes.<projection>`: `{"projection","checkpoint","prev","views":{<view>:[rows]}}`.
  *
  * order_list and eligibility_metrics get no events from this workload (task commands only), in
@@ -169,8 +169,9 @@ async function writeBatch(msgs: JsMsg[]): Promise<void> {
   });
   checkpoint = to;
   const row = r.rows[0] as { tlv: string; mth: string; tad: string };
+  // Every batch moves every checkpoint: announced even with no changed row, as Strand's runners
+  // do, so a listener sees each projection reach the batch's last sequence.
   const publish = (projection: string, view: string, rows: string): void => {
-    if (rows === '[]') return;
     nc.publish(`rawpipe.changes.${projection}`, `{"projection":"${projection}","checkpoint":${to},"prev":${prev},"views":{"${view}":${rows}}}`);
   };
   publish('task_list_view', 'task_list_view', row.tlv);

@@ -334,7 +334,8 @@ export class Strand {
         readSide?.onLiveFeed((m) => gateway.deliverLocal(m));
       }
       const aggregateDeadlines =
-        region && deadlines && (deps.deadlineRules ?? []).length > 0
+        // Opt-in (STRAND_DEADLINES): the store may be open only for the process managers.
+        region && deadlines && config.STRAND_DEADLINES && (deps.deadlineRules ?? []).length > 0
           ? new AggregateDeadlines(
               nc,
               deadlines,

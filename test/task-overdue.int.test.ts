@@ -7,7 +7,7 @@ import { jetstreamManager } from '@nats-io/jetstream';
 import { connect, type NatsConnection } from '@nats-io/transport-node';
 import pino from 'pino';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { aggregates, taskOverdue } from '../actors/index.js';
+import { aggregates, processes, taskOverdue } from '../actors/index.js';
 import { Strand } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { R3, startTestCluster, type TestCluster } from './support/cluster.js';
@@ -18,9 +18,17 @@ const OVERDUE_MS = 4_000;
 const env = { STRAND_DEADLINES: 'true', STRAND_TASK_OVERDUE_MS: String(OVERDUE_MS), STRAND_ACTOR_IDLE_MS: '600000' };
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-function start(url: string, extra: Record<string, string> = {}): Promise<Strand> {
+function start(url: string, extra: Record<string, string> = {}, withProcesses = false): Promise<Strand> {
   const config = loadConfig({ ...env, ...extra });
-  return Strand.start({ config, aggregates, natsUrl: url, log: pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' }), defaultMetrics: false, deadlineRules: [taskOverdue(config.STRAND_TASK_OVERDUE_MS)] });
+  return Strand.start({
+    config,
+    aggregates,
+    ...(withProcesses ? { processes } : {}),
+    natsUrl: url,
+    log: pino({ level: process.env['TEST_LOG_LEVEL'] ?? 'silent' }),
+    defaultMetrics: false,
+    deadlineRules: [taskOverdue(config.STRAND_TASK_OVERDUE_MS)],
+  });
 }
 
 const create = (c: CommandClient, id: string) => c.send(`cmd.task.${id}.CreateTask`, { title: 'Call member', memberId: 'M1', assignedTo: 'cc1' });
@@ -101,6 +109,23 @@ describe('task overdue deadline', { timeout: 90_000 }, () => {
       expect(await types('od-restart')).toEqual(['TaskCreated', 'TaskOverdue']);
     } finally {
       await b.stop();
+    }
+  });
+
+  it('marks no task overdue when STRAND_DEADLINES is off, even with process managers opening the deadline store (as npm start defines them)', async () => {
+    // Left by the tests above, which ran with STRAND_DEADLINES on: this one must not create it again.
+    await (await jetstreamManager(nc)).consumers.delete('EVENTS', 'strand_deadline_rules').catch(() => undefined);
+    const a = await start(nats.url, { STRAND_DEADLINES: 'false' }, true);
+    try {
+      expect(a.deadlines).toBeDefined();
+      expect(await create(client, 'od-off-processes')).toMatchObject({ ok: true });
+      await sleep(OVERDUE_MS + 1_500);
+      expect(await types('od-off-processes')).toEqual(['TaskCreated']);
+      const names: string[] = [];
+      for await (const ci of (await jetstreamManager(nc)).consumers.list('EVENTS')) names.push(ci.name);
+      expect(names).not.toContain('strand_deadline_rules');
+    } finally {
+      await a.stop();
     }
   });
 
