@@ -48,6 +48,7 @@ export const ConfigSchema = z.object({
   STRAND_VALIDATE_EVENTS: bool.default(true),
   STRAND_PROJECTION_BATCH_SIZE: int(1, 10_000).default(500),
   STRAND_PROJECTION_BATCH_MS: int(0, 60_000).default(20),
+  STRAND_PROJECTION_LIVE_BATCH_MS: int(0, 1_000).default(5),
   STRAND_PROJECTION_MAX_ATTEMPTS: int(1, 100).default(3),
   STRAND_PROJECTION_COMMIT: z.enum(['async', 'sync']).default('async'),
   STRAND_PROJECTION_STANDBY_MS: int(100).default(5_000),

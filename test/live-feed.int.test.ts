@@ -7,6 +7,8 @@
  * a shared one (only this file's test projection runs here, on task events).
  */
 import type { ReadSide } from '../src/projections/host.js';
+import type { LiveFeedMessage } from '../src/projections/runner.js';
+import { LIVE_INTEREST, liveChanges } from '../subjects/index.js';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { task } from '../actors/task/task.js';
 import type { Strand } from '../src/app.js';
@@ -209,6 +211,58 @@ describe('the change feed between instances', { timeout: 60_000 }, () => {
       await w.close();
     } finally {
       await fresh.stop();
+    }
+  });
+});
+
+/** One row per task, to watch how a runner forms batches while a live client watches it. */
+const linger = defineProjection({
+  name: 'live_test_linger',
+  version: 1,
+  migrations: ['CREATE TABLE linger (task_id text PRIMARY KEY, member_id text NOT NULL)'],
+  tables: { linger: { key: ['task_id'] } },
+  views: { linger_rows: { relation: 'linger', columns: { taskId: 'task_id', memberId: 'member_id' }, key: 'taskId', filters: ['memberId'] } },
+  handlers: [
+    on(task, {
+      TaskCreated: (e, db) => {
+        db.upsert('linger', { task_id: e.aggregateId, member_id: e.data.memberId });
+      },
+    }),
+  ],
+});
+
+describe('a watched projection with STRAND_PROJECTION_LIVE_BATCH_MS', { timeout: 60_000 }, () => {
+  it('lets a small batch fill for that long: two tasks created back to back are one batch on the live feed', async () => {
+    const applier = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_LIVE_BATCH_MS: '800' }, [linger]);
+    // What a gateway with a subscriber to the projection's views does: announce it (gateways do every second).
+    const interest = setInterval(() => client.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: ['live_test_linger'] })), 200);
+    const heard: LiveFeedMessage[] = [];
+    const sub = client.nc.subscribe(liveChanges('live_test_linger'), { callback: (_err, m) => void heard.push(m.json<LiveFeedMessage>()) });
+    try {
+      await client.nc.flush();
+      await eventually(() => (applier.readSide as ReadSide).watched('live_test_linger'), 'the runner to know the view is watched');
+      // The runner is running (its supervision may start it a tick after Strand.start): one task applied.
+      const warm = (await client.send('cmd.task.linger-0.CreateTask', { title: 'warm', memberId: 'WARM', assignedTo: 'L' })) as { seq: number };
+      expect((await applier.readSide!.waitFor('live_test_linger', warm.seq, 30_000)).reached).toBe(true);
+      await eventually(() => heard.some((m) => m.checkpoint >= warm.seq), 'the warm-up batch on the feed');
+      heard.length = 0;
+      const sentAt = performance.now();
+      let last = 0;
+      for (const id of ['linger-1', 'linger-2']) {
+        const reply = (await client.send(`cmd.task.${id}.CreateTask`, { title: id, memberId: 'LINGER', assignedTo: 'L' })) as { ok: boolean; seq: number };
+        expect(reply.ok).toBe(true);
+        last = reply.seq;
+      }
+      await eventually(() => heard.some((m) => m.checkpoint >= last), 'the feed to reach the second task', 10_000);
+      const batches = heard.filter((m) => (m.views['linger_rows'] ?? []).length > 0);
+      // Applied at once (the setting at 0) they are two batches, two messages.
+      expect(batches).toHaveLength(1);
+      expect(batches[0]!.views['linger_rows']!.map((c) => c.key).sort()).toEqual(['linger-1', 'linger-2']);
+      expect(performance.now() - sentAt).toBeGreaterThanOrEqual(500);
+    } finally {
+      clearInterval(interest);
+      sub.unsubscribe();
+      await applier.stop();
     }
   });
 });

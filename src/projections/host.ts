@@ -91,6 +91,7 @@ export function readSideOptions(config: Config, instance: string): ReadSideOptio
     stream: config.STRAND_STREAM,
     batchSize: config.STRAND_PROJECTION_BATCH_SIZE,
     batchMs: config.STRAND_PROJECTION_BATCH_MS,
+    liveBatchMs: config.STRAND_PROJECTION_LIVE_BATCH_MS,
     maxAttempts: config.STRAND_PROJECTION_MAX_ATTEMPTS,
     syncCommit: config.STRAND_PROJECTION_COMMIT === 'sync',
     live: true,

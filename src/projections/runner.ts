@@ -38,11 +38,16 @@ export interface RunnerOptions {
   readonly batchSize: number;
   /**
    * How long an idle runner waits for more events before applying a batch smaller than
-   * `batchSize` (0: at once), while nobody waits on the projection. A projection that a live
-   * client watches, or that a reader waits on (`minSeq`), applies at once. Under load batches
-   * grow by themselves either way: events that arrive while a batch commits form the next one.
+   * `batchSize` (0: at once), while nobody waits on the projection. A projection that a reader
+   * waits on (`minSeq`) applies at once; one that a live client watches waits `liveBatchMs`. Under
+   * load batches grow by themselves either way: events that arrive while a batch commits form the next one.
    */
   readonly batchMs: number;
+  /**
+   * The same while a live client watches the projection (0: at once). Small, since it adds to
+   * what the client waits for; fewer, larger batches cost PostgreSQL less per event.
+   */
+  readonly liveBatchMs?: number;
   /** Tries of a failing event before it is parked. */
   readonly maxAttempts: number;
   /**
@@ -377,10 +382,11 @@ export class ProjectionRunner implements FeedListener {
         await this.wakeup.wait();
         continue;
       }
-      if (this.o.batchMs > 0 && this.inFlight.length === 0 && this.queue.length < this.o.batchSize && !this.urgent()) {
-        // Linger while idle: let a small batch fill, but never hold its first event longer than batchMs.
-        const deadline = (this.queue.oldest ?? performance.now()) + this.o.batchMs;
-        for (let left = deadline - performance.now(); left > 0 && this.queue.length < this.o.batchSize && !this.stopped && !this.urgent(); left = deadline - performance.now()) {
+      const linger = this.lingerMs();
+      if (linger > 0 && this.inFlight.length === 0 && this.queue.length < this.o.batchSize) {
+        // Linger while idle: let a small batch fill, but never hold its first event longer than the linger.
+        const deadline = (this.queue.oldest ?? performance.now()) + linger;
+        for (let left = deadline - performance.now(); left > 0 && this.queue.length < this.o.batchSize && !this.stopped && this.lingerMs() > 0; left = deadline - performance.now()) {
           await this.wakeup.wait(left);
         }
         if (this.stopped) break;
@@ -573,9 +579,10 @@ export class ProjectionRunner implements FeedListener {
     return n;
   }
 
-  /** Somebody waits for what this runner applies: a live client, or a reader until its sequence is applied. */
-  private urgent(): boolean {
-    return this.checkpoint < this.awaited || this.liveNow();
+  /** How long a small batch may wait to fill: 0 while a reader waits (`minSeq`), `liveBatchMs` while a live client watches, else `batchMs`. */
+  private lingerMs(): number {
+    if (this.checkpoint < this.awaited) return 0;
+    return this.liveNow() ? (this.o.liveBatchMs ?? 0) : this.o.batchMs;
   }
 
   /** A reader waits until the checkpoint reaches `seq`: apply without lingering until then. */
