@@ -70,7 +70,7 @@ import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import type { RunningPostgres } from '../src/postgres/embedded.js';
-import { liveChanges } from '../subjects/index.js';
+import { LIVE_INTEREST, liveChanges } from '../subjects/index.js';
 import { summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
 import { formatStatements, type StatementStat } from './pg-timing.js';
 import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
@@ -558,6 +558,7 @@ async function latencyRun(ctx: Ctx, kind: 'raw' | 'strand'): Promise<LatencyResu
   let port: number;
   let strand: StrandChild | undefined;
   let feedSub: Subscription | undefined;
+  let observer: NodeJS.Timeout | undefined;
   const clients: WebSocket[] = [];
   try {
     if (kind === 'raw') {
@@ -574,6 +575,11 @@ async function latencyRun(ctx: Ctx, kind: 'raw' | 'strand'): Promise<LatencyResu
     clients.push(...(await openLatencyClients(`ws://127.0.0.1:${port}/live`, sink, errors)));
     console.log(`  ${kind}: ${fmtInt(CLIENTS)} clients connected and subscribed in ${fmt1((performance.now() - t0) / 1000)} s`);
     if (kind === 'strand') {
+      // Runners publish the feed on NATS only while another instance's gateway watches: the bench
+      // announces itself as one (every second, as gateways do), as with a second instance.
+      const announce = (): void => ctx.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: ['task_list_view'], instance: 'bench-live-observer' }));
+      announce();
+      observer = setInterval(announce, 1000);
       feedSub = ctx.nc.subscribe(FEED_SUBJECT, {
         callback: (err, m) => {
           if (err) return;
@@ -744,6 +750,7 @@ async function latencyRun(ctx: Ctx, kind: 'raw' | 'strand'): Promise<LatencyResu
     if (sqlNote) console.log(sqlNote);
     return res;
   } finally {
+    clearInterval(observer);
     feedSub?.unsubscribe();
     if (svc) await stopChild(svc);
     for (const ws of clients) ws?.terminate();

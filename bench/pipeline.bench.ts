@@ -10,8 +10,9 @@
  *             upserts in one statement per batch, and publishing the changed rows on NATS;
  *   strand    `node --import tsx src/main.ts` with every role (STRAND_ROLES unset, as
  *             `npm start`), the five example projections, and the live feed: one WebSocket
- *             client on /live subscribed to a view of each projection (so each runner publishes
- *             its batches on strand.live.changes.<projection>, as with a dashboard open);
+ *             client on /live subscribed to a view of each projection, and the bench announced
+ *             as another instance's gateway (so each runner publishes its batches on
+ *             strand.live.changes.<projection>, where the bench reads the lag);
  *   commands  the same with STRAND_ROLES=commands: the write path alone.
  *
  * Load: an open loop paced every ~1 ms, CreateTask on new ids and AssignTask on tasks created
@@ -54,6 +55,7 @@ import { connect } from '@nats-io/transport-node';
 import type { Msg, NatsConnection, Subscription } from '@nats-io/nats-core';
 import { jetstreamManager, type JetStreamManager } from '@nats-io/jetstream';
 import { projections } from '../actors/index.js';
+import { LIVE_INTEREST } from '../subjects/index.js';
 import { mainThreadProfile, summarizeCpuProfile, type CpuProfile } from './cpuprofile.js';
 import { checkReply, cpuProfArgs, deleteStream, freshRawStream, startRawService, startStrandService } from './command-loop.js';
 import { startService, stopAllServices, waitReady, type ServiceProcess } from './service.js';
@@ -243,7 +245,9 @@ async function startStrand(ctx: Ctx, kind: 'strand' | 'commands'): Promise<Syste
   const port = await freePort();
   let svc: ServiceProcess | undefined;
   let live: Awaited<ReturnType<typeof openLiveClient>> | undefined;
+  let observer: NodeJS.Timeout | undefined;
   const stop = async (): Promise<void> => {
+    clearInterval(observer);
     live?.ws.terminate();
     if (svc) await report(svc, await svc.stop());
     await fs.rm(dataDir, { recursive: true, force: true }).catch(() => undefined);
@@ -266,7 +270,14 @@ async function startStrand(ctx: Ctx, kind: 'strand' | 'commands'): Promise<Syste
       `probe-${kind}-`,
       cpuProfArgs(ctx.profileDir, kind),
     );
-    if (kind === 'strand') live = await openLiveClient(port);
+    if (kind === 'strand') {
+      live = await openLiveClient(port);
+      // The lag is read from the feed on NATS, which runners publish only while another
+      // instance's gateway watches: the bench announces itself as one, every second as gateways do.
+      const announce = (): void => ctx.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: projections.map((p) => p.name), instance: 'bench-pipeline-observer' }));
+      announce();
+      observer = setInterval(announce, 1000);
+    }
   } catch (err) {
     await stop();
     throw err;

@@ -231,6 +231,41 @@ const linger = defineProjection({
   ],
 });
 
+describe('changes watched only by the applying instance', { timeout: 60_000 }, () => {
+  it('go to its gateway in-process and not on NATS, until another instance announces a watcher', async () => {
+    const applier = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections' }, [linger]);
+    const heard: LiveFeedMessage[] = [];
+    const sub = client.nc.subscribe(liveChanges('live_test_linger'), { callback: (_err, m) => void heard.push(m.json<LiveFeedMessage>()) });
+    let interest: NodeJS.Timeout | undefined;
+    try {
+      const url = `${(await applier.http.listen({ port: 0, host: '127.0.0.1' })).replace('http', 'ws')}/live`;
+      const w = await LiveClient.connect(url, { keyOf: () => 'taskId' });
+      w.send({ type: 'subscribe', id: 'l', view: 'linger_rows', filter: { memberId: 'LOCAL' } });
+      await w.until((c) => c.of('snapshot').length === 1, 'the snapshot');
+      await eventually(() => (applier.readSide as ReadSide).watched('live_test_linger'), 'the runner to know the view is watched');
+      // Applied and pushed to the client by the applier itself: nothing crosses NATS.
+      const first = (await client.send('cmd.task.local-1.CreateTask', { title: 'local', memberId: 'LOCAL', assignedTo: 'L' })) as { seq: number };
+      expect((await applier.readSide!.waitFor('live_test_linger', first.seq, 30_000)).reached).toBe(true);
+      await w.until((c) => (c.copies.get('l')?.size ?? 0) === 1, 'the first row', 10_000);
+      await client.nc.flush();
+      await new Promise((r) => setTimeout(r, 300));
+      expect(heard.filter((m) => !m.reset)).toEqual([]);
+      // Another instance's gateway watches too: from then on the batches go on NATS as well.
+      interest = setInterval(() => client.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: ['live_test_linger'], instance: 'another-instance' })), 200);
+      await eventually(() => (applier.readSide as ReadSide).watchedElsewhere('live_test_linger'), 'the runner to know another instance watches');
+      const second = (await client.send('cmd.task.local-2.CreateTask', { title: 'local', memberId: 'LOCAL', assignedTo: 'L' })) as { seq: number };
+      await eventually(() => heard.some((m) => m.checkpoint >= second.seq && (m.views['linger_rows'] ?? []).some((c) => c.key === 'local-2')), 'the second batch on NATS', 10_000);
+      await w.until((c) => (c.copies.get('l')?.size ?? 0) === 2, 'the second row', 10_000);
+      expect(w.of('error')).toEqual([]);
+      await w.close();
+    } finally {
+      clearInterval(interest);
+      sub.unsubscribe();
+      await applier.stop();
+    }
+  });
+});
+
 describe('a watched projection with STRAND_PROJECTION_LIVE_BATCH_MS', { timeout: 60_000 }, () => {
   it('lets a small batch fill for that long: two tasks created back to back are one batch on the live feed', async () => {
     const applier = await startStrandWithDb(nats.url, db.url, { STRAND_ROLES: 'projections', STRAND_PROJECTION_LIVE_BATCH_MS: '800' }, [linger]);

@@ -155,7 +155,7 @@ export class LiveGateway {
     for (const feed of this.feeds.values()) if (feed.subs.size > 0) projections.add(this.d.views.view(feed.name).projection.name);
     if (projections.size === 0) return;
     try {
-      this.d.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: [...projections] }));
+      this.d.nc.publish(LIVE_INTEREST, JSON.stringify({ projections: [...projections], ...(this.d.instance !== undefined ? { instance: this.d.instance } : {}) }));
     } catch {
       // the connection is closing
     }

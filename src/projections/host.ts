@@ -107,6 +107,7 @@ export class ReadSide {
   private stopping = false;
   /** When a gateway last said it has subscribers to each projection's views. */
   private readonly watchedAt = new Map<string, number>();
+  private readonly watchedElsewhereAt = new Map<string, number>();
   private interest: Subscription | undefined;
   /** The supervision pass in progress, awaited by stop() so none outlives the pool. */
   private supervising: Promise<void> | undefined;
@@ -160,7 +161,15 @@ export class ReadSide {
       callback: (err, msg) => {
         if (err) return;
         try {
-          for (const name of msg.json<{ projections: string[] }>().projections) this.watchedAt.set(name, Date.now());
+          const { projections, instance } = msg.json<{ projections: string[]; instance?: string }>();
+          const now = Date.now();
+          // Announced by another instance's gateway (or by a version that does not say whose):
+          // this instance's runners must publish their changes on NATS for it.
+          const elsewhere = instance === undefined || instance !== this.o.instance;
+          for (const name of projections) {
+            this.watchedAt.set(name, now);
+            if (elsewhere) this.watchedElsewhereAt.set(name, now);
+          }
         } catch {
           // not an interest message: ignore
         }
@@ -190,6 +199,11 @@ export class ReadSide {
   /** Whether a gateway has announced subscribers to the projection within the last few seconds. */
   watched(name: string): boolean {
     return Date.now() - (this.watchedAt.get(name) ?? 0) < WATCH_TTL_MS;
+  }
+
+  /** Whether another instance's gateway has: only then do the runners publish the changes on NATS (this instance's gets them in-process). */
+  watchedElsewhere(name: string): boolean {
+    return Date.now() - (this.watchedElsewhereAt.get(name) ?? 0) < WATCH_TTL_MS;
   }
 
   /** Runs a supervision pass unless one is under way. */
@@ -457,7 +471,7 @@ export class ReadSide {
     for (const t of targets) {
       const key = `${p.name}/${t.generation}`;
       if (this.runners.has(key) || this.stopping) continue;
-      const runner = new ProjectionRunner(p, t, this.pool, this.nc, this.feeds, { ...this.o, watched: (n) => this.watched(n), localFeed: (m) => this.localFeed?.(m) }, this.metrics, this.log.child({ projection: p.name }), () => {
+      const runner = new ProjectionRunner(p, t, this.pool, this.nc, this.feeds, { ...this.o, watched: (n) => this.watched(n), watchedElsewhere: (n) => this.watchedElsewhere(n), localFeed: (m) => this.localFeed?.(m) }, this.metrics, this.log.child({ projection: p.name }), () => {
         void this.supervise(p).catch((err: unknown) => this.log.warn({ err, projection: p.name }, 'supervision after switch-over failed'));
       });
       if (await runner.tryStart()) {

@@ -61,6 +61,11 @@ export interface RunnerOptions {
   readonly live: boolean;
   /** Whether some gateway has announced subscribers to this projection's views recently. */
   readonly watched?: (projection: string) => boolean;
+  /**
+   * Whether another instance's gateway watches the projection: a batch's changes go on NATS only
+   * then (this instance's gateway gets them in-process). Resets always go. Default: always.
+   */
+  readonly watchedElsewhere?: (projection: string) => boolean;
   /** This instance's ID, sent with each live feed message (its own gateway skips the NATS copy). */
   readonly instance?: string;
   /** This instance's gateway: gets each live feed message in-process, before NATS carries it to the others. */
@@ -628,6 +633,8 @@ export class ProjectionRunner implements FeedListener {
     } catch (err) {
       this.log.warn({ err, projection: this.projection.name }, 'live changes not delivered in-process');
     }
+    // Nobody else listens: a gateway that starts to sees the gap in the next message's `prev`.
+    if (!message.reset && this.o.watchedElsewhere?.(this.projection.name) === false) return;
     try {
       const h = headers();
       if (this.o.instance) h.set(LiveHeader.Instance, this.o.instance);
