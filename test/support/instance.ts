@@ -25,10 +25,14 @@ export interface InstanceProcess {
   readonly exited: Promise<number | null>;
 }
 
-export async function spawnInstance(env: Record<string, string>): Promise<InstanceProcess> {
+/**
+ * Starts `src/main.ts` (or `o.entry`, a script path from the repository root, e.g.
+ * test/support/processes-instance.ts) with `env` on top of this process's environment.
+ */
+export async function spawnInstance(env: Record<string, string>, o: { entry?: string } = {}): Promise<InstanceProcess> {
   const [port] = await freePorts(1);
   let out = '';
-  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', 'src/main.ts'], {
+  const child: ChildProcess = spawn(process.execPath, ['--import', 'tsx', o.entry ?? 'src/main.ts'], {
     cwd: root,
     env: { ...process.env, LOG_LEVEL: 'info', PORT: String(port), STRAND_ACTOR_IDLE_MS: '600000', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
