@@ -232,6 +232,39 @@ describe('the input consumer', { timeout: 60_000 }, () => {
   });
 });
 
+describe('a consumer created by an earlier version, without the priority group', { timeout: 60_000 }, () => {
+  it('is given the pinned group in place and keeps its position: the input waiting in it is handled', async () => {
+    const legacy = defineProcess<{ orders: number }>()({
+      name: 'legacy-orders',
+      sources: { order },
+      correlate: (e) => ((e.data as { customerId: string }).customerId === 'legacy' ? e.aggregateId : undefined),
+      events: { Counted: z.object({}) },
+      initialState: () => ({ orders: 0 }),
+      evolve: { Counted: (s) => ({ orders: s.orders + 1 }) },
+      on: { order: { OrderPlaced: () => ({ events: [{ type: 'Counted', data: {} }] }) } },
+    });
+    const { jetstreamManager, AckPolicy, DeliverPolicy } = await import('@nats-io/jetstream');
+    const jsm = await jetstreamManager(client.nc);
+    const before = await start([]);
+    try {
+      // As earlier versions created it.
+      await jsm.consumers.add('EVENTS', { durable_name: 'process_legacy-orders', filter_subjects: ['evt.order.*.OrderPlaced'], ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.New, ack_wait: 30_000_000_000, max_ack_pending: 256, max_deliver: -1 });
+      expect((await client.send('cmd.order.lg-1.PlaceOrder', { customerId: 'legacy', items: [item] })).ok).toBe(true);
+    } finally {
+      await before.stop();
+    }
+    expect((await jsm.consumers.info('EVENTS', 'process_legacy-orders')).num_pending).toBe(1);
+    const strand = await start([legacy]);
+    try {
+      const info = await jsm.consumers.info('EVENTS', 'process_legacy-orders');
+      expect(info.config).toMatchObject({ priority_groups: ['strand'], priority_policy: 'pinned_client', priority_timeout: 5_000_000_000 });
+      await eventually(async () => (await instance(strand, 'legacy-orders', 'lg-1'))?.step === 1, 'the input appended before the upgrade to be handled', 30_000);
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
 describe('poison inputs', { timeout: 60_000 }, () => {
   it('a handler that throws: the input is parked after STRAND_PROCESS_MAX_ATTEMPTS deliveries and listed; the other instances go on', async () => {
     const { defineProcess } = await import('../src/processes/define.js');
