@@ -72,6 +72,23 @@ async function types(aggregate: string, id: string): Promise<string[]> {
   return (await streamEvents(nc, 'EVENTS', aggregate, id)).map((e) => e.envelope.type);
 }
 
+/**
+ * Waits until every input of the example processes has been acknowledged: an input left in the
+ * killed instance's hands comes back to the survivor (after the pin timeout and the ack wait)
+ * and must not be left for the next test's instance.
+ */
+async function settled(): Promise<void> {
+  const { jetstreamManager } = await import('@nats-io/jetstream');
+  const jsm = await jetstreamManager(nc);
+  await eventually(async () => {
+    for (const c of ['process_order-fulfilment', 'process_member-onboarding']) {
+      const info = await jsm.consumers.info('EVENTS', c);
+      if (info.num_ack_pending > 0 || info.num_pending > 0) return false;
+    }
+    return true;
+  }, 'every process input to be acknowledged', 60_000);
+}
+
 /** The failpoints between the steps of order-fulfilment (placed → paid → Ship → reply), each crossing once. */
 const orderPoints = [
   'actor.beforeAppend:3', // the third append: the process's first step, or MarkPaid when it comes first
@@ -101,6 +118,7 @@ describe('order-fulfilment survives kill -9 between every pair of steps', { time
       expect(steps.map((s) => s.step)).toEqual([1, 2, 3]);
       expect(steps.map((s) => s.input.kind)).toEqual(['event', 'event', 'reply']);
       expect(steps[2]!.end).toBe('completed');
+      await settled();
       expect(await survivor.stop()).toBe(0);
     });
   }
@@ -130,6 +148,7 @@ describe('member-onboarding survives kill -9 between its steps', { timeout: 600_
       const steps = await stepsOf('member-onboarding', check);
       expect(steps.map((s) => s.input.kind)).toEqual(['event', 'event', 'reply', 'event', 'reply']);
       expect(steps.at(-1)!.end).toBe('completed');
+      await settled();
       expect(await survivor.stop()).toBe(0);
     });
   }
@@ -188,6 +207,7 @@ describe('two instances, the pinned one killed -9', { timeout: 300_000 }, () => 
       expect(s[2]!.end, id).toBe('completed');
     }
     expect(await metric(other, 'strand_process_steps_total', { process: 'order-fulfilment' })).toBeGreaterThan(0);
+    await settled();
     expect(await other.stop()).toBe(0);
   });
 });
