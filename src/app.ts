@@ -171,6 +171,7 @@ export class Strand {
               ackWaitMs: config.STRAND_PROCESS_ACK_WAIT_MS,
               maxPending: config.STRAND_PROCESS_MAX_PENDING,
               commandTimeoutMs: config.STRAND_PROCESS_COMMAND_TIMEOUT_MS,
+              pinTtlMs: config.STRAND_PROCESS_PIN_TTL_MS,
             },
             metrics,
             processLog,

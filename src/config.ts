@@ -89,6 +89,7 @@ export const ConfigSchema = z.object({
   STRAND_PROCESS_ACK_WAIT_MS: int(1000, 3_600_000).default(30_000),
   STRAND_PROCESS_MAX_PENDING: int(1, 100_000).default(256),
   STRAND_PROCESS_COMMAND_TIMEOUT_MS: int(100, 600_000).default(10_000),
+  STRAND_PROCESS_PIN_TTL_MS: int(1000, 600_000).default(5_000),
 });
 
 export type Config = z.infer<typeof ConfigSchema>;

@@ -63,5 +63,7 @@ describe('deadline stream and consumer configuration', () => {
   it('gives a consumer one filter per owner', () => {
     expect(deadlineConsumerConfig({ name: 'c', owners: ['task'], ackWaitMs: 30_000, maxPending: 10 })).toMatchObject({ durable_name: 'c', filter_subject: 'dl.fire.task.>', ack_policy: 'explicit', ack_wait: 30_000_000_000, max_ack_pending: 10, max_deliver: -1 });
     expect(deadlineConsumerConfig({ name: 'c', owners: ['a', 'b'], ackWaitMs: 1000, maxPending: 1 }).filter_subjects).toEqual(['dl.fire.a.>', 'dl.fire.b.>']);
+    expect(deadlineConsumerConfig({ name: 'c', owners: ['task'], ackWaitMs: 1000, maxPending: 1 })).not.toHaveProperty('priority_groups');
+    expect(deadlineConsumerConfig({ name: 'c', owners: ['task'], ackWaitMs: 1000, maxPending: 1, pinTtlMs: 5000 })).toMatchObject({ priority_groups: ['strand'], priority_policy: 'pinned_client', priority_timeout: 5_000_000_000 });
   });
 });

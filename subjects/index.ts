@@ -53,6 +53,8 @@ export {
 export {
   compareDeadlineStreamConfig,
   deadlineConsumerConfig,
+  pinnedGroupConfig,
+  PINNED_GROUP,
   deadlineStreamConfig,
   deadlineStreamName,
   type DeadlineConsumerOptions,

@@ -173,6 +173,20 @@ export interface DeadlineConsumerOptions {
   readonly ackWaitMs: number;
   /** Fired deadlines delivered and not yet acknowledged (the consumer's max_ack_pending). */
   readonly maxPending: number;
+  /**
+   * When set, the consumer has one priority group ({@link PINNED_GROUP}) with the `pinned_client`
+   * policy: one client at a time receives, and another is pinned after this many milliseconds
+   * without a pull from it.
+   */
+  readonly pinTtlMs?: number;
+}
+
+/** The priority group of Strand's pinned consumers (nats-server 2.11+: at most 16 characters). */
+export const PINNED_GROUP = 'strand';
+
+/** The consumer configuration of a priority group with the `pinned_client` policy. */
+export function pinnedGroupConfig(pinTtlMs: number): Pick<ConsumerConfig, 'priority_groups' | 'priority_policy' | 'priority_timeout'> {
+  return { priority_groups: [PINNED_GROUP], priority_policy: 'pinned_client' as ConsumerConfig['priority_policy'], priority_timeout: pinTtlMs * NANOS_PER_MS };
 }
 
 /**
@@ -191,5 +205,6 @@ export function deadlineConsumerConfig(o: DeadlineConsumerOptions): Partial<Cons
     ack_wait: o.ackWaitMs * NANOS_PER_MS,
     max_ack_pending: o.maxPending,
     max_deliver: -1,
+    ...(o.pinTtlMs !== undefined ? pinnedGroupConfig(o.pinTtlMs) : {}),
   };
 }

@@ -72,6 +72,23 @@ async function types(aggregate: string, id: string): Promise<string[]> {
   return (await streamEvents(nc, 'EVENTS', aggregate, id)).map((e) => e.envelope.type);
 }
 
+/**
+ * Waits until every input of the example processes has been acknowledged: an input left in the
+ * killed instance's hands comes back to the survivor (after the pin timeout and the ack wait)
+ * and must not be left for the next test's instance.
+ */
+async function settled(): Promise<void> {
+  const { jetstreamManager } = await import('@nats-io/jetstream');
+  const jsm = await jetstreamManager(nc);
+  await eventually(async () => {
+    for (const c of ['process_order-fulfilment', 'process_member-onboarding']) {
+      const info = await jsm.consumers.info('EVENTS', c);
+      if (info.num_ack_pending > 0 || info.num_pending > 0) return false;
+    }
+    return true;
+  }, 'every process input to be acknowledged', 60_000);
+}
+
 /** The failpoints between the steps of order-fulfilment (placed → paid → Ship → reply), each crossing once. */
 const orderPoints = [
   'actor.beforeAppend:3', // the third append: the process's first step, or MarkPaid when it comes first
@@ -101,6 +118,7 @@ describe('order-fulfilment survives kill -9 between every pair of steps', { time
       expect(steps.map((s) => s.step)).toEqual([1, 2, 3]);
       expect(steps.map((s) => s.input.kind)).toEqual(['event', 'event', 'reply']);
       expect(steps[2]!.end).toBe('completed');
+      await settled();
       expect(await survivor.stop()).toBe(0);
     });
   }
@@ -130,7 +148,66 @@ describe('member-onboarding survives kill -9 between its steps', { timeout: 600_
       const steps = await stepsOf('member-onboarding', check);
       expect(steps.map((s) => s.input.kind)).toEqual(['event', 'event', 'reply', 'event', 'reply']);
       expect(steps.at(-1)!.end).toBe('completed');
+      await settled();
       expect(await survivor.stop()).toBe(0);
     });
   }
+});
+
+/** A counter of an instance's /metrics, summed over the series whose labels include `labels`. */
+async function metric(i: InstanceProcess, name: string, labels: Record<string, string>): Promise<number> {
+  const text = await (await fetch(`${i.url}/metrics`)).text();
+  let total = 0;
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    if (Object.entries(labels).every(([k, v]) => line.includes(`${k}="${v}"`))) total += Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return total;
+}
+
+async function pinnedClient(consumer: string): Promise<string | undefined> {
+  const { jetstreamManager } = await import('@nats-io/jetstream');
+  const info = await (await jetstreamManager(nc)).consumers.info('EVENTS', consumer);
+  return (info as { priority_groups?: { pinned_client_id?: string }[] }).priority_groups?.[0]?.pinned_client_id;
+}
+
+describe('two instances, the pinned one killed -9', { timeout: 300_000 }, () => {
+  it('the other is pinned within the pin timeout and every order ships once, its steps in order', async () => {
+    const pinTtlMs = 2000;
+    const env = { STRAND_PROCESS_PIN_TTL_MS: String(pinTtlMs) };
+    const [a, b] = await Promise.all([instance(env), instance(env)]);
+    const n = 20;
+    const ids = Array.from({ length: n }, (_, k) => `pin-order-${k}`);
+    await Promise.all(ids.map((id) => send(`cmd.order.${id}.PlaceOrder`, { customerId: 'C1', items: [{ sku: 'S', quantity: 1, priceCents: 1 }] }, { 'Strand-Command-Id': `${id}-place` })));
+    await eventually(async () => (await Promise.all(ids.map((id) => stepsOf('order-fulfilment', id)))).every((s) => s.length === 1), 'every fulfilment to start', 30_000);
+    // One instance handled every step so far: the pinned one.
+    const steps = await Promise.all([a, b].map((i) => metric(i, 'strand_process_steps_total', { process: 'order-fulfilment' })));
+    expect(steps.filter((s) => s > 0)).toEqual([n]);
+    const [pinned, other] = steps[0]! > 0 ? [a, b] : [b, a];
+    const pin = await pinnedClient('process_order-fulfilment');
+    expect(pin).toBeTruthy();
+    // Half are paid just before the kill: some of those inputs die in the pinned instance's hands.
+    await Promise.all(ids.slice(0, n / 2).map((id) => send(`cmd.order.${id}.MarkPaid`, { paymentId: 'P1' }, { 'Strand-Command-Id': `${id}-pay` })));
+    await pinned.kill9();
+    const killedAt = Date.now();
+    const paid = Promise.all(ids.slice(n / 2).map((id) => send(`cmd.order.${id}.MarkPaid`, { paymentId: 'P1' }, { 'Strand-Command-Id': `${id}-pay` })));
+    await eventually(async () => {
+      const now = await pinnedClient('process_order-fulfilment');
+      return now !== undefined && now !== pin;
+    }, 'another instance to be pinned', 30_000);
+    const takeoverMs = Date.now() - killedAt;
+    expect(takeoverMs, 'takeover within the pin timeout and a margin').toBeLessThan(pinTtlMs + 3000);
+    await paid;
+    await eventually(async () => (await Promise.all(ids.map((id) => stepsOf('order-fulfilment', id)))).every((s) => s.some((x) => x.end !== null)), 'every fulfilment to end', 60_000);
+    for (const id of ids) {
+      expect(await types('order', id), id).toEqual(['OrderPlaced', 'OrderPaid', 'OrderShipped']);
+      const s = await stepsOf('order-fulfilment', id);
+      expect(s.map((x) => x.step), id).toEqual([1, 2, 3]);
+      expect(s.map((x) => x.input.kind), id).toEqual(['event', 'event', 'reply']);
+      expect(s[2]!.end, id).toBe('completed');
+    }
+    expect(await metric(other, 'strand_process_steps_total', { process: 'order-fulfilment' })).toBeGreaterThan(0);
+    await settled();
+    expect(await other.stop()).toBe(0);
+  });
 });

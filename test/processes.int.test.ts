@@ -8,6 +8,9 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { aggregates } from '../actors/index.js';
 import { makeMemberOnboarding } from '../actors/member-onboarding/member-onboarding.js';
 import { makeOrderFulfilment } from '../actors/order-fulfilment/order-fulfilment.js';
+import { order } from '../actors/order/order.js';
+import { z } from 'zod';
+import { defineProcess } from '../src/processes/define.js';
 import { Strand } from '../src/app.js';
 import { loadConfig } from '../src/config.js';
 import { startNatsServer, type RunningNatsServer } from '../src/nats/server.js';
@@ -229,6 +232,39 @@ describe('the input consumer', { timeout: 60_000 }, () => {
   });
 });
 
+describe('a consumer created by an earlier version, without the priority group', { timeout: 60_000 }, () => {
+  it('is given the pinned group in place and keeps its position: the input waiting in it is handled', async () => {
+    const legacy = defineProcess<{ orders: number }>()({
+      name: 'legacy-orders',
+      sources: { order },
+      correlate: (e) => ((e.data as { customerId: string }).customerId === 'legacy' ? e.aggregateId : undefined),
+      events: { Counted: z.object({}) },
+      initialState: () => ({ orders: 0 }),
+      evolve: { Counted: (s) => ({ orders: s.orders + 1 }) },
+      on: { order: { OrderPlaced: () => ({ events: [{ type: 'Counted', data: {} }] }) } },
+    });
+    const { jetstreamManager, AckPolicy, DeliverPolicy } = await import('@nats-io/jetstream');
+    const jsm = await jetstreamManager(client.nc);
+    const before = await start([]);
+    try {
+      // As earlier versions created it.
+      await jsm.consumers.add('EVENTS', { durable_name: 'process_legacy-orders', filter_subjects: ['evt.order.*.OrderPlaced'], ack_policy: AckPolicy.Explicit, deliver_policy: DeliverPolicy.New, ack_wait: 30_000_000_000, max_ack_pending: 256, max_deliver: -1 });
+      expect((await client.send('cmd.order.lg-1.PlaceOrder', { customerId: 'legacy', items: [item] })).ok).toBe(true);
+    } finally {
+      await before.stop();
+    }
+    expect((await jsm.consumers.info('EVENTS', 'process_legacy-orders')).num_pending).toBe(1);
+    const strand = await start([legacy]);
+    try {
+      const info = await jsm.consumers.info('EVENTS', 'process_legacy-orders');
+      expect(info.config).toMatchObject({ priority_groups: ['strand'], priority_policy: 'pinned_client', priority_timeout: 5_000_000_000 });
+      await eventually(async () => (await instance(strand, 'legacy-orders', 'lg-1'))?.step === 1, 'the input appended before the upgrade to be handled', 30_000);
+    } finally {
+      await strand.stop();
+    }
+  });
+});
+
 describe('poison inputs', { timeout: 60_000 }, () => {
   it('a handler that throws: the input is parked after STRAND_PROCESS_MAX_ATTEMPTS deliveries and listed; the other instances go on', async () => {
     const { defineProcess } = await import('../src/processes/define.js');
@@ -370,9 +406,9 @@ describe('two Strand instances sharing the process consumers', { timeout: 300_00
       }
       const completed = async () => (await counter(a, 'strand_process_instances_total', { outcome: 'completed' })) + (await counter(b, 'strand_process_instances_total', { outcome: 'completed' }));
       await eventually(async () => (await completed()) >= n, 'every onboarding to complete', 120_000);
-      // Both instances took part.
-      expect(await counter(a, 'strand_process_steps_total', {})).toBeGreaterThan(0);
-      expect(await counter(b, 'strand_process_steps_total', {})).toBeGreaterThan(0);
+      // The input consumers are pinned: one instance handled every step (both took commands).
+      const steps = [await counter(a, 'strand_process_steps_total', {}), await counter(b, 'strand_process_steps_total', {})];
+      expect(steps.filter((n) => n > 0)).toHaveLength(1);
       for (let i = 0; i < n; i += 100) {
         await Promise.all(ids.slice(i, i + 100).map(async (k) => {
           expect(await types('member', `acct-two-${k}`)).toEqual(['WelcomeSent']);
@@ -380,6 +416,45 @@ describe('two Strand instances sharing the process consumers', { timeout: 300_00
           expect(await instance(a, 'member-onboarding', `two-${k}`)).toMatchObject({ status: 'completed', step: 5 });
         }));
       }
+    } finally {
+      await Promise.all([a.stop(), b.stop()]);
+    }
+  });
+});
+
+/** One instance per customer: every order the customer places is an input of the same instance. */
+const customerOrders = defineProcess<{ orders: number }>()({
+  name: 'customer-orders',
+  sources: { order },
+  correlate: (e) => (e.data as { customerId: string }).customerId,
+  events: { OrderCounted: z.object({ orderId: z.string() }) },
+  initialState: () => ({ orders: 0 }),
+  evolve: { OrderCounted: (s) => ({ orders: s.orders + 1 }) },
+  on: { order: { OrderPlaced: (_s, e) => ({ events: [{ type: 'OrderCounted', data: { orderId: e.aggregateId } }] }) } },
+});
+
+describe('two Strand instances: one process instance\'s inputs in stream order', { timeout: 300_000 }, () => {
+  it('orders placed at once by many clients are recorded by each customer\'s instance in stream order, by one Strand instance', async () => {
+    const a = await start([customerOrders], { STRAND_PROCESS_PIN_TTL_MS: '2000' });
+    const b = await start([customerOrders], { STRAND_PROCESS_PIN_TTL_MS: '2000' });
+    const customers = Array.from({ length: 5 }, (_, c) => `cust-${c}`);
+    const perCustomer = 60;
+    try {
+      // Both instances take the commands (one queue group): the OrderPlaced events interleave in the stream.
+      for (let k = 0; k < perCustomer; k += 20) {
+        await Promise.all(customers.flatMap((c) => Array.from({ length: 20 }, (_, j) => client.send(`cmd.order.${c}-o${k + j}.PlaceOrder`, { customerId: c, items: [item] }).then((r) => expect(r.ok).toBe(true)))));
+      }
+      const handled = async (c: string) => (await streamEvents(client.nc, 'EVENTS', 'customer-orders', c)).filter((e) => e.envelope.type === 'InputHandled').map((e) => (e.envelope.data as { input: { seq: number } }).input.seq);
+      // Not thrown here: the comparison below says what is missing or out of order.
+      await eventually(async () => (await Promise.all(customers.map(handled))).every((s) => s.length >= perCustomer), 'every order to be counted', 60_000).catch(() => undefined);
+      for (const c of customers) {
+        const seqs = await handled(c);
+        // The stream's order of the customer's OrderPlaced events, each once.
+        const placed = (await Promise.all(Array.from({ length: perCustomer }, (_, k) => streamEvents(client.nc, 'EVENTS', 'order', `${c}-o${k}`)))).map((e) => e[0]!.seq).sort((x, y) => x - y);
+        expect(seqs, c).toEqual(placed);
+      }
+      const steps = [await counter(a, 'strand_process_steps_total', { process: 'customer-orders' }), await counter(b, 'strand_process_steps_total', { process: 'customer-orders' })];
+      expect(steps.filter((n) => n > 0), 'one Strand instance handled every input').toEqual([customers.length * perCustomer]);
     } finally {
       await Promise.all([a.stop(), b.stop()]);
     }

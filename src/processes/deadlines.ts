@@ -22,6 +22,7 @@ import { headers, nuid, type MsgHdrs, type NatsConnection } from '@nats-io/nats-
 import type { Logger } from 'pino';
 import {
   DeadlineHeader,
+  PINNED_GROUP,
   ScheduleHeader,
   compareDeadlineStreamConfig,
   deadlineConsumerConfig,
@@ -39,6 +40,7 @@ import {
 import { ErrorCode, StrandError } from '../errors.js';
 import { IncompatibleStream, streamInfo } from '../eventstore/jetstream.js';
 import type { StrandMetrics } from '../observability/metrics.js';
+import { PinWatch, ensurePinnedConsumer } from './pinned.js';
 
 /** Which deadline: `owner` is the process (or aggregate) name, `id` the instance, `name` the deadline's own name. */
 export interface DeadlineRef {
@@ -89,6 +91,12 @@ export interface ConsumeOptions {
   ackWaitMs: number;
   /** Fired deadlines in hand at once (the consumer's max_ack_pending, default 256). Those of one instance are handled one at a time, in order. */
   maxPending: number;
+  /**
+   * Pins the consumer (a priority group with the `pinned_client` policy): one Strand instance at a
+   * time receives the fired deadlines, and another takes over when it has not pulled for this long
+   * (ms). Unset: every instance consuming receives a share.
+   */
+  pinTtlMs: number;
 }
 
 /** The handle of a running consumer. */
@@ -248,15 +256,21 @@ export class Deadlines {
     const sorted = [...new Set(owners)].sort();
     const name = opts.durable ?? durableName(sorted);
     if (!/^[A-Za-z0-9_-]{1,200}$/.test(name)) throw new StrandError(ErrorCode.BAD_REQUEST, `deadline consumer: durable name must be 1-200 characters of [A-Za-z0-9_-], got ${JSON.stringify(name.slice(0, 210))}`);
-    const config = deadlineConsumerConfig({ name, owners: sorted, ackWaitMs: opts.ackWaitMs ?? DEFAULT_ACK_WAIT_MS, maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING });
+    const pinned = opts.pinTtlMs !== undefined;
+    const config = deadlineConsumerConfig({ name, owners: sorted, ackWaitMs: opts.ackWaitMs ?? DEFAULT_ACK_WAIT_MS, maxPending: opts.maxPending ?? DEFAULT_MAX_PENDING, ...(pinned ? { pinTtlMs: opts.pinTtlMs } : {}) });
     await this.call(`open deadline consumer ${name}`, async () => {
       try {
-        try {
-          await this.jsm.consumers.add(this.stream, config);
-        } catch (err) {
-          // An existing consumer of another configuration (owners, ack wait) is updated in place: what it has delivered stays delivered.
-          if (apiErrorCode(err) !== 10148) throw err;
-          await this.jsm.consumers.update(this.stream, name, config);
+        if (pinned) {
+          // Created, updated in place, or (a server refusing to add the group) created again from its ack floor.
+          await ensurePinnedConsumer(this.jsm, this.stream, config, config, this.log);
+        } else {
+          try {
+            await this.jsm.consumers.add(this.stream, config);
+          } catch (err) {
+            // An existing consumer of another configuration (owners, ack wait) is updated in place: what it has delivered stays delivered.
+            if (apiErrorCode(err) !== 10148) throw err;
+            await this.jsm.consumers.update(this.stream, name, config);
+          }
         }
       } catch (err) {
         if (apiErrorCode(err) === 10100) {
@@ -285,8 +299,13 @@ export class Deadlines {
       });
     };
 
-    let messages: ConsumerMessages = await consumer.consume({ max_messages: config.max_ack_pending!, expires: PULL_EXPIRES_MS, callback: take });
+    const pin = new PinWatch();
+    // A pinned consumer's pulls name its group; those of an instance not pinned wait at the server.
+    const pullOptions = { max_messages: config.max_ack_pending!, expires: pinned ? Math.min(PULL_EXPIRES_MS, Math.max(1_000, Math.floor(opts.pinTtlMs! / 2))) : PULL_EXPIRES_MS, callback: take, ...(pinned ? { group: PINNED_GROUP } : {}) };
+    let messages: ConsumerMessages = await consumer.consume(pullOptions);
     const watch = (ms: ConsumerMessages): void => {
+      pin.id = '';
+      if (pinned) pin.follow(ms.status());
       void ms.closed().then(
         (err) => ended(ms, err),
         (err: unknown) => ended(ms, err),
@@ -299,7 +318,7 @@ export class Deadlines {
       setTimeout(() => {
         if (stopping) return;
         void consumer
-          .consume({ max_messages: config.max_ack_pending!, expires: PULL_EXPIRES_MS, callback: take })
+          .consume(pullOptions)
           .then((again) => {
             messages = again;
             watch(again);
@@ -317,6 +336,8 @@ export class Deadlines {
           this.consumers.delete(handle);
           messages.stop();
           await Promise.allSettled([...inFlight]);
+          // Another instance is pinned at its next pull, not after the pin timeout.
+          await pin.release(this.jsm, this.stream, name);
         })()),
     };
     this.consumers.add(handle);

@@ -1,7 +1,7 @@
 import { AckPolicy, DeliverPolicy, jetstream, jetstreamManager, type ConsumerMessages, type JsMsg } from '@nats-io/jetstream';
 import { headers, type NatsConnection } from '@nats-io/nats-core';
 import type { Logger } from 'pino';
-import { CommandHeader, commandSubject, eventSubject, isAggregateId, parseEventSubject, processConsumerName } from '../../subjects/index.js';
+import { CommandHeader, PINNED_GROUP, commandSubject, eventSubject, isAggregateId, parseEventSubject, pinnedGroupConfig, processConsumerName } from '../../subjects/index.js';
 import type { ActorSystem } from '../actor/system.js';
 import type { CommandReply } from '../commands/types.js';
 import { ErrorCode, StrandError } from '../errors.js';
@@ -11,6 +11,7 @@ import type { StrandMetrics } from '../observability/metrics.js';
 import type { DeadlineConsumer, Deadlines, FiredDeadline } from './deadlines.js';
 import { HANDLE, INPUT_HANDLED, decidedSteps, inputKey, type InputHandled, type Process, type ProcessInput, type ProcessInstance, type RecordedCommand } from './define.js';
 import type { ParkedInputs } from './parked.js';
+import { PinWatch, ensurePinnedConsumer } from './pinned.js';
 import type { CommandReplyInput } from './types.js';
 
 /** Tuning of the process runtime (STRAND_PROCESS_* in the configuration). */
@@ -25,6 +26,8 @@ export interface ProcessRuntimeOptions {
   readonly maxPending: number;
   /** How long a command sent by a process may wait for its reply. */
   readonly commandTimeoutMs: number;
+  /** How long the pinned instance may go without pulling before another takes its process inputs over (STRAND_PROCESS_PIN_TTL_MS). */
+  readonly pinTtlMs: number;
 }
 
 /** An input that will fail however often it is tried: parked after its deliveries. */
@@ -53,6 +56,14 @@ function nanos(ms: number): number {
 }
 
 /**
+ * A pull request's lifetime: well inside the pin timeout, so the pinned instance always has a
+ * pull waiting and keeps its pin, and at most 10 s.
+ */
+export function pinnedPullExpiresMs(pinTtlMs: number): number {
+  return Math.max(1_000, Math.min(10_000, Math.floor(pinTtlMs / 2)));
+}
+
+/**
  * Runs process managers: one durable consumer per process on the event stream (filtered to the
  * events it reacts to), and one on the deadline stream for all of them. Each input is handed to
  * its instance's actor as the internal `Handle` command: the decision is recorded (the process's
@@ -64,6 +75,8 @@ function nanos(ms: number): number {
 export class ProcessRuntime {
   private readonly byName: ReadonlyMap<string, Process>;
   private readonly consumers: ConsumerMessages[] = [];
+  /** Each input consumer's pin, as this instance holds it (released on a graceful stop). */
+  private readonly pins = new Map<string, PinWatch>();
   private deadlineConsumer: DeadlineConsumer | undefined;
   private stopping = false;
   private readonly tails = new Map<string, Promise<void>>();
@@ -100,19 +113,21 @@ export class ProcessRuntime {
         ack_wait: nanos(this.o.ackWaitMs),
         max_ack_pending: this.o.maxPending,
         max_deliver: -1,
+        // One Strand instance at a time receives this process's inputs (see src/processes/pinned.ts).
+        ...pinnedGroupConfig(this.o.pinTtlMs),
       };
+      // The definition changed what it reacts to, or the consumer predates the pinned group: it keeps its position.
+      const { deliver_policy: _ignored, ...changeable } = config;
+      const pin = new PinWatch();
+      this.pins.set(name, pin);
       const open = async (): Promise<void> => {
-        try {
-          await jsm.consumers.add(this.o.stream, config);
-        } catch (err) {
-          // The definition changed what it reacts to: the consumer keeps its position, with the new filter.
-          if ((err as { api_error?: { err_code?: number } }).api_error?.err_code !== 10148 && (err as { code?: number }).code !== 10148) throw err;
-          const { deliver_policy: _ignored, ...changeable } = config;
-          await jsm.consumers.update(this.o.stream, name, changeable);
-        }
+        await ensurePinnedConsumer(jsm, this.o.stream, config, changeable, this.log);
         const consumer = await js.consumers.get(this.o.stream, name);
         // Aborts (and is created again below) when the consumer is deleted, rather than waiting for someone to restore it.
-        const messages = await consumer.consume({ max_messages: this.o.maxPending, abort_on_missing_resource: true, expires: 10_000, callback: (m) => this.take(p, m) });
+        // Pulls of the group: the server pins one instance's pulls and holds the others' until the pin times out.
+        const messages = await consumer.consume({ group: PINNED_GROUP, max_messages: this.o.maxPending, abort_on_missing_resource: true, expires: pinnedPullExpiresMs(this.o.pinTtlMs), callback: (m) => this.take(p, m) });
+        pin.id = '';
+        pin.follow(messages.status());
         this.consumers.push(messages);
         // Deleted from under it, or the connection closed for good: take again unless stopping.
         void messages.closed().then(
@@ -126,7 +141,7 @@ export class ProcessRuntime {
       this.deadlineConsumer = await this.deadlines.consume(
         this.processes.map((p) => p.name),
         (d) => this.fired(d),
-        { durable: 'processes', ackWaitMs: this.o.ackWaitMs, maxPending: this.o.maxPending },
+        { durable: 'processes', ackWaitMs: this.o.ackWaitMs, maxPending: this.o.maxPending, pinTtlMs: this.o.pinTtlMs },
       );
     }
     this.log.info({ processes: this.processes.map((p) => p.name) }, 'process managers started');
@@ -153,6 +168,9 @@ export class ProcessRuntime {
     for (const c of this.consumers) c.stop();
     await this.deadlineConsumer?.stop();
     await Promise.allSettled([...this.inFlight]);
+    // Hand the pins over at once rather than after STRAND_PROCESS_PIN_TTL_MS: what was in hand is settled or nak'd.
+    const jsm = await jetstreamManager(this.nc).catch(() => undefined);
+    if (jsm) await Promise.all([...this.pins].map(([name, pin]) => pin.release(jsm, this.o.stream, name)));
   }
 
   /** An input event arrived: decoded and correlated here, handled in order per instance. */
