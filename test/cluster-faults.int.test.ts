@@ -45,6 +45,26 @@ async function instance(extra: Record<string, string> = {}): Promise<InstancePro
   return i;
 }
 
+/**
+ * How long, from now, until a stream info request answers with a leader other than `old`: the
+ * time the stream had no leader a client could reach (a lower bound on what any command waits).
+ */
+async function timeToNewLeader(old: string): Promise<number> {
+  const start = performance.now();
+  // checkAPI: false: made without a request to the API, which may not answer now.
+  const jsm = await jetstreamManager(nc, { timeout: 1000, checkAPI: false });
+  while (performance.now() - start < 120_000) {
+    try {
+      const now = (await jsm.streams.info('EVENTS')).cluster?.leader;
+      if (now && now !== old) return Math.round(performance.now() - start);
+    } catch {
+      // no leader yet, or the request went to the dead node's connection: ask again
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  return Math.round(performance.now() - start);
+}
+
 async function status(i: InstanceProcess): Promise<RegionStatus> {
   return (await (await fetch(`${i.url}/cluster`)).json()) as RegionStatus;
 }
@@ -80,18 +100,23 @@ describe('faults on a 3-node cluster', { timeout: 240_000 }, () => {
     const node = cluster.nodes.find((n) => n.name === leader)!;
     const load = new Load(cluster.urls, 'leader');
     await load.start();
+    let leaderless: Promise<number> | undefined;
     try {
       await load.until(300);
       await node.kill9();
+      leaderless = timeToNewLeader(leader);
       await load.until(1000, 120_000);
       await node.start();
       await load.until(1300, 60_000);
     } finally {
       const result = await load.stop();
       await verifyLoad(nc, result);
-      // nats-server elects a new leader after 4-9 s of its raft's election timeout: the gap is the server's.
-      console.log(`[kill -9 of the stream leader ${leader}] ${result.commands} commands, longest command ${result.maxCommandMs} ms, failed attempts ${JSON.stringify([...result.failures])}`);
-      expect(result.maxCommandMs).toBeLessThan(20_000);
+      // nats-server elects a new leader after 4-9 s of its raft's election timeout, longer on a
+      // busy machine (up to 20 s seen here): that gap is the server's. What Strand adds to it is
+      // the client's resend (a 2 s request timeout) and the actor's reload from the new leader.
+      const gap = (await leaderless) ?? 0;
+      console.log(`[kill -9 of the stream leader ${leader}] ${result.commands} commands, longest command ${result.maxCommandMs} ms, the stream without a leader the client could reach for ${gap} ms, failed attempts ${JSON.stringify([...result.failures])}`);
+      expect(result.maxCommandMs).toBeLessThan(gap + 10_000);
     }
     await Promise.all(all.map((i) => i.stop()));
   });
@@ -141,5 +166,52 @@ describe('faults on a 3-node cluster', { timeout: 240_000 }, () => {
     ]);
     expect(events.map((e) => (e.envelope.data as { assignedTo?: string }).assignedTo)).toEqual(['CC0', 'CC-NEW', 'CC-LATE']);
     await Promise.all([a.stop(), b.stop()]);
+  });
+
+  it('kill -9 of the node serving an instance’s view of the cluster: the view is watched anew, the instances see each other again and take commands', async () => {
+    const all = [await instance(), await instance()];
+    await Promise.all(all.map((i) => i.ready()));
+    // Each instance watches the cluster bucket through an ordered consumer, which lives on one
+    // node. Killing that node left the watcher silent: every other member looked dead, commands
+    // for their partitions waited, and this lasted minutes.
+    const jsm = await jetstreamManager(nc);
+    const hosts = new Map<string, number>();
+    for await (const c of jsm.consumers.list('KV_EVENTS_cluster')) {
+      const host = c.cluster?.leader;
+      if (host) hosts.set(host, (hosts.get(host) ?? 0) + 1);
+    }
+    expect(hosts.size, 'the watchers’ consumers and where they live').toBeGreaterThan(0);
+    const victim = [...hosts.entries()].sort((x, y) => y[1] - x[1])[0]![0];
+    const node = cluster.nodes.find((n) => n.name === victim)!;
+    const ids = await Promise.all(all.map(async (i) => (await status(i)).instance));
+    await node.kill9();
+    try {
+      // Once the buckets and the stream have leaders again, and a member TTL (3 s) on, a silent
+      // watcher would have let the other member lapse.
+      await timeToNewLeader(victim);
+      await new Promise((r) => setTimeout(r, 6000));
+      await eventually(
+        async () => {
+          for (const i of all) {
+            const s = await status(i);
+            if (!s.ready || s.members.filter((m) => m.live && ids.includes(m.instance)).length !== 2) return false;
+          }
+          return true;
+        },
+        'both instances to see each other live and hold their shares again',
+        30_000,
+      );
+      // Commands for partitions of either instance, sent to either: answered.
+      for (let k = 0; k < 16; k++) {
+        const h = headers();
+        h.set('Strand-Command-Id', `watch-${k}`);
+        const m = await nc.request(`cmd.task.watch-${k}.CreateTask`, JSON.stringify({ title: 't', memberId: 'M1', assignedTo: 'CC0' }), { headers: h, timeout: 5000 });
+        expect(m.json<CommandReply>(), `watch-${k}`).toMatchObject({ ok: true });
+      }
+      expect(all.some((i) => i.output().includes('cluster watcher replaced')), 'a watcher replaced').toBe(true);
+    } finally {
+      await node.start();
+    }
+    await Promise.all(all.map((i) => i.stop()));
   });
 });

@@ -75,6 +75,8 @@ interface Seen {
   info: MemberInfo;
   /** performance.now() when its key last changed here. */
   at: number;
+  /** The revision (stream sequence) of its key when it last changed here. */
+  revision: number;
 }
 
 /**
@@ -99,6 +101,10 @@ export class ClusterView {
   /** performance.now() when this instance's own member key last came back through the watcher. */
   private seenSelf = 0;
   private beating: Promise<void> | undefined;
+  /** A watcher being replaced (see {@link check}). */
+  private rewatching: Promise<void> | undefined;
+  /** performance.now() when the current watcher was started. */
+  private watchedAt = 0;
   private stopped = false;
   /** Resolves once the watcher has delivered everything the bucket held when it started. */
   private loaded!: Promise<void>;
@@ -330,15 +336,41 @@ export class ClusterView {
     this.loaded = new Promise<void>((r) => (resolveLoaded = r)).then(() => void (this.isLoaded = true));
     if (pending === 0) resolveLoaded();
     const consumer = await jetstream(this.nc).consumers.get(stream, { filter_subjects: [`$KV.${this.o.bucket}.>`], deliver_policy: DeliverPolicy.LastPerSubject });
-    this.watcher = await consumer.consume({
+    const watcher = await consumer.consume({
       callback: (m) => {
         this.apply(m);
         if (m.info.pending === 0) resolveLoaded();
       },
     });
-    void this.watcher.closed().then((err) => {
-      if (err && !this.stopped) this.log.warn({ err }, 'cluster watcher ended');
+    this.watcher = watcher;
+    this.watchedAt = performance.now();
+    void watcher.closed().then((err) => {
+      if (err && !this.stopped && this.watcher === watcher) this.log.warn({ err }, 'cluster watcher ended');
     });
+  }
+
+  /**
+   * Replaces a watcher that went quiet. The ordered consumer behind it lives on one server; when
+   * that server dies (a node of the cluster killed, often the bucket's leader too), the client
+   * may take a long while to notice, and meanwhile this view sees no heartbeat of anyone: every
+   * other member looks dead, commands for their partitions wait instead of being forwarded, and
+   * nobody takes anything over (this instance does not trust itself while its own key does not
+   * come back). Seen on a 3-node cluster after kill -9 of the stream leader: commands stalled for
+   * minutes. A new watcher starts from the last value of each key; {@link apply} keeps what it
+   * already knew of a member whose key has not changed since.
+   */
+  private rewatch(): void {
+    if (this.rewatching || this.stopped) return;
+    const old = this.watcher;
+    this.rewatching = (async () => {
+      try {
+        await this.watch();
+        old?.stop();
+        this.log.warn({ bucket: this.o.bucket }, 'cluster watcher replaced: it had stopped delivering the bucket’s changes');
+      } catch (err) {
+        this.log.debug({ err }, 'cluster watcher not replaced yet');
+      }
+    })().finally(() => (this.rewatching = undefined));
   }
 
   private apply(m: JsMsg): void {
@@ -347,12 +379,15 @@ export class ClusterView {
     const deleted = op === 'DEL' || op === 'PURGE';
     if (key.startsWith(MEMBER)) {
       const id = key.slice(MEMBER.length);
+      const known = this.members.get(id);
+      // A replaced watcher delivers each key's last value again: unchanged, it is no sign of life.
+      if (known && m.seq <= known.revision) return;
       if (deleted) this.members.delete(id);
       else {
         try {
           // Found at start: it must prove itself with a heartbeat soon (see settled); later: seen now.
           const at = this.isLoaded ? performance.now() : performance.now() - (this.o.memberTtlMs - 1.5 * this.o.heartbeatMs);
-          this.members.set(id, { info: m.json<MemberInfo>(), at });
+          this.members.set(id, { info: m.json<MemberInfo>(), at, revision: m.seq });
           if (id === this.me.instance) this.seenSelf = performance.now();
         } catch {
           return; // not a member record
@@ -363,6 +398,8 @@ export class ClusterView {
       const p = Number(key.slice(PARTITION.length));
       if (!Number.isInteger(p)) return;
       if (deleted) {
+        // A watcher being replaced may still deliver an older revision.
+        if ((this.claims.get(p)?.revision ?? 0) > m.seq) return;
         this.claims.delete(p);
         this.changed = true;
         return;
@@ -386,6 +423,9 @@ export class ClusterView {
 
   /** Liveness moves with time alone: look, and tell the listeners when anything changed. */
   private check(): void {
+    // Heartbeats acknowledged that never came back through the watcher: it has gone quiet.
+    const now = performance.now();
+    if (this.lastBeat - this.seenSelf > 1.5 * this.o.heartbeatMs && now - this.watchedAt > 2 * this.o.heartbeatMs) this.rewatch();
     const live = this.live().join(',');
     if (live !== this.lastLive) {
       this.lastLive = live;
