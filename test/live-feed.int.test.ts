@@ -9,6 +9,8 @@
 import type { ReadSide } from '../src/projections/host.js';
 import type { LiveFeedMessage } from '../src/projections/runner.js';
 import { LIVE_INTEREST, liveChanges } from '../subjects/index.js';
+import { DeliverPolicy, jetstreamManager } from '@nats-io/jetstream';
+import { connect, headers } from '@nats-io/transport-node';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { task } from '../actors/task/task.js';
 import type { Strand } from '../src/app.js';
@@ -328,5 +330,45 @@ describe('on a 3-node cluster (R3)', { timeout: 120_000 }, () => {
 
   it('a subscription made while events are appended gets every version after its state, once, in order', async () => {
     await subscribeDuringBurst(url, sender, 'cl-burst');
+  });
+
+  it('kill -9 of the node serving the aggregate feed’s consumer: subscribers get every later version, in order, within seconds', async () => {
+    const nc = await connect({ servers: cluster.urls.split(','), maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    // Commands are resent (same command ID) until answered: the stream may be electing a leader.
+    const send = async (id: string, command: string, body: unknown, commandId: string): Promise<void> => {
+      await eventually(async () => {
+        const h = headers();
+        h.set('Strand-Command-Id', commandId);
+        try {
+          return (await nc.request(`cmd.task.${id}.${command}`, JSON.stringify(body), { headers: h, timeout: 2000 })).json<{ ok: boolean }>().ok;
+        } catch {
+          return false;
+        }
+      }, `${commandId} answered`, 30_000);
+    };
+    const w = await LiveClient.connect(url);
+    let killed: (typeof cluster.nodes)[number] | undefined;
+    try {
+      await send('cl-node', 'CreateTask', { title: 't', memberId: 'M1', assignedTo: 'N0' }, 'cl-node-0');
+      w.send({ type: 'subscribe', id: 'n', aggregate: 'task', aggregateId: 'cl-node' });
+      await w.until((c) => c.of('state').length === 1, 'the state');
+      // The feed's ordered consumer: on evt.>, from new events (the projection feeds start at a sequence).
+      const jsm = await jetstreamManager(nc);
+      const hosts: string[] = [];
+      for await (const c of jsm.consumers.list('EVENTS')) {
+        if (c.config.deliver_policy === DeliverPolicy.New && c.cluster?.leader) hosts.push(c.cluster.leader);
+      }
+      expect(hosts, 'where the aggregate feed’s consumer lives').toHaveLength(1);
+      killed = cluster.nodes.find((n) => n.name === hosts[0])!;
+      await killed.kill9();
+      for (let k = 1; k <= 5; k++) await send('cl-node', 'AssignTask', { assignedTo: `N${k}` }, `cl-node-${k}`);
+      await w.until((c) => versionsOf(c, 'n').length === 5, 'every version after the kill', 20_000);
+      expect(versionsOf(w, 'n')).toEqual([2, 3, 4, 5, 6]);
+      expect(w.of('error')).toEqual([]);
+    } finally {
+      await w.close();
+      await nc.close();
+      await killed?.start();
+    }
   });
 });

@@ -345,6 +345,11 @@ function sleep(ms: number): Promise<void> {
   return new Promise((r) => setTimeout(r, ms).unref());
 }
 
+/** How long one pull of the feed's consumer waits for messages. */
+const FEED_EXPIRES_MS = 5_000;
+/** The server's heartbeat while a pull waits: two missed end the feed (it is reopened). */
+const FEED_HEARTBEAT_MS = 2_000;
+
 /** The feed's consumer on a JetStream stream: an ordered consumer of `evt.>`. */
 export function jetStreamEventFeed(nc: NatsConnection, stream: string): OpenEventFeed {
   return async (startSeq) => {
@@ -352,11 +357,35 @@ export function jetStreamEventFeed(nc: NatsConnection, stream: string): OpenEven
       filter_subjects: [ALL_EVENTS],
       ...(startSeq === undefined ? { deliver_policy: DeliverPolicy.New } : { deliver_policy: DeliverPolicy.StartSequence, opt_start_seq: startSeq }),
     });
-    const messages = await consumer.consume();
+    // The ordered consumer lives on one node. When that node dies, the client goes on pulling
+    // from a consumer nobody serves and asks after it until the node is back (minutes, on a
+    // 3-node cluster with kill -9): so two missed heartbeats end this feed, and the feed opens a
+    // new consumer after the last event it delivered. The library stops watching heartbeats
+    // while this connection reconnects (its own server the one that died) until the consumer
+    // answers again, which it never does: so a feed with neither a message nor a new pull for
+    // longer than a pull's life and two heartbeats ends too.
+    const messages = await consumer.consume({ expires: FEED_EXPIRES_MS, idle_heartbeat: FEED_HEARTBEAT_MS });
+    let active = performance.now();
+    const quiet = (why: string) => messages.stop(new Error(`${why} (the server of the feed's consumer gone?)`));
+    const watchdog = setInterval(() => {
+      const idle = performance.now() - active;
+      if (idle > FEED_EXPIRES_MS + 2 * FEED_HEARTBEAT_MS) quiet(`no message and no pull for ${Math.round(idle)} ms`);
+    }, 1000);
+    watchdog.unref();
+    void messages.closed().finally(() => clearInterval(watchdog));
+    void (async () => {
+      for await (const s of messages.status()) {
+        if (s.type === 'heartbeats_missed') return quiet(`no heartbeat from the feed's consumer for ${s.count * FEED_HEARTBEAT_MS} ms`);
+        active = performance.now();
+      }
+    })().catch(() => undefined);
     return {
       stop: () => void messages.stop(),
       async *[Symbol.asyncIterator]() {
-        for await (const m of messages) yield { seq: m.seq, subject: m.subject, data: m.data };
+        for await (const m of messages) {
+          active = performance.now();
+          yield { seq: m.seq, subject: m.subject, data: m.data };
+        }
       },
     };
   };
