@@ -1,4 +1,5 @@
-import { jetstream } from '@nats-io/jetstream';
+import { AckPolicy, jetstream, jetstreamManager } from '@nats-io/jetstream';
+import { connect, headers } from '@nats-io/transport-node';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs/promises';
 import os from 'node:os';
@@ -10,7 +11,7 @@ import { z } from 'zod';
 import { order, projections as exampleProjections, taskListView } from '../actors/index.js';
 import { defineAggregate } from '../src/aggregate/index.js';
 import type { Strand } from '../src/app.js';
-import type { CommandAccepted } from '../src/commands/types.js';
+import type { CommandAccepted, CommandReply } from '../src/commands/types.js';
 import type { EventEnvelope } from '../src/eventstore/types.js';
 import { startEmbeddedPostgres } from '../src/postgres/embedded.js';
 import { defineProjection, on } from '../src/projections/define.js';
@@ -29,6 +30,8 @@ interface Backend {
   url: string;
   /** Configuration every Strand started here needs (R3 on a cluster). */
   env: Record<string, string>;
+  /** The nodes, on a cluster. */
+  cluster?: TestCluster;
   writer: Strand;
   client: CommandClient;
 }
@@ -53,6 +56,7 @@ function useBackend(kind: 'server' | 'cluster'): void {
     } else {
       const cluster: TestCluster = await startTestCluster();
       ctx.url = cluster.urls;
+      ctx.cluster = cluster;
       ctx.env = { ...R3 };
       stopNats = () => cluster.cleanup();
     }
@@ -639,4 +643,55 @@ describe('projections on one server', { timeout: 120_000 }, () => {
 describe('projections on a 3-node cluster (R3)', { timeout: 180_000 }, () => {
   useBackend('cluster');
   exactlyOnce();
+
+  it('go on applying after kill -9 of the node serving their feed’s consumer', async () => {
+    // The feed reads through an ordered consumer, which lives on one node. With that node dead,
+    // a fetch from it stayed open while the client asked after the consumer: nothing was applied
+    // until the node came back.
+    const nc = await connect({ servers: ctx.url.split(','), maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    const db = await database();
+    const s = await startStrandWithDb(ctx.url, db.url, { ...ctx.env, STRAND_ROLES: 'projections' });
+    let killed: TestCluster['nodes'][number] | undefined;
+    // Resent with its command ID until answered: the stream may be electing a leader.
+    const create = async (id: string): Promise<number> => {
+      let seq = 0;
+      await eventually(async () => {
+        const h = headers();
+        h.set('Strand-Command-Id', `${id}-create`);
+        try {
+          const r = (await nc.request(`cmd.task.${id}.CreateTask`, JSON.stringify({ title: 't', memberId: 'M1', assignedTo: 'CC0' }), { headers: h, timeout: 2000 })).json<CommandReply>();
+          if (r.ok) seq = r.seq;
+          return r.ok;
+        } catch {
+          return false;
+        }
+      }, `${id} created`, 30_000);
+      return seq;
+    };
+    try {
+      let last = 0;
+      for (let i = 0; i < 10; i++) last = Math.max(last, await create(`feedkill-a${i}`));
+      await waitCaughtUp(s, last);
+      const jsm = await jetstreamManager(nc);
+      const hosts: string[] = [];
+      for await (const c of jsm.consumers.list('EVENTS')) {
+        // The feed's: ephemeral, unacknowledged, on the projections' subjects.
+        if (!c.config.durable_name && c.config.ack_policy === AckPolicy.None && c.cluster?.leader) hosts.push(c.cluster.leader);
+      }
+      expect(hosts, 'where the feed’s consumer lives').toHaveLength(1);
+      killed = ctx.cluster!.nodes.find((n) => n.name === hosts[0])!;
+      await killed.kill9();
+      for (let i = 0; i < 10; i++) last = Math.max(last, await create(`feedkill-b${i}`));
+      for (const p of exampleProjections) {
+        const r = await s.readSide!.waitFor(p.name, last, 30_000);
+        expect(r.reached, `${p.name} reached ${last} after the kill`).toBe(true);
+      }
+      const rows = (await s.pool!.query("SELECT count(*)::int AS n FROM task_list_view WHERE task_id LIKE 'feedkill-%'")).rows;
+      expect(rows).toEqual([{ n: 20 }]);
+    } finally {
+      await s.stop();
+      await nc.close();
+      await killed?.start();
+    }
+  });
 });

@@ -4,6 +4,11 @@ import type { Logger } from 'pino';
 import { parseEventSubject } from '../../subjects/index.js';
 import type { EventEnvelope } from '../eventstore/types.js';
 
+/** How long one fetch of the shared feed waits for messages. */
+const FETCH_EXPIRES_MS = 5000;
+/** A fetch open this long is given up (see run). */
+const FETCH_STALL_MS = FETCH_EXPIRES_MS + 5000;
+
 /**
  * One event as the instance's feed delivers it to every projection runner: read from the stream
  * once, its envelope decoded once (JSON.parse), whatever number of projections apply it.
@@ -225,10 +230,15 @@ class Feed {
         });
         if (this.stopped) break;
         this.reading = true;
-        const messages = await this.consumer.fetch({ max_messages: o.fetch, expires: 5000, callback: (m: JsMsg) => this.onMessage(m) } as FetchOptions);
+        const messages = await this.consumer.fetch({ max_messages: o.fetch, expires: FETCH_EXPIRES_MS, callback: (m: JsMsg) => this.onMessage(m) } as FetchOptions);
         this.current = messages;
         if (this.stopped) messages.stop();
-        const err = await messages.closed();
+        // A fetch ends by its expiry at the latest. One still open well past it pulls from an
+        // ordered consumer whose node died: the library would ask after that consumer until the
+        // node came back (minutes, on a 3-node cluster with kill -9), so give it up and read
+        // again from the position with a new consumer.
+        const stall = setTimeout(() => messages.stop(new Error(`a fetch still open ${FETCH_STALL_MS} ms after it began (the server of the feed's consumer gone?)`)), FETCH_STALL_MS);
+        const err = await messages.closed().finally(() => clearTimeout(stall));
         this.current = undefined;
         if (err) throw err;
         failures = 0;
