@@ -51,7 +51,7 @@ async function joinDuringLoad(urls: string[], nc: NatsConnection, env: Record<st
     const result = await load.stop();
     await Promise.all(instances.map((s) => s.stop()));
     // Not one command failed, timed out, was lost or was repeated.
-    expect([...result.failures]).toEqual([]);
+    expect([...result.failures], result.reasons.join('; ')).toEqual([]);
     await verifyLoad(nc, result);
   }
 }

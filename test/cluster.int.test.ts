@@ -61,7 +61,7 @@ describe('instances on one server', { timeout: 120_000 }, () => {
       await load.start();
       await load.until(1500);
       const result = await load.stop();
-      expect([...result.failures]).toEqual([]);
+      expect([...result.failures], result.reasons.join('; ')).toEqual([]);
       await verifyLoad(nc, result);
       let conflicts = 0;
       let forwarded = 0;
@@ -120,7 +120,7 @@ describe('instances on one server', { timeout: 120_000 }, () => {
       for (const s of instances) await count(s);
       await Promise.all(instances.map((s) => s.stop()));
       // Not one command failed or timed out along the way.
-      expect([...result.failures]).toEqual([]);
+      expect([...result.failures], result.reasons.join('; ')).toEqual([]);
       await verifyLoad(nc, result);
       // Partitions really changed hands, each handed over (not taken from a dead owner).
       expect(handoffs.out).toBeGreaterThan(P);
@@ -157,7 +157,7 @@ describe('a server-side subject mapping', { timeout: 60_000 }, () => {
       await load.start();
       await load.until(600);
       const result = await load.stop();
-      expect([...result.failures]).toEqual([]);
+      expect([...result.failures], result.reasons.join('; ')).toEqual([]);
       await verifyLoad(nc, result);
       expect((await counter(a, 'strand_cluster_commands_forwarded_total')) + (await counter(b, 'strand_cluster_commands_forwarded_total'))).toBe(0);
       // Errors are the same as on the unmapped path.
@@ -200,7 +200,7 @@ describe('a server-side subject mapping', { timeout: 60_000 }, () => {
     } finally {
       const result = await load.stop();
       await Promise.all(instances.map((s) => s.stop()));
-      expect([...result.failures]).toEqual([]);
+      expect([...result.failures], result.reasons.join('; ')).toEqual([]);
       await verifyLoad(nc, result);
       await nc.close();
     }

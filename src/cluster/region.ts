@@ -284,7 +284,13 @@ export class Region {
       s.early = [];
       s.waiting = [];
       this.metrics.clusterWaiting.dec(held.length);
-      for (const e of held) this.answer(e, failed(ErrorCode.UNAVAILABLE, 'this instance is shutting down'));
+      // Held while this instance stopped (it no longer follows the view's changes): passed on
+      // to the partition's live owner, as the others know it by now; refused only when none.
+      for (const e of held) {
+        const owner = this.view.claim(s.partition)?.owner;
+        if (owner !== undefined && owner !== this.view.self && this.view.isLive(owner) && e.hops < MAX_HOPS) this.forward(owner, e, String(e.hops + 1));
+        else this.answer(e, failed(ErrorCode.UNAVAILABLE, 'this instance is shutting down'));
+      }
     }
     const clean = results.every(Boolean) && (await this.settled(this.o.drainTimeoutMs));
     this.updateGauges();

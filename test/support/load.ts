@@ -16,6 +16,8 @@ export interface LoadResult {
   readonly sent: ReadonlyMap<string, readonly string[]>;
   /** Failed attempts by error (resent each time). */
   readonly failures: ReadonlyMap<string, number>;
+  /** The first few messages of failed attempts (error code: message), to tell why. */
+  readonly reasons: readonly string[];
   /** The longest time no sender had a command acknowledged, in ms. */
   readonly maxGapMs: number;
   /** The longest a command took from its first send to its acknowledgement, resends included, in ms: the service gap its aggregate saw. */
@@ -28,6 +30,7 @@ export class Load {
   private readonly acknowledged = new Map<string, { aggregateId: string; version: number; seq: number }>();
   private readonly sent = new Map<string, string[]>();
   private readonly failures = new Map<string, number>();
+  private readonly reasons: string[] = [];
   private lastAck = performance.now();
   private maxGap = 0;
   private maxCommand = 0;
@@ -70,7 +73,7 @@ export class Load {
     await Promise.all(this.runs);
     clearInterval(this.gapTimer);
     await Promise.all(this.conns.map((c) => c.close()));
-    return { acknowledged: this.acknowledged, sent: this.sent, failures: this.failures, maxGapMs: Math.round(this.maxGap), maxCommandMs: Math.round(this.maxCommand), commands: this.acknowledged.size };
+    return { acknowledged: this.acknowledged, sent: this.sent, failures: this.failures, reasons: this.reasons, maxGapMs: Math.round(this.maxGap), maxCommandMs: Math.round(this.maxCommand), commands: this.acknowledged.size };
   }
 
   private async sender(nc: NatsConnection, s: number): Promise<void> {
@@ -106,6 +109,7 @@ export class Load {
         }
         why = r.error.code;
         if (why !== 'UNAVAILABLE' && why !== 'CONFLICT') throw new Error(`load: ${subject} refused: ${JSON.stringify(r)}`);
+        if (this.reasons.length < 10) this.reasons.push(`${why}: ${r.error.message}`);
       } catch (err) {
         if ((err as Error).message.startsWith('load:')) throw err;
         why = (err as Error).name;
