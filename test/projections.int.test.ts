@@ -649,6 +649,10 @@ describe('projections on a 3-node cluster (R3)', { timeout: 180_000 }, () => {
     // a fetch from it stayed open while the client asked after the consumer: nothing was applied
     // until the node came back.
     const nc = await connect({ servers: ctx.url.split(','), maxReconnectAttempts: -1, reconnectTimeWait: 100 });
+    const jsm = await jetstreamManager(nc);
+    // Consumers left by the instances of earlier tests (a crashed one's stay until inactive).
+    const before = new Set<string>();
+    for await (const c of jsm.consumers.list('EVENTS')) before.add(c.name);
     const db = await database();
     const s = await startStrandWithDb(ctx.url, db.url, { ...ctx.env, STRAND_ROLES: 'projections' });
     let killed: TestCluster['nodes'][number] | undefined;
@@ -672,11 +676,10 @@ describe('projections on a 3-node cluster (R3)', { timeout: 180_000 }, () => {
       let last = 0;
       for (let i = 0; i < 10; i++) last = Math.max(last, await create(`feedkill-a${i}`));
       await waitCaughtUp(s, last);
-      const jsm = await jetstreamManager(nc);
       const hosts: string[] = [];
       for await (const c of jsm.consumers.list('EVENTS')) {
-        // The feed's: ephemeral, unacknowledged, on the projections' subjects.
-        if (!c.config.durable_name && c.config.ack_policy === AckPolicy.None && c.cluster?.leader) hosts.push(c.cluster.leader);
+        // The feed's: made since this instance started, ephemeral and unacknowledged.
+        if (!before.has(c.name) && !c.config.durable_name && c.config.ack_policy === AckPolicy.None && c.cluster?.leader) hosts.push(c.cluster.leader);
       }
       expect(hosts, 'where the feed’s consumer lives').toHaveLength(1);
       killed = ctx.cluster!.nodes.find((n) => n.name === hosts[0])!;
